@@ -1,0 +1,391 @@
+"""Coordinate frames of MLVIRNET and every conversion between them.
+
+This module is the only place in the project that normalises coordinates, flips axes or calls
+``torch.nn.functional.grid_sample``. Everything else goes through the functions here.
+
+Frames
+------
+index
+    Continuous voxel index ``(i, j, k)`` in **x, y, z order**, 0-based, voxel centres at integers.
+world (LPS)
+    Physical millimetres in the patient frame used by ITK/SimpleITK and every file on disk:
+    ``world = origin + direction @ (spacing * index)``. ``direction`` holds the unit vectors of the
+    index axes as its columns (SimpleITK's row-major 9-tuple).
+RAS
+    3D Slicer's world frame: ``(x, y, z)_RAS = (-x, -y, z)_LPS``. Only :func:`lps_to_ras` and
+    :func:`ras_to_lps` (and the matrix helpers built on them) cross between the two.
+normalised
+    The ``[-1, 1]`` frame of ``grid_sample`` with ``align_corners=False`` (:data:`ALIGN_CORNERS`):
+    -1 and +1 are the outer faces of the first and last voxel, so voxel ``i`` of ``n`` sits at
+    ``(2 i + 1) / n - 1``. We choose ``align_corners=False`` because it keeps the field of view (the
+    outer faces) fixed when a grid is coarsened by average pooling, which is what the pyramid does.
+
+Array layouts
+-------------
+Image tensors are ``(N, C, D, H, W)`` with ``D = z``, ``H = y``, ``W = x`` (the layout of
+``sitk.GetArrayFromImage``); grid shapes in that order are called ``shape_zyx``. Point and vector
+arrays end in an axis of length 3 in **(x, y, z)** order; grid sizes in that order are ``size``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ALIGN_CORNERS = False
+"""The one ``align_corners`` value used for every ``grid_sample``/``interpolate`` in MLVIRNET."""
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+"""Linear map between LPS and RAS (its own inverse)."""
+
+Array = np.ndarray | torch.Tensor
+
+
+# ----------------------------------------------------------------------------------------------
+# RAS <-> LPS
+# ----------------------------------------------------------------------------------------------
+def lps_to_ras(points: Array) -> Array:
+    """Points or vectors ``(..., 3)`` from LPS to RAS (negate x and y). Returns a new array."""
+    return _flip_xy(points)
+
+
+def ras_to_lps(points: Array) -> Array:
+    """Points or vectors ``(..., 3)`` from RAS to LPS (negate x and y). Returns a new array."""
+    return _flip_xy(points)
+
+
+def _flip_xy(points: Array) -> Array:
+    if points.shape[-1] != 3:
+        raise ValueError(f"expected points with a last axis of length 3, got shape {tuple(points.shape)}")
+    sign = [-1.0, -1.0, 1.0]
+    if isinstance(points, torch.Tensor):
+        return points * torch.tensor(sign, dtype=points.dtype, device=points.device)
+    return np.asarray(points, dtype=float) * np.asarray(sign)
+
+
+def matrix_lps_to_ras(matrix_lps: np.ndarray) -> np.ndarray:
+    """A 4x4 matrix whose *output* is LPS, rewritten so that its output is RAS.
+
+    Use it for ``IJKToRAS = matrix_lps_to_ras(grid.index_to_world_matrix())``.
+    """
+    m = np.asarray(matrix_lps, dtype=float).copy()
+    m[:3, :] = LPS_TO_RAS @ m[:3, :]
+    return m
+
+
+def matrix_ras_to_lps(matrix_ras: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`matrix_lps_to_ras` (the flip is its own inverse)."""
+    return matrix_lps_to_ras(matrix_ras)
+
+
+def world_transform_lps_to_ras(matrix_lps: np.ndarray) -> np.ndarray:
+    """A 4x4 world->world transform in LPS rewritten to act on RAS points: ``F @ T @ F``."""
+    f = np.eye(4)
+    f[:3, :3] = LPS_TO_RAS
+    return f @ np.asarray(matrix_lps, dtype=float) @ f
+
+
+world_transform_ras_to_lps = world_transform_lps_to_ras
+
+
+# ----------------------------------------------------------------------------------------------
+# Image grid
+# ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ImageGrid:
+    """Sampling grid of a 3-D image.
+
+    Attributes:
+        size: voxels per axis, ``(nx, ny, nz)``.
+        spacing: voxel size in mm, ``(sx, sy, sz)``.
+        origin: LPS position in mm of the centre of voxel ``(0, 0, 0)``.
+        direction: row-major 3x3 matrix (9 floats) whose columns are the LPS unit vectors of the
+            index axes, as ``sitk.Image.GetDirection()``.
+    """
+
+    size: tuple[int, int, int]
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.size)
+        spacing = tuple(float(s) for s in self.spacing)
+        origin = tuple(float(s) for s in self.origin)
+        direction = tuple(float(s) for s in np.asarray(self.direction, dtype=float).ravel())
+        if len(size) != 3 or min(size) < 1:
+            raise ValueError(f"grid size must be 3 positive integers (nx, ny, nz), got {self.size}")
+        if len(spacing) != 3 or not all(np.isfinite(spacing)) or min(spacing) <= 0:
+            raise ValueError(f"grid spacing must be 3 positive finite mm values, got {self.spacing}")
+        if len(origin) != 3 or not all(np.isfinite(origin)):
+            raise ValueError(f"grid origin must be 3 finite mm values, got {self.origin}")
+        if len(direction) != 9:
+            raise ValueError(f"grid direction must have 9 entries (3x3), got {len(direction)}")
+        d = np.asarray(direction).reshape(3, 3)
+        if not np.allclose(d.T @ d, np.eye(3), atol=1e-4):
+            raise ValueError(f"grid direction must be orthonormal, got {d.tolist()}")
+        object.__setattr__(self, "size", size)
+        object.__setattr__(self, "spacing", spacing)
+        object.__setattr__(self, "origin", origin)
+        object.__setattr__(self, "direction", direction)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_sitk(cls, image) -> "ImageGrid":
+        """Grid of a 3-D ``SimpleITK.Image``."""
+        if image.GetDimension() != 3:
+            raise ValueError(f"expected a 3-D image, got a {image.GetDimension()}-D image of size {image.GetSize()}")
+        return cls(image.GetSize(), image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+    @classmethod
+    def from_index_to_world_matrix(cls, matrix: np.ndarray, size: Sequence[int]) -> "ImageGrid":
+        """Grid from a 4x4 index->LPS matrix (spacing folded into the columns) and ``(nx, ny, nz)``."""
+        m = np.asarray(matrix, dtype=float)
+        if m.shape != (4, 4):
+            raise ValueError(f"expected a 4x4 matrix, got shape {m.shape}")
+        spacing = np.linalg.norm(m[:3, :3], axis=0)
+        direction = m[:3, :3] / spacing
+        return cls(tuple(size), tuple(spacing), tuple(m[:3, 3]), tuple(direction.ravel()))
+
+    @classmethod
+    def from_ijk_to_ras(cls, matrix_ras: np.ndarray, size: Sequence[int]) -> "ImageGrid":
+        """Grid from Slicer's IJKToRAS 4x4 matrix and ``(nx, ny, nz)``."""
+        return cls.from_index_to_world_matrix(matrix_ras_to_lps(matrix_ras), size)
+
+    def copy_to_sitk(self, image) -> None:
+        """Set spacing, origin and direction of a ``SimpleITK.Image`` (sizes must agree)."""
+        if tuple(image.GetSize()) != self.size:
+            raise ValueError(f"image size {image.GetSize()} does not match grid size {self.size}")
+        image.SetSpacing(self.spacing)
+        image.SetOrigin(self.origin)
+        image.SetDirection(self.direction)
+
+    # -- basic properties -----------------------------------------------------------------------
+    @property
+    def shape_zyx(self) -> tuple[int, int, int]:
+        """Array shape ``(D, H, W) = (nz, ny, nx)``."""
+        return (self.size[2], self.size[1], self.size[0])
+
+    @property
+    def direction_matrix(self) -> np.ndarray:
+        """3x3 direction matrix, columns = LPS unit vectors of the index axes."""
+        return np.asarray(self.direction).reshape(3, 3)
+
+    @property
+    def extent(self) -> np.ndarray:
+        """Physical length of each index axis between outer voxel faces, mm, ``(x, y, z)``."""
+        return np.asarray(self.size) * np.asarray(self.spacing)
+
+    def index_to_world_matrix(self) -> np.ndarray:
+        """4x4 matrix (float64) from index ``(i, j, k, 1)`` to LPS mm."""
+        m = np.eye(4)
+        m[:3, :3] = self.direction_matrix * np.asarray(self.spacing)[None, :]
+        m[:3, 3] = self.origin
+        return m
+
+    def world_to_index_matrix(self) -> np.ndarray:
+        """4x4 matrix (float64) from LPS mm to continuous index."""
+        return np.linalg.inv(self.index_to_world_matrix())
+
+    def index_to_normalized_matrix(self) -> np.ndarray:
+        """4x4 matrix from index to normalised ``[-1, 1]`` coordinates (``align_corners=False``)."""
+        n = np.asarray(self.size, dtype=float)
+        m = np.eye(4)
+        m[:3, :3] = np.diag(2.0 / n)
+        m[:3, 3] = 1.0 / n - 1.0
+        return m
+
+    def world_to_normalized_matrix(self) -> np.ndarray:
+        """4x4 matrix from LPS mm to normalised coordinates of this grid."""
+        return self.index_to_normalized_matrix() @ self.world_to_index_matrix()
+
+    def index_to_ras_matrix(self) -> np.ndarray:
+        """Slicer's IJKToRAS matrix of this grid."""
+        return matrix_lps_to_ras(self.index_to_world_matrix())
+
+    # -- point conversions ----------------------------------------------------------------------
+    def index_to_world(self, index: Array) -> Array:
+        """Continuous indices ``(..., 3)`` (x, y, z) -> LPS mm ``(..., 3)``."""
+        return apply_affine(self.index_to_world_matrix(), index)
+
+    def world_to_index(self, points: Array) -> Array:
+        """LPS mm ``(..., 3)`` -> continuous indices ``(..., 3)`` (x, y, z)."""
+        return apply_affine(self.world_to_index_matrix(), points)
+
+    def world_to_normalized(self, points: Array) -> Array:
+        """LPS mm ``(..., 3)`` -> normalised ``grid_sample`` coordinates ``(..., 3)`` (x, y, z)."""
+        return apply_affine(self.world_to_normalized_matrix(), points)
+
+    def index_vectors_to_world(self, vectors: Array) -> Array:
+        """Displacements in voxels along the index axes ``(..., 3)`` -> LPS mm ``(..., 3)``."""
+        return apply_affine(self.index_to_world_matrix(), vectors, linear_only=True)
+
+    def world_vectors_to_index(self, vectors: Array) -> Array:
+        """Displacements in LPS mm ``(..., 3)`` -> voxels along the index axes ``(..., 3)``."""
+        return apply_affine(self.world_to_index_matrix(), vectors, linear_only=True)
+
+    def index_field_to_world(self, field: torch.Tensor) -> torch.Tensor:
+        """A voxel-unit displacement field ``(N, 3, D, H, W)`` -> LPS mm, same shape."""
+        _check_field(field)
+        return self.index_vectors_to_world(field.movedim(1, -1)).movedim(-1, 1)
+
+    def world_field_to_index(self, field: torch.Tensor) -> torch.Tensor:
+        """An LPS-mm displacement field ``(N, 3, D, H, W)`` -> voxel units, same shape."""
+        _check_field(field)
+        return self.world_vectors_to_index(field.movedim(1, -1)).movedim(-1, 1)
+
+    def index_points(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Integer voxel indices of all voxels as ``(D, H, W, 3)`` (x, y, z order)."""
+        nx, ny, nz = self.size
+        k, j, i = torch.meshgrid(
+            torch.arange(nz, device=device, dtype=dtype),
+            torch.arange(ny, device=device, dtype=dtype),
+            torch.arange(nx, device=device, dtype=dtype),
+            indexing="ij",
+        )
+        return torch.stack([i, j, k], dim=-1)
+
+    def world_points(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """LPS mm of all voxel centres as ``(D, H, W, 3)`` (x, y, z order)."""
+        idx = self.index_points(device=device, dtype=torch.float64)
+        return self.index_to_world(idx).to(dtype)
+
+    def contains_world(self, points: Array, margin_voxels: float = 0.5) -> np.ndarray:
+        """Boolean ``(...)``: points ``(..., 3)`` lie within the outer voxel faces (+ margin)."""
+        idx = np.asarray(self.world_to_index(np.asarray(points, dtype=float)))
+        lo = -margin_voxels
+        hi = np.asarray(self.size) - 1 + margin_voxels
+        return np.all((idx >= lo - 1e-6) & (idx <= hi + 1e-6), axis=-1)
+
+    # -- derived grids --------------------------------------------------------------------------
+    def resized(self, size: Sequence[int]) -> "ImageGrid":
+        """Same field of view (outer voxel faces) and direction, sampled with ``size`` voxels."""
+        new_size = np.asarray(size, dtype=int)
+        if new_size.shape != (3,) or new_size.min() < 1:
+            raise ValueError(f"size must be 3 positive integers (nx, ny, nz), got {size}")
+        new_spacing = self.extent / new_size
+        # the outer face stays put: origin - spacing/2 is invariant
+        corner_index = (new_spacing / np.asarray(self.spacing) - 1.0) / 2.0
+        new_origin = self.index_to_world(corner_index)
+        return ImageGrid(tuple(new_size), tuple(new_spacing), tuple(new_origin), self.direction)
+
+    def downsampled(self, factor: int = 2) -> "ImageGrid":
+        """Grid of a ``factor``-times average pooling: every size must be divisible by ``factor``."""
+        if any(s % factor for s in self.size):
+            raise ValueError(f"grid size {self.size} is not divisible by {factor}")
+        return self.resized(tuple(s // factor for s in self.size))
+
+    def is_close(self, other: "ImageGrid", tol_mm: float = 1e-4) -> bool:
+        """Same size and voxel positions within ``tol_mm`` at every corner."""
+        if self.size != other.size:
+            return False
+        corners = np.array(np.meshgrid(*[[0, s - 1] for s in self.size], indexing="ij")).reshape(3, -1).T
+        a = self.index_to_world(corners.astype(float))
+        b = other.index_to_world(corners.astype(float))
+        return bool(np.max(np.abs(a - b)) <= tol_mm)
+
+    def describe(self) -> str:
+        """Short human-readable description for error messages."""
+        return (
+            f"size {self.size}, spacing {tuple(round(s, 4) for s in self.spacing)} mm, "
+            f"origin {tuple(round(o, 3) for o in self.origin)} mm"
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# Matrices on points
+# ----------------------------------------------------------------------------------------------
+def apply_affine(matrix: np.ndarray, points: Array, linear_only: bool = False) -> Array:
+    """Apply a 4x4 matrix to points ``(..., 3)``; numpy in -> float64 numpy out, torch keeps dtype.
+
+    With ``linear_only`` the translation is ignored (for vectors).
+    """
+    m = np.asarray(matrix, dtype=float)
+    if points.shape[-1] != 3:
+        raise ValueError(f"expected points with a last axis of length 3, got shape {tuple(points.shape)}")
+    if isinstance(points, torch.Tensor):
+        a = torch.as_tensor(m[:3, :3], dtype=points.dtype, device=points.device)
+        out = points @ a.T
+        if not linear_only:
+            out = out + torch.as_tensor(m[:3, 3], dtype=points.dtype, device=points.device)
+        return out
+    p = np.asarray(points, dtype=float)
+    out = p @ m[:3, :3].T
+    return out if linear_only else out + m[:3, 3]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling
+# ----------------------------------------------------------------------------------------------
+def _check_field(field: torch.Tensor) -> None:
+    if field.ndim != 5 or field.shape[1] != 3:
+        raise ValueError(f"expected a vector field of shape (N, 3, D, H, W), got {tuple(field.shape)}")
+
+
+def check_volume(data: torch.Tensor, grid: ImageGrid, name: str = "volume") -> None:
+    """Raise ``ValueError`` unless ``data`` is ``(N, C, D, H, W)`` with spatial shape ``grid.shape_zyx``."""
+    if not isinstance(data, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor of shape (N, C, D, H, W), got {type(data).__name__}")
+    if data.ndim != 5:
+        raise ValueError(f"{name} must have shape (N, C, D, H, W), got {tuple(data.shape)}")
+    if tuple(data.shape[2:]) != grid.shape_zyx:
+        raise ValueError(
+            f"{name} has spatial shape {tuple(data.shape[2:])} (D, H, W) but its grid expects "
+            f"{grid.shape_zyx} (grid {grid.describe()})"
+        )
+
+
+def sample(
+    data: torch.Tensor,
+    grid: ImageGrid,
+    points: torch.Tensor,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Sample a volume living on ``grid`` at LPS world points.
+
+    Args:
+        data: ``(N, C, D, H, W)`` values on ``grid``.
+        grid: the grid of ``data``.
+        points: LPS mm, ``(N, d, h, w, 3)`` or ``(d, h, w, 3)`` (shared by the batch), x y z order.
+        mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
+        padding_mode: value outside the grid: ``"border"``, ``"zeros"`` or ``"reflection"``.
+
+    Returns:
+        ``(N, C, d, h, w)`` sampled values.
+    """
+    check_volume(data, grid, "data")
+    if points.shape[-1] != 3 or points.ndim not in (4, 5):
+        raise ValueError(f"points must have shape (N, d, h, w, 3) or (d, h, w, 3), got {tuple(points.shape)}")
+    if points.ndim == 4:
+        points = points.unsqueeze(0).expand(data.shape[0], *points.shape)
+    elif points.shape[0] != data.shape[0]:
+        raise ValueError(f"points batch {points.shape[0]} does not match data batch {data.shape[0]}")
+    coords = grid.world_to_normalized(points.to(torch.float32) if points.dtype in (torch.float16, torch.bfloat16) else points)
+    if coords.dtype != data.dtype:
+        coords = coords.to(data.dtype)
+    return F.grid_sample(data, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+
+
+def resample_to_grid(
+    data: torch.Tensor,
+    source: ImageGrid,
+    target: ImageGrid,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Resample ``(N, C, D, H, W)`` values from ``source`` onto ``target`` (identity mapping)."""
+    pts = target.world_points(device=data.device, dtype=torch.float32)
+    return sample(data, source, pts, mode=mode, padding_mode=padding_mode)
+
+
+def to_batch_tensor(array: np.ndarray, device=None, dtype=torch.float32) -> torch.Tensor:
+    """A ``(D, H, W)`` array (SimpleITK layout) -> ``(1, 1, D, H, W)`` tensor."""
+    a = np.asarray(array)
+    if a.ndim != 3:
+        raise ValueError(f"expected a 3-D array (D, H, W), got shape {a.shape}")
+    return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)[None, None]

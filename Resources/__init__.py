@@ -1,0 +1,1 @@
+"""Resources shipped with MLVIRNET (bundled data, model weights, Slicer UI and icons)."""
