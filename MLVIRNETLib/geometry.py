@@ -279,6 +279,23 @@ class ImageGrid:
             raise ValueError(f"grid size {self.size} is not divisible by {factor}")
         return self.resized(tuple(s // factor for s in self.size))
 
+    def cropped(self, index_lo: Sequence[int], index_hi: Sequence[int]) -> "ImageGrid":
+        """The sub-grid of voxels ``index_lo <= (i, j, k) < index_hi`` (x, y, z order, half-open).
+
+        Same spacing and direction; voxel ``(i, j, k)`` of the result is voxel ``index_lo + (i, j, k)``
+        of this grid, at exactly the same LPS position. Bounds may reach outside this grid (the
+        result then extends the lattice beyond it), but every size must stay positive.
+        """
+        lo = np.asarray([int(v) for v in index_lo])
+        hi = np.asarray([int(v) for v in index_hi])
+        if lo.shape != (3,) or hi.shape != (3,) or np.any(hi <= lo):
+            raise ValueError(
+                f"crop bounds must be 3 integers each (x, y, z) with index_hi > index_lo, got "
+                f"index_lo {tuple(index_lo)}, index_hi {tuple(index_hi)} (grid size {self.size})"
+            )
+        origin = self.index_to_world(lo.astype(float))
+        return ImageGrid(tuple(hi - lo), self.spacing, tuple(origin), self.direction)
+
     def is_close(self, other: "ImageGrid", tol_mm: float = 1e-4) -> bool:
         """Same size and voxel positions within ``tol_mm`` at every corner."""
         if self.size != other.size:
@@ -334,7 +351,7 @@ def check_volume(data: torch.Tensor, grid: ImageGrid, name: str = "volume") -> N
         raise ValueError(f"{name} must have shape (N, C, D, H, W), got {tuple(data.shape)}")
     if tuple(data.shape[2:]) != grid.shape_zyx:
         raise ValueError(
-            f"{name} has spatial shape {tuple(data.shape[2:])} (D, H, W) but its grid expects "
+            f"{name} has shape {tuple(data.shape)} (N, C, D, H, W) but its grid expects (D, H, W) = "
             f"{grid.shape_zyx} (grid {grid.describe()})"
         )
 
@@ -379,7 +396,8 @@ def resample_to_grid(
     padding_mode: str = "border",
 ) -> torch.Tensor:
     """Resample ``(N, C, D, H, W)`` values from ``source`` onto ``target`` (identity mapping)."""
-    pts = target.world_points(device=data.device, dtype=torch.float32)
+    dtype = data.dtype if data.dtype == torch.float64 else torch.float32
+    pts = target.world_points(device=data.device, dtype=dtype)
     return sample(data, source, pts, mode=mode, padding_mode=padding_mode)
 
 

@@ -1,0 +1,52 @@
+"""Shared pytest fixtures: oblique, anisotropic grids and the shared-data location."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.paths import shared_data_dir
+
+
+def rotation_matrix(angles_deg: tuple[float, float, float]) -> np.ndarray:
+    """Proper rotation from three Euler angles (degrees) about x, then y, then z."""
+    ax, ay, az = np.deg2rad(angles_deg)
+    rx = np.array([[1, 0, 0], [0, np.cos(ax), -np.sin(ax)], [0, np.sin(ax), np.cos(ax)]])
+    ry = np.array([[np.cos(ay), 0, np.sin(ay)], [0, 1, 0], [-np.sin(ay), 0, np.cos(ay)]])
+    rz = np.array([[np.cos(az), -np.sin(az), 0], [np.sin(az), np.cos(az), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def oblique_grid(size=(14, 10, 12), spacing=(0.7, 1.3, 2.5), origin=(-12.5, 20.25, 33.0),
+                 angles=(10.0, -20.0, 35.0), flip_z: bool = False) -> ImageGrid:
+    """An oblique, anisotropic grid with a non-zero origin (optionally an improper direction)."""
+    d = rotation_matrix(angles)
+    if flip_z:
+        d = d @ np.diag([1.0, 1.0, -1.0])
+    return ImageGrid(size, spacing, origin, tuple(d.ravel()))
+
+
+@pytest.fixture
+def grid() -> ImageGrid:
+    return oblique_grid()
+
+
+@pytest.fixture
+def sitk_image(grid: ImageGrid) -> sitk.Image:
+    """A smooth random image on ``grid`` (float32)."""
+    rng = np.random.default_rng(0)
+    arr = rng.normal(size=grid.shape_zyx).astype(np.float32)
+    img = sitk.GetImageFromArray(arr)
+    grid.copy_to_sitk(img)
+    return sitk.SmoothingRecursiveGaussian(img, 1.5)
+
+
+@pytest.fixture
+def shared_data():
+    """``../shared/data`` or skip."""
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data is not present (it is only on the development machines)")
+    return path
