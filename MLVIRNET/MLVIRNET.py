@@ -1,0 +1,670 @@
+"""3D Slicer module for mlVIRNET deformable lung CT registration.
+
+The module is a thin GUI over :class:`MLVIRNETLib.logic.MLVIRNETLogic`; every computation happens in
+the library. PyTorch is not imported when Slicer loads the module: it is checked (and installed
+after the user agrees) on the first Apply.
+"""
+
+from __future__ import annotations
+
+import logging
+import pathlib
+import sys
+import unittest
+from typing import Annotated, Optional, Union
+
+import ctk  # noqa: F401  (the .ui uses ctk widgets)
+import qt
+import slicer
+import vtk
+from slicer import (
+    vtkMRMLGridTransformNode,
+    vtkMRMLLabelMapVolumeNode,
+    vtkMRMLScalarVolumeNode,
+    vtkMRMLTableNode,
+    vtkMRMLTransformNode,
+)
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import Choice, Maximum, Minimum, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+from vtkSlicerMarkupsModuleMRMLPython import vtkMRMLMarkupsFiducialNode
+from vtkSlicerSegmentationsModuleMRMLPython import vtkMRMLSegmentationNode
+
+
+def _moduleRoot() -> pathlib.Path:
+    """Folder holding ``MLVIRNETLib/`` and ``Resources/``.
+
+    In a built extension both are installed beside this file; in the source tree this file lives
+    in ``MLVIRNET/`` and they are one folder up.
+    """
+    here = pathlib.Path(__file__).resolve().parent
+    for candidate in (here, here.parent):
+        if (candidate / "MLVIRNETLib").is_dir():
+            return candidate
+    return here
+
+
+MODULE_ROOT = _moduleRoot()
+if str(MODULE_ROOT) not in sys.path:
+    sys.path.insert(0, str(MODULE_ROOT))
+
+from MLVIRNETLib.logic import MOVING_VOLUME_REFERENCE_ROLE  # noqa: E402
+from MLVIRNETLib.logic import MLVIRNETLogic as MLVIRNETCoreLogic  # noqa: E402
+
+TORCH_VERSION_REQUIREMENT = ">=2.2"
+"""PyTorch versions the library supports (as in pyproject.toml)."""
+
+DEFAULT_ITERATIONS = -1
+"""``refineIterations`` value meaning "the library's default" (shown as "default" in the spin box)."""
+
+PRESETS = {
+    "Fast (network only)": {"refineIterations": 0, "affine": True},
+    "Standard": {"refineIterations": DEFAULT_ITERATIONS, "affine": True},
+    "Accurate": {"refineIterations": 100, "affine": True},
+}
+"""Preset name -> the advanced settings it sets (iterations per refinement level)."""
+
+MODEL_SOURCES = ("Shipped default", "Model file")
+DEVICES = ("auto", "cpu", "cuda")
+DIRLAB_CASES = tuple(f"4dct:{n}" for n in range(1, 11)) + tuple(f"copd:{n}" for n in range(1, 11))
+
+
+def resourcePath(relativePath: str) -> str:
+    """Absolute path of a file in ``Resources/`` (source tree or built extension)."""
+    return str(MODULE_ROOT / "Resources" / relativePath)
+
+
+#
+# MLVIRNET
+#
+class MLVIRNET(ScriptedLoadableModule):
+    """Module description shown in Slicer."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MLVIRNET")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Registration")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MLVIRNET developers"]
+        self.parent.helpText = _(
+            "Deformable registration of lung CT with mlVIRNET, a multilevel variational image registration "
+            "network. Choose the fixed and the moving CT (optionally lung masks) and press Apply: the result is "
+            "a grid transform (fixed to moving, the resampling direction) that aligns the moving volume with "
+            "the fixed volume, and optionally the warped moving volume. The Evaluation section measures the "
+            "target registration error between landmark lists; the Data section loads DIR-LAB cases. "
+            "Every node is used in its own coordinates: harden parent transforms first. "
+            "Requires PyTorch (installed on first use)."
+        )
+        self.parent.acknowledgementText = _(
+            "MLVIRNET implements the method of: Hering A, van Ginneken B, Heldmann S. mlVIRNET: Multilevel "
+            "Variational Image Registration Network. Medical Image Computing and Computer Assisted Intervention "
+            "(MICCAI) 2019, LNCS 11769, pp. 257-265. The bundled example CT comes from the TotalSegmentator "
+            "test data (Apache-2.0)."
+        )
+        iconPath = pathlib.Path(resourcePath("Icons/MLVIRNET.png"))
+        if iconPath.is_file():
+            self.parent.icon = qt.QIcon(str(iconPath))
+
+
+#
+# Parameter node
+#
+@parameterNodeWrapper
+class MLVIRNETParameterNode:
+    """The module's state, saved with the scene.
+
+    fixedVolume, movingVolume - the CT pair.
+    fixedMask, movingMask - optional lung masks (labelmap or segmentation).
+    preset - sets refineIterations and affine.
+    outputTransform - grid transform receiving the result (created when empty).
+    outputVolume - optional warped moving volume.
+    showResult - place the moving volume under the transform and show it over the fixed volume.
+    modelSource, modelFile, device, refineIterations, affine - advanced settings.
+    fixedLandmarks, movingLandmarks, treTransform, treTable - target registration error.
+    dirLabRoot, dirLabCase, landmarkFile, landmarkReference - data loading.
+    """
+
+    fixedVolume: vtkMRMLScalarVolumeNode
+    movingVolume: vtkMRMLScalarVolumeNode
+    fixedMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
+    movingMask: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
+    preset: Annotated[str, Choice(list(PRESETS))] = "Standard"
+    outputTransform: vtkMRMLGridTransformNode
+    outputVolume: vtkMRMLScalarVolumeNode
+    showResult: bool = True
+    modelSource: Annotated[str, Choice(list(MODEL_SOURCES))] = MODEL_SOURCES[0]
+    modelFile: pathlib.Path
+    device: Annotated[str, Choice(list(DEVICES))] = "auto"
+    refineIterations: Annotated[int, Minimum(DEFAULT_ITERATIONS), Maximum(5000)] = PRESETS["Standard"]["refineIterations"]
+    affine: bool = True
+    fixedLandmarks: vtkMRMLMarkupsFiducialNode
+    movingLandmarks: vtkMRMLMarkupsFiducialNode
+    treTransform: vtkMRMLTransformNode
+    treTable: vtkMRMLTableNode
+    dirLabRoot: pathlib.Path
+    dirLabCase: Annotated[str, Choice(list(DIRLAB_CASES))] = DIRLAB_CASES[0]
+    landmarkFile: pathlib.Path
+    landmarkReference: vtkMRMLScalarVolumeNode
+
+
+#
+# Logic
+#
+class MLVIRNETLogic(ScriptedLoadableModuleLogic, MLVIRNETCoreLogic):
+    """:class:`MLVIRNETLib.logic.MLVIRNETLogic` with Slicer's parameter node handling.
+
+    Usable from the Python console without the GUI (see docs/slicer.md).
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        MLVIRNETCoreLogic.__init__(self, scene=slicer.mrmlScene)
+
+    def getParameterNode(self) -> MLVIRNETParameterNode:
+        return MLVIRNETParameterNode(super().getParameterNode())
+
+
+#
+# PyTorch
+#
+def ensurePyTorch() -> bool:
+    """Make ``import torch`` work; True when it does.
+
+    Uses the PyTorch extension (PyTorchUtils) when it is installed, which picks a CUDA build
+    matching the GPU driver; otherwise offers to pip-install ``torch`` after asking the user.
+
+    Raises:
+        RuntimeError: the installation failed (with what to do instead).
+    """
+    try:
+        import torch  # noqa: F401
+
+        return True
+    except ImportError:
+        pass
+    try:
+        import PyTorchUtils  # the "PyTorch" extension
+    except ImportError:
+        PyTorchUtils = None
+    if PyTorchUtils is not None:
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
+            if torch is None:
+                slicer.util.warningDisplay(_("MLVIRNET needs PyTorch; registration was not started."))
+                return False
+        return True
+    if not slicer.util.confirmOkCancelDisplay(
+        _(
+            "MLVIRNET needs PyTorch, which is not installed. Install it now with pip (a download of several "
+            "hundred MB to a few GB; Slicer may be unresponsive for some minutes)?\n\n"
+            "Tip: the 'PyTorch' extension (Extensions Manager) installs a build that matches your GPU."
+        ),
+        windowTitle=_("Install PyTorch"),
+    ):
+        slicer.util.warningDisplay(_("MLVIRNET needs PyTorch; registration was not started."))
+        return False
+    try:
+        slicer.util.pip_install(f"torch{TORCH_VERSION_REQUIREMENT}")
+        import torch  # noqa: F401,F811
+    except Exception as error:  # pip or import failure: tell the user what to do instead
+        raise RuntimeError(
+            f"PyTorch could not be installed ({error}). Install the 'PyTorch' extension from the Extensions "
+            "Manager, or run slicer.util.pip_install('torch') in the Python console, then restart Slicer."
+        ) from error
+    return True
+
+
+#
+# MLVIRNETWidget
+#
+class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """The module panel: binds the .ui to the parameter node and calls the logic."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._appliedPreset = None
+        self._busy = False
+
+    def resourcePath(self, filename: str) -> str:
+        return resourcePath(filename)
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MLVIRNET.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MLVIRNETLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
+        self.ui.computeTreButton.connect("clicked(bool)", self.onComputeTreButton)
+        self.ui.loadDirLabCaseButton.connect("clicked(bool)", self.onLoadDirLabCaseButton)
+        self.ui.importLandmarksButton.connect("clicked(bool)", self.onImportLandmarksButton)
+        self.ui.progressBar.setRange(0, 100)
+        self.ui.progressBar.setValue(0)
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+
+    def setParameterNode(self, inputParameterNode: Optional[MLVIRNETParameterNode]) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._appliedPreset = self._parameterNode.preset
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    # -- state ----------------------------------------------------------------------------------
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p is None:
+            return
+        if p.preset != self._appliedPreset:
+            self._appliedPreset = p.preset
+            settings = PRESETS[p.preset]
+            p.refineIterations = settings["refineIterations"]
+            p.affine = settings["affine"]
+        self._updateButtons()
+
+    def _updateButtons(self) -> None:
+        p = self._parameterNode
+        canRegister = bool(p and p.fixedVolume and p.movingVolume)
+        self.ui.applyButton.enabled = canRegister and not self._busy
+        self.ui.applyButton.toolTip = (
+            _("Register the moving volume to the fixed volume.") if canRegister else _("Select the fixed and moving volumes.")
+        )
+        self.ui.cancelButton.enabled = self._busy
+        self.ui.modelFilePathLineEdit.enabled = bool(p and p.modelSource == MODEL_SOURCES[1])
+        self.ui.computeTreButton.enabled = bool(p and p.fixedLandmarks and p.movingLandmarks) and not self._busy
+        self.ui.loadDirLabCaseButton.enabled = bool(p and str(p.dirLabRoot) not in ("", ".")) and not self._busy
+        self.ui.importLandmarksButton.enabled = bool(p and p.landmarkFile.is_file()) and not self._busy
+
+    def _setBusy(self, busy: bool) -> None:
+        self._busy = busy
+        self._updateButtons()
+
+    def _onProgress(self, fraction: float, message: str) -> None:
+        self.ui.progressBar.setValue(int(round(100 * fraction)))
+        self.ui.statusLabel.text = message
+        slicer.app.processEvents()  # keeps the Cancel button responsive
+
+    # -- actions --------------------------------------------------------------------------------
+    def onCancelButton(self) -> None:
+        self.logic.cancel()
+        self.ui.statusLabel.text = _("Cancelling...")
+
+    def onApplyButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
+            if not ensurePyTorch():
+                return
+            from MLVIRNETLib.registration import RegistrationCancelled
+
+            model = None
+            if p.modelSource == MODEL_SOURCES[1]:
+                if not p.modelFile.is_file():
+                    raise ValueError(_("Model file not found: {path}").format(path=p.modelFile))
+                model = str(p.modelFile)
+            self._setBusy(True)
+            self.ui.progressBar.setValue(0)
+            try:
+                transformNode = self.logic.register(
+                    p.fixedVolume,
+                    p.movingVolume,
+                    outputTransformNode=p.outputTransform,
+                    fixedMaskNode=p.fixedMask,
+                    movingMaskNode=p.movingMask,
+                    model=model,
+                    device=p.device,
+                    refineIterations=None if p.refineIterations == DEFAULT_ITERATIONS else p.refineIterations,
+                    affine=p.affine,
+                    progressCallback=self._onProgress,
+                )
+            except RegistrationCancelled:
+                self.ui.progressBar.setValue(0)
+                self.ui.statusLabel.text = _("Registration cancelled; nothing was changed.")
+                return
+            finally:
+                self._setBusy(False)
+            p.outputTransform = transformNode
+            p.treTransform = transformNode
+            if p.outputVolume:
+                self.logic.warpVolume(p.movingVolume, transformNode, p.fixedVolume, p.outputVolume)
+            self.ui.statusLabel.text = self._resultSummary()
+            if p.showResult:
+                self._showResult(transformNode)
+
+    def _resultSummary(self) -> str:
+        result = self.logic.lastResult
+        lines = [_("Registration finished.")]
+        timings = getattr(result, "timings", None) or {}
+        total = timings.get("total") if isinstance(timings, dict) else None
+        if total is not None:
+            lines.append(_("Time: {seconds:.1f} s.").format(seconds=float(total)))
+        folding = getattr(result, "folding_fraction", None)
+        if folding is not None:
+            lines.append(_("Folding (det J <= 0): {percent:.3f} % of voxels.").format(percent=100 * float(folding)))
+        lines.extend(str(m) for m in (getattr(result, "messages", None) or []))
+        return " ".join(lines)
+
+    def _showResult(self, transformNode) -> None:
+        p = self._parameterNode
+        moving = p.movingVolume
+        parent = moving.GetParentTransformNode()
+        previousResult = parent is not None and parent.GetNodeReferenceID(MOVING_VOLUME_REFERENCE_ROLE) == moving.GetID()
+        if parent is None or parent == transformNode or previousResult:
+            moving.SetAndObserveTransformNodeID(transformNode.GetID())
+        else:
+            logging.warning("MLVIRNET: the moving volume is under another transform; it was left there")
+        foreground = p.outputVolume if p.outputVolume else moving
+        slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=foreground, foregroundOpacity=0.5)
+
+    def onComputeTreButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Computing the target registration error failed."), waitCursor=True):
+            if not ensurePyTorch():
+                return
+            if p.treTable is None:
+                p.treTable = slicer.mrmlScene.AddNewNodeByClass(
+                    "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName("MLVIRNET TRE")
+                )
+            stats = self.logic.computeTRE(p.fixedLandmarks, p.movingLandmarks, p.treTransform, p.treTable)
+            self.ui.treResultLabel.text = stats["summary"]
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(p.treTable.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
+
+    def onLoadDirLabCaseButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Loading the DIR-LAB case failed."), waitCursor=True):
+            if not ensurePyTorch():
+                return
+            nodes = self.logic.loadDirLabCase(p.dirLabRoot, p.dirLabCase)
+            p.fixedVolume = nodes["fixedVolume"]
+            p.movingVolume = nodes["movingVolume"]
+            p.fixedLandmarks = nodes["fixedLandmarks"]
+            p.movingLandmarks = nodes["movingLandmarks"]
+            p.fixedMask = None
+            p.movingMask = None
+            slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=p.movingVolume, foregroundOpacity=0.5)
+            slicer.util.resetSliceViews()
+            self.ui.statusLabel.text = _("Loaded DIR-LAB case {case}.").format(case=p.dirLabCase)
+
+    def onImportLandmarksButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Importing the landmarks failed."), waitCursor=True):
+            if not ensurePyTorch():
+                return
+            node = self.logic.importLandmarks(p.landmarkFile, p.landmarkReference)
+            reference = p.landmarkReference
+            if reference is not None and reference == p.fixedVolume:
+                p.fixedLandmarks = node
+            elif reference is not None and reference == p.movingVolume:
+                p.movingLandmarks = node
+            self.ui.statusLabel.text = _("Imported {n} landmarks as '{name}'.").format(
+                n=node.GetNumberOfControlPoints(), name=node.GetName()
+            )
+
+
+#
+# MLVIRNETTest
+#
+class MLVIRNETTest(ScriptedLoadableModuleTest):
+    """Self-test run from Slicer (Reload and Test, or ctest in a built extension).
+
+    The same checks as ``Testing/test_logic_mrml.py``, inside the application and its scene.
+    """
+
+    def setUp(self) -> None:
+        slicer.mrmlScene.Clear()
+
+    def runTest(self) -> None:
+        for test in (
+            self.test_VolumeRoundTrip,
+            self.test_GridTransformMatchesDeformation,
+            self.test_TransformFileMatchesITKField,
+            self.test_RegisterAndTRE,
+            self.test_DirLabLandmarks,
+        ):
+            self.setUp()
+            try:
+                test()
+            except unittest.SkipTest as reason:
+                self.delayDisplay(f"{test.__name__} skipped: {reason}")
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _requireTorch(self) -> None:
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            self.skipTest("PyTorch is not installed (install the PyTorch extension or press Apply once)")
+
+    @staticmethod
+    def _obliqueGrid(size=(9, 7, 5)):
+        import numpy as np
+
+        from MLVIRNETLib.geometry import ImageGrid
+
+        a, b = np.deg2rad(20.0), np.deg2rad(-35.0)
+        rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+        rx = np.array([[1, 0, 0], [0, np.cos(b), -np.sin(b)], [0, np.sin(b), np.cos(b)]])
+        direction = rz @ rx @ np.diag([1.0, 1.0, -1.0])
+        return ImageGrid(size, (0.7, 1.3, 2.5), (-12.5, 20.25, 33.0), tuple(direction.ravel()))
+
+    @staticmethod
+    def _smoothDeformation(grid, amplitude=3.0):
+        import numpy as np
+        import torch
+
+        from MLVIRNETLib.deformation import Deformation
+
+        c = torch.as_tensor(grid.index_to_world((np.asarray(grid.size) - 1) / 2), dtype=torch.float64)
+        scale = float(np.max(grid.extent))
+
+        def fn(x):
+            r = (x - c) / scale
+            return amplitude * torch.stack(
+                [torch.sin(2 * r[..., 1] + 0.3), torch.cos(3 * r[..., 2]) - 0.5, torch.sin(r[..., 0] + r[..., 1])], dim=-1
+            )
+
+        return Deformation.from_function(grid, fn)
+
+    @staticmethod
+    def _pointsInside(grid, n=40, seed=0):
+        import numpy as np
+
+        rng = np.random.default_rng(seed)
+        return np.asarray(grid.index_to_world(rng.uniform(0.1, 0.9, size=(n, 3)) * (np.asarray(grid.size) - 1)))
+
+    # -- tests ----------------------------------------------------------------------------------
+    def test_VolumeRoundTrip(self) -> None:
+        """Volume node -> SimpleITK -> volume node keeps the oblique geometry and the voxels."""
+        import numpy as np
+
+        import SimpleITK as sitk
+
+        from MLVIRNETLib import logic as L
+        from MLVIRNETLib.geometry import ras_to_lps
+
+        self._requireTorch()
+        grid = self._obliqueGrid()
+        array = np.random.default_rng(3).integers(-1024, 2000, size=grid.shape_zyx).astype(np.int16)
+        node = slicer.util.addVolumeFromArray(array, ijkToRAS=grid.index_to_ras_matrix(), name="oblique")
+        image = L.volumeNodeToImage(node)
+        ijkToRas = grid.index_to_ras_matrix()
+        for index in [(0, 0, 0), (8, 6, 4), (5, 3, 2)]:
+            ras = (ijkToRas @ np.array([*index, 1.0]))[:3]
+            self.assertTrue(np.allclose(image.TransformIndexToPhysicalPoint(index), ras_to_lps(ras), atol=1e-9))
+        self.assertTrue(np.array_equal(sitk.GetArrayFromImage(image), array))
+        back = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "back")
+        L.updateVolumeNodeFromImage(back, image)
+        matrix = vtk.vtkMatrix4x4()
+        back.GetIJKToRASMatrix(matrix)
+        self.assertTrue(np.allclose(slicer.util.arrayFromVTKMatrix(matrix), ijkToRas, atol=1e-12))
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(back), array))
+        self.delayDisplay("Volume round trip passed")
+
+    def test_GridTransformMatchesDeformation(self) -> None:
+        """The grid transform maps fixed RAS points like the library's deformation."""
+        import numpy as np
+        import torch
+
+        from MLVIRNETLib import logic as L
+        from MLVIRNETLib.geometry import lps_to_ras, ras_to_lps
+
+        self._requireTorch()
+        grid = self._obliqueGrid((12, 9, 7))
+        deformation = self._smoothDeformation(grid)
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "T")
+        node.SetAndObserveTransformFromParent(L.deformationToGridTransform(deformation))
+        points = self._pointsInside(grid)
+        expected = deformation.map_points(torch.as_tensor(points, dtype=torch.float64))[0].numpy()
+        got = np.array([node.GetTransformFromParent().TransformPoint(*lps_to_ras(p)) for p in points])
+        self.assertLess(float(np.abs(ras_to_lps(got) - expected).max()), 1e-3)
+        self.delayDisplay("Grid transform passed")
+
+    def test_TransformFileMatchesITKField(self) -> None:
+        """A grid transform saved by Slicer (.h5) maps points like the CLI's ITK field."""
+        import os
+
+        import numpy as np
+        import torch
+
+        import SimpleITK as sitk
+
+        from MLVIRNETLib import logic as L
+
+        self._requireTorch()
+        grid = self._obliqueGrid((11, 8, 6))
+        deformation = self._smoothDeformation(grid)
+        node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "T")
+        node.SetAndObserveTransformFromParent(L.deformationToGridTransform(deformation))
+        path = os.path.join(slicer.app.temporaryPath, "MLVIRNETTest_field.h5")
+        self.assertTrue(slicer.util.saveNode(node, path))
+        transform = sitk.ReadTransform(path)
+        points = self._pointsInside(grid, seed=5)
+        got = np.array([transform.TransformPoint(tuple(p)) for p in points])
+        expected = deformation.map_points(torch.as_tensor(points, dtype=torch.float64))[0].numpy()
+        self.assertLess(float(np.abs(got - expected).max()), 1e-3)
+        os.remove(path)
+        self.delayDisplay("Transform file passed")
+
+    def test_RegisterAndTRE(self) -> None:
+        """Register a known deformation of the bundled CT; transform and TRE agree with the library."""
+        import numpy as np
+        import torch
+
+        import SimpleITK as sitk
+
+        from MLVIRNETLib import logic as L
+        from MLVIRNETLib import metrics
+        from MLVIRNETLib.geometry import ImageGrid, lps_to_ras, ras_to_lps
+        from MLVIRNETLib.networks import MultilevelNet
+        from MLVIRNETLib.paths import bundled_ct_path
+        from MLVIRNETLib.registration import RegistrationOptions
+
+        self._requireTorch()
+        ct = sitk.ReadImage(str(bundled_ct_path()))
+        grid = ImageGrid.from_sitk(ct).resized((48, 44, 40))
+        reference = sitk.Image(list(grid.size), sitk.sitkInt16)
+        grid.copy_to_sitk(reference)
+        small = sitk.Resample(
+            sitk.SmoothingRecursiveGaussian(sitk.Cast(ct, sitk.sitkFloat32), 1.5),
+            reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16,
+        )
+        truth = self._smoothDeformation(grid, amplitude=4.0)
+        values = torch.as_tensor(sitk.GetArrayFromImage(small).astype(np.float32))[None, None]
+        movingImage = sitk.GetImageFromArray(np.rint(truth.warp(values, grid)[0, 0].numpy()).astype(np.int16))
+        grid.copy_to_sitk(movingImage)
+        fixed = L.imageToNewVolumeNode(slicer.mrmlScene, small, "fixed")
+        moving = L.imageToNewVolumeNode(slicer.mrmlScene, movingImage, "moving")
+
+        # a small untrained network and few iterations: this checks the plumbing, not the accuracy
+        torch.manual_seed(0)
+        net = MultilevelNet(levels=2, features=4, depth=2)
+        options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=2, crop_to_lungs=False)
+        logic = MLVIRNETLogic()
+        transformNode = logic.register(fixed, moving, model=net, device="cpu", affine=False, options=options)
+        deformation = logic.lastResult.deformation.to(torch.float64)
+        points = self._pointsInside(grid, n=30, seed=7)
+        got = L.transformPointsRas(transformNode.GetTransformFromParent(), lps_to_ras(points))
+        expected = deformation.map_points(torch.as_tensor(points, dtype=torch.float64))[0].numpy()
+        self.assertLess(float(np.abs(ras_to_lps(got) - expected).max()), 0.01)
+
+        movingPoints = truth.to(torch.float64).map_points(torch.as_tensor(points, dtype=torch.float64))[0].numpy()
+        fixedLandmarks = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
+        movingLandmarks = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "M")
+        L.setMarkupsPoints(fixedLandmarks, points)
+        L.setMarkupsPoints(movingLandmarks, movingPoints)
+        table = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode", "TRE")
+        stats = logic.computeTRE(fixedLandmarks, movingLandmarks, transformNode, table)
+        libraryTre = metrics.tre(points, movingPoints, deformation)
+        self.assertAlmostEqual(stats["mean"], libraryTre.mean, delta=0.01)
+        self.assertAlmostEqual(stats["max"], libraryTre.max, delta=0.01)
+        self.assertEqual(table.GetNumberOfRows(), len(points))
+        self.delayDisplay(f"Registration passed: {stats['summary']}")
+
+    def test_DirLabLandmarks(self) -> None:
+        """DIR-LAB 4D-CT case 1 landmarks land at IJKToRAS @ (index - 1) and give the paper's initial TRE."""
+        import numpy as np
+
+        from MLVIRNETLib.paths import shared_data_dir
+
+        self._requireTorch()
+        root = shared_data_dir()
+        if root is None or not (root / "dirlab" / "4dct_landmarks").is_dir():
+            self.skipTest("the shared DIR-LAB landmark files are not available")
+        folder = root / "dirlab" / "4dct_landmarks"
+        spacing = (0.97, 0.97, 2.5)
+        ijkToRas = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+        reference = slicer.util.addVolumeFromArray(np.zeros((94, 256, 256), np.int16), ijkToRAS=ijkToRas, name="case1")
+        logic = MLVIRNETLogic()
+        fixed = logic.loadDirLabLandmarks(folder / "Case1_300_T00_xyz.txt", reference)
+        moving = logic.loadDirLabLandmarks(folder / "Case1_300_T50_xyz.txt", reference)
+        indices = np.loadtxt(folder / "Case1_300_T00_xyz.txt")
+        ras = (ijkToRas @ np.c_[indices - 1.0, np.ones(len(indices))].T).T[:, :3]
+        self.assertTrue(np.allclose(slicer.util.arrayFromMarkupsControlPoints(fixed), ras, atol=1e-6))
+        stats = logic.computeTRE(fixed, moving)
+        self.assertAlmostEqual(stats["mean"], 3.89, delta=0.005)
+        self.assertAlmostEqual(stats["std"], 2.78, delta=0.005)
+        self.delayDisplay("DIR-LAB landmarks passed")

@@ -1,0 +1,855 @@
+"""MRML side of MLVIRNET: volume, transform, markups and table nodes <-> the library.
+
+This module is the logic of the 3D Slicer module (``MLVIRNET/MLVIRNET.py`` builds on
+:class:`MLVIRNETLogic`). It is usable without the Slicer application: it needs only MRML and VTK,
+which the ``slicer-core`` wheel provides, and it imports them (and torch, through the library)
+lazily inside functions, so ``import MLVIRNETLib.logic`` works anywhere.
+
+Coordinates
+-----------
+Slicer's world frame is RAS, the library's is LPS. Every crossing goes through
+:mod:`MLVIRNETLib.geometry` (``ImageGrid.from_ijk_to_ras``, ``index_to_ras_matrix``,
+``lps_to_ras``/``ras_to_lps``); nothing here flips an axis itself. Voxel arrays are ``(k, j, i)`` =
+``(D, H, W)``, the layout of ``sitk.GetArrayFromImage``.
+
+Each node is used in its own coordinates: the volumes' IJKToRAS and the markups' control-point
+positions as stored. A node under a parent transform is refused (harden the transform first), with
+one exception, the usual state after a previous run: a moving volume under the output transform or
+under an earlier MLVIRNET result computed for it, and moving markups under the evaluated transform,
+are read in their own coordinates.
+
+Transform convention
+--------------------
+A registration of *moving* to *fixed* gives a displacement on the fixed grid with
+``x_moving = x_fixed + u(x_fixed)``. In Slicer it becomes a grid transform node whose transform
+*from parent* is that map (in RAS): ``node.GetTransformFromParent().TransformPoint(p_fixed_RAS)``
+is the corresponding moving point. Placing the moving volume under the node aligns it with the
+fixed volume, and saving the node (``.h5``) writes the same ITK displacement field the CLI writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers only
+    import SimpleITK as sitk
+
+    from .deformation import Deformation
+    from .geometry import ImageGrid
+
+ProgressCallback = Callable[[float, str], None]
+"""``progress(fraction in [0, 1], message)``."""
+
+FIXED_VOLUME_REFERENCE_ROLE = "fixedVolume"
+"""Node reference role from an output transform node to the fixed volume it was computed for."""
+
+MOVING_VOLUME_REFERENCE_ROLE = "movingVolume"
+"""Node reference role from an output transform node to its moving volume."""
+
+DEFAULT_TRANSFORM_NAME = "MLVIRNET transform"
+
+NO_MODEL = "none"
+"""``model`` value for registering without a network (variational multilevel refinement alone)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Small VTK helpers
+# ----------------------------------------------------------------------------------------------
+def vtkMatrixToNumpy(matrix) -> np.ndarray:
+    """A ``vtkMatrix4x4`` -> ``(4, 4)`` float64 array."""
+    return np.array([[matrix.GetElement(r, c) for c in range(4)] for r in range(4)], dtype=float)
+
+
+def numpyToVtkMatrix(array: np.ndarray):
+    """A ``(4, 4)`` array -> new ``vtkMatrix4x4``."""
+    import vtk
+
+    a = np.asarray(array, dtype=float)
+    if a.shape != (4, 4):
+        raise ValueError(f"expected a 4x4 matrix, got shape {a.shape}")
+    m = vtk.vtkMatrix4x4()
+    for r in range(4):
+        for c in range(4):
+            m.SetElement(r, c, float(a[r, c]))
+    return m
+
+
+def _nodeName(node) -> str:
+    return node.GetName() if node is not None and node.GetName() else "(unnamed)"
+
+
+def _requireNode(node, className: str, what: str) -> None:
+    if node is None:
+        raise ValueError(f"{what} is not set")
+    if not hasattr(node, "IsA") or not node.IsA(className):
+        got = node.GetClassName() if hasattr(node, "GetClassName") else type(node).__name__
+        raise ValueError(f"{what} must be a {className}, got a {got}")
+
+
+def _isResultFor(transformNode, movingNode) -> bool:
+    """True when ``transformNode`` holds an MLVIRNET result computed for ``movingNode``."""
+    return transformNode.GetNodeReferenceID(MOVING_VOLUME_REFERENCE_ROLE) == movingNode.GetID()
+
+
+def _requireNoParentTransform(node, what: str, allowedTransformNode=None, allowResults: bool = False) -> None:
+    """Refuse nodes under a transform, except ``allowedTransformNode`` and (with ``allowResults``)
+    an MLVIRNET result computed for this very node."""
+    parent = node.GetParentTransformNode()
+    if parent is None:
+        return
+    if allowedTransformNode is not None and parent.GetID() == allowedTransformNode.GetID():
+        return
+    if allowResults and _isResultFor(parent, node):
+        return
+    raise ValueError(
+        f"{what} '{_nodeName(node)}' is under the transform '{_nodeName(parent)}': MLVIRNET uses each node "
+        f"in its own coordinates, so harden that transform (Data module) or remove it first"
+    )
+
+
+def _removeNodeAndDisplay(scene, node) -> None:
+    """Remove a displayable node and the display nodes it created."""
+    displayNodes = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    scene.RemoveNode(node)
+    for displayNode in displayNodes:
+        if displayNode is not None:
+            scene.RemoveNode(displayNode)
+
+
+def _sceneOf(*nodes):
+    for node in nodes:
+        if node is not None and node.GetScene() is not None:
+            return node.GetScene()
+    raise ValueError("the input nodes are not in a MRML scene")
+
+
+# ----------------------------------------------------------------------------------------------
+# Volumes
+# ----------------------------------------------------------------------------------------------
+def gridFromVolumeNode(volumeNode) -> "ImageGrid":
+    """The :class:`ImageGrid` (LPS) of a volume node from its IJKToRAS matrix and image dimensions.
+
+    Parent transforms are not applied (see the module docstring).
+    """
+    import vtk
+
+    from .geometry import ImageGrid
+
+    _requireNode(volumeNode, "vtkMRMLVolumeNode", "volume node")
+    imageData = volumeNode.GetImageData()
+    if imageData is None:
+        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has no image data")
+    extent = imageData.GetExtent()
+    if extent[0] != 0 or extent[2] != 0 or extent[4] != 0:
+        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has an image extent {extent} that does not start at 0")
+    ijkToRas = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(ijkToRas)
+    try:
+        return ImageGrid.from_ijk_to_ras(vtkMatrixToNumpy(ijkToRas), imageData.GetDimensions())
+    except ValueError as error:
+        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has an unusable geometry: {error}") from None
+
+
+def arrayFromVolumeNode(volumeNode) -> np.ndarray:
+    """A copy of the voxels of a scalar volume node as a ``(D, H, W)`` = ``(k, j, i)`` array."""
+    from vtk.util import numpy_support
+
+    grid = gridFromVolumeNode(volumeNode)
+    scalars = volumeNode.GetImageData().GetPointData().GetScalars()
+    if scalars is None:
+        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has no voxel values")
+    if scalars.GetNumberOfComponents() != 1:
+        raise ValueError(
+            f"volume node '{_nodeName(volumeNode)}' has {scalars.GetNumberOfComponents()} components per voxel; "
+            "MLVIRNET needs a scalar (single-component) volume"
+        )
+    return numpy_support.vtk_to_numpy(scalars).reshape(grid.shape_zyx).copy()
+
+
+def volumeNodeToImage(volumeNode) -> "sitk.Image":
+    """A scalar volume (or labelmap) node -> ``SimpleITK.Image`` with the same geometry and pixel type."""
+    import SimpleITK as sitk
+
+    grid = gridFromVolumeNode(volumeNode)
+    image = sitk.GetImageFromArray(arrayFromVolumeNode(volumeNode))
+    grid.copy_to_sitk(image)
+    return image
+
+
+def updateVolumeNodeFromImage(volumeNode, image: "sitk.Image") -> None:
+    """Put a 3-D scalar ``SimpleITK.Image`` (voxels and geometry) into an existing volume node."""
+    import vtk
+    from vtk.util import numpy_support
+
+    import SimpleITK as sitk
+
+    from .geometry import ImageGrid
+
+    _requireNode(volumeNode, "vtkMRMLVolumeNode", "output volume node")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per pixel")
+    grid = ImageGrid.from_sitk(image)
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image))
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    imageData = vtk.vtkImageData()
+    imageData.SetDimensions(*grid.size)
+    vtkArray = numpy_support.numpy_to_vtk(array.ravel(), deep=True)
+    vtkArray.SetName("ImageScalars")
+    imageData.GetPointData().SetScalars(vtkArray)
+    wasModifying = volumeNode.StartModify()
+    volumeNode.SetIJKToRASMatrix(numpyToVtkMatrix(grid.index_to_ras_matrix()))
+    volumeNode.SetAndObserveImageData(imageData)
+    volumeNode.EndModify(wasModifying)
+
+
+def imageToNewVolumeNode(scene, image: "sitk.Image", name: str, className: str = "vtkMRMLScalarVolumeNode"):
+    """Add a new volume node (with display nodes) holding ``image`` to ``scene``."""
+    node = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(name))
+    updateVolumeNodeFromImage(node, image)
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def maskNodeToImage(maskNode, referenceVolumeNode) -> "sitk.Image":
+    """A labelmap volume or segmentation node -> ``SimpleITK.Image`` label map.
+
+    A segmentation is exported (visible segments) on the geometry of ``referenceVolumeNode``; a
+    labelmap is used as it is.
+    """
+    if maskNode.IsA("vtkMRMLLabelMapVolumeNode") or maskNode.IsA("vtkMRMLScalarVolumeNode"):
+        _requireNoParentTransform(maskNode, "mask")
+        return volumeNodeToImage(maskNode)
+    if not maskNode.IsA("vtkMRMLSegmentationNode"):
+        raise ValueError(f"a mask must be a labelmap volume or segmentation node, got a {maskNode.GetClassName()}")
+    import slicer
+
+    scene = _sceneOf(maskNode, referenceVolumeNode)
+    existing = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MLVIRNET temporary mask")
+    try:
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportVisibleSegmentsToLabelmapNode(
+            maskNode, labelmap, referenceVolumeNode
+        )
+        if not ok or labelmap.GetImageData() is None:
+            raise ValueError(f"segmentation '{_nodeName(maskNode)}' could not be exported to a labelmap")
+        return volumeNodeToImage(labelmap)
+    finally:
+        # the export adds the labelmap, its display node and a color table: remove them all again
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in added:
+            if node.GetID() not in existing and not node.IsA("vtkMRMLSubjectHierarchyNode"):
+                scene.RemoveNode(node)
+
+
+# ----------------------------------------------------------------------------------------------
+# Transforms
+# ----------------------------------------------------------------------------------------------
+def deformationToGridTransform(deformation: "Deformation"):
+    """A :class:`Deformation` (LPS) -> ``vtkOrientedGridTransform`` (RAS) of the same map.
+
+    The displacement grid has the geometry of ``deformation.grid`` (origin and spacing on the
+    ``vtkImageData``, the RAS direction as the grid direction matrix) and holds the displacement
+    vectors converted to RAS. Used as a transform *from parent*, ``TransformPoint(x_RAS)`` returns
+    ``y(x)`` in RAS, trilinear between voxels and continued by the border value outside, like the
+    library.
+    """
+    import slicer
+    import torch
+    import vtk
+    from vtk.util import numpy_support
+
+    from .geometry import lps_to_ras
+
+    if deformation.batch_size != 1:
+        raise ValueError(f"expected a single deformation (batch size 1), got batch size {deformation.batch_size}")
+    grid = deformation.grid
+    u = deformation.displacement.detach()[0].cpu().movedim(0, -1)  # (D, H, W, 3) LPS
+    vtkType = vtk.VTK_DOUBLE if u.dtype == torch.float64 else vtk.VTK_FLOAT
+    ijkToRas = grid.index_to_ras_matrix()
+    spacing = np.asarray(grid.spacing)
+
+    displacements = vtk.vtkImageData()
+    displacements.SetDimensions(*grid.size)
+    displacements.SetSpacing(*grid.spacing)
+    displacements.SetOrigin(*ijkToRas[:3, 3])
+    displacements.AllocateScalars(vtkType, 3)
+    view = numpy_support.vtk_to_numpy(displacements.GetPointData().GetScalars())  # (P, 3), shares memory
+    view = view.reshape(*grid.shape_zyx, 3)
+    for z0 in range(0, grid.shape_zyx[0], 16):  # slab by slab: no full-size temporary
+        view[z0 : z0 + 16] = lps_to_ras(u[z0 : z0 + 16]).numpy()
+
+    direction = np.eye(4)
+    direction[:3, :3] = ijkToRas[:3, :3] / spacing[None, :]
+    transform = slicer.vtkOrientedGridTransform()
+    transform.SetDisplacementGridData(displacements)
+    transform.SetGridDirectionMatrix(numpyToVtkMatrix(direction))
+    transform.SetInterpolationModeToLinear()
+    return transform
+
+
+def gridTransformToDeformation(gridTransform) -> "Deformation":
+    """A ``vtkOrientedGridTransform`` (or ``vtkGridTransform``) -> :class:`Deformation` (LPS, float32).
+
+    Inverse of :func:`deformationToGridTransform`; the transform must be in its forward direction.
+    """
+    import torch
+    from vtk.util import numpy_support
+
+    from .deformation import Deformation
+    from .geometry import ImageGrid, ras_to_lps
+
+    if gridTransform is None or not gridTransform.IsA("vtkGridTransform"):
+        got = gridTransform.GetClassName() if gridTransform is not None else "None"
+        raise ValueError(f"expected a grid transform, got {got}")
+    if gridTransform.GetInverseFlag():
+        raise ValueError("the grid transform is inverted; evaluate it on a grid with transformToDeformation instead")
+    displacements = gridTransform.GetDisplacementGrid()
+    if displacements is None:
+        raise ValueError("the grid transform has no displacement grid")
+    extent = displacements.GetExtent()
+    size = displacements.GetDimensions()
+    matrix = np.eye(4)
+    if gridTransform.IsA("vtkOrientedGridTransform") and gridTransform.GetGridDirectionMatrix() is not None:
+        matrix = vtkMatrixToNumpy(gridTransform.GetGridDirectionMatrix())
+    ijkToRas = np.eye(4)
+    ijkToRas[:3, :3] = matrix[:3, :3] * np.asarray(displacements.GetSpacing())[None, :]
+    # the first stored voxel sits at index extent[0,2,4] of the grid's index frame
+    ijkToRas[:3, 3] = np.asarray(displacements.GetOrigin()) + ijkToRas[:3, :3] @ np.asarray(extent[0::2], dtype=float)
+    grid = ImageGrid.from_ijk_to_ras(ijkToRas, size)
+    vectors = numpy_support.vtk_to_numpy(displacements.GetPointData().GetScalars())
+    if vectors.ndim != 2 or vectors.shape[1] != 3:
+        raise ValueError(f"the displacement grid must hold 3-vectors, got array shape {vectors.shape}")
+    vectors = vectors.astype(np.float64) * gridTransform.GetDisplacementScale() + gridTransform.GetDisplacementShift()
+    u_lps = ras_to_lps(vectors.reshape(*grid.shape_zyx, 3))
+    u = torch.as_tensor(np.moveaxis(u_lps, -1, 0)[None].astype(np.float32)).contiguous()
+    return Deformation(grid, u)
+
+
+def transformToDeformation(transform, grid: "ImageGrid") -> "Deformation":
+    """Evaluate any VTK transform (RAS -> RAS points) at the voxel centres of ``grid``.
+
+    Returns the :class:`Deformation` ``u(x) = T(x) - x`` on ``grid`` (LPS mm, float32). Exact at
+    the voxel centres for any transform (linear, grid, composite, inverted).
+    """
+    import torch
+    import vtk
+    from vtk.util import numpy_support
+
+    from .deformation import Deformation
+    from .geometry import lps_to_ras, ras_to_lps
+
+    x_lps = grid.world_points(dtype=torch.float64).reshape(-1, 3).numpy()
+    x_ras = np.ascontiguousarray(lps_to_ras(x_lps))
+    points = vtk.vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(x_ras, deep=True))
+    mapped = vtk.vtkPoints()
+    transform.TransformPoints(points, mapped)
+    y_lps = ras_to_lps(numpy_support.vtk_to_numpy(mapped.GetData()).astype(np.float64))
+    u = (y_lps - x_lps).reshape(*grid.shape_zyx, 3)
+    return Deformation(grid, torch.as_tensor(np.moveaxis(u, -1, 0)[None].astype(np.float32)).contiguous())
+
+
+def transformPointsRas(transform, pointsRas: np.ndarray) -> np.ndarray:
+    """Map RAS points ``(P, 3)`` through a VTK transform -> ``(P, 3)`` RAS."""
+    import vtk
+    from vtk.util import numpy_support
+
+    p = np.ascontiguousarray(np.asarray(pointsRas, dtype=np.float64).reshape(-1, 3))
+    points = vtk.vtkPoints()
+    points.SetData(numpy_support.numpy_to_vtk(p, deep=True))
+    mapped = vtk.vtkPoints()
+    transform.TransformPoints(points, mapped)
+    return numpy_support.vtk_to_numpy(mapped.GetData()).astype(np.float64).reshape(-1, 3)
+
+
+# ----------------------------------------------------------------------------------------------
+# Markups
+# ----------------------------------------------------------------------------------------------
+def markupsToPoints(fiducialNode) -> np.ndarray:
+    """Control points of a markups node in its own coordinates -> ``(P, 3)`` LPS mm."""
+    from .geometry import ras_to_lps
+
+    _requireNode(fiducialNode, "vtkMRMLMarkupsNode", "landmark node")
+    n = fiducialNode.GetNumberOfControlPoints()
+    ras = np.zeros((n, 3))
+    position = [0.0, 0.0, 0.0]
+    for i in range(n):
+        fiducialNode.GetNthControlPointPosition(i, position)
+        ras[i] = position
+    return np.asarray(ras_to_lps(ras)).reshape(n, 3)
+
+
+def setMarkupsPoints(fiducialNode, pointsLps: np.ndarray, labels: Sequence[str] | None = None) -> None:
+    """Replace the control points of a markups node by LPS points ``(P, 3)`` (labels default 1..P)."""
+    from .geometry import lps_to_ras
+
+    p = np.asarray(pointsLps, dtype=float)
+    if p.ndim != 2 or p.shape[1] != 3:
+        raise ValueError(f"points must have shape (P, 3), got {p.shape}")
+    if labels is not None and len(labels) != len(p):
+        raise ValueError(f"got {len(labels)} labels for {len(p)} points")
+    ras = lps_to_ras(p)
+    wasModifying = fiducialNode.StartModify()
+    fiducialNode.RemoveAllControlPoints()
+    for i, position in enumerate(ras):
+        fiducialNode.AddControlPoint([float(v) for v in position], labels[i] if labels is not None else str(i + 1))
+    fiducialNode.EndModify(wasModifying)
+
+
+# ----------------------------------------------------------------------------------------------
+# Logic
+# ----------------------------------------------------------------------------------------------
+class MLVIRNETLogic:
+    """Everything the MLVIRNET Slicer module does, usable from scripts without the GUI.
+
+    Args:
+        scene: the MRML scene for methods that create nodes without an input node to take the scene
+            from (the DIR-LAB loader). Defaults to ``slicer.mrmlScene`` inside Slicer.
+    """
+
+    def __init__(self, scene=None) -> None:
+        self._scene = scene
+        self._cancelRequested = False
+        self.lastResult = None
+        """The library's ``RegistrationResult`` of the last successful :meth:`register`."""
+
+    # -- scene and cancellation -----------------------------------------------------------------
+    def scene(self):
+        """The scene given to the constructor, else ``slicer.mrmlScene``."""
+        if self._scene is not None:
+            return self._scene
+        import slicer
+
+        scene = getattr(slicer, "mrmlScene", None)
+        if scene is None:
+            raise ValueError("no MRML scene: pass one to MLVIRNETLogic(scene=...) when running outside Slicer")
+        return scene
+
+    def cancel(self) -> None:
+        """Ask a running :meth:`register` to stop at its next progress check."""
+        self._cancelRequested = True
+
+    def isCancelRequested(self) -> bool:
+        return self._cancelRequested
+
+    # -- registration ---------------------------------------------------------------------------
+    def register(
+        self,
+        fixedVolumeNode,
+        movingVolumeNode,
+        outputTransformNode=None,
+        fixedMaskNode=None,
+        movingMaskNode=None,
+        model=None,
+        device: str = "auto",
+        refineIterations: int | Sequence[int] | None = None,
+        affine: bool = True,
+        progressCallback: ProgressCallback | None = None,
+        options=None,
+    ):
+        """Register the moving volume to the fixed volume with mlVIRNET.
+
+        Args:
+            fixedVolumeNode, movingVolumeNode: scalar volume nodes (CT in HU).
+            outputTransformNode: transform node to fill; a new ``vtkMRMLGridTransformNode`` when None.
+            fixedMaskNode, movingMaskNode: optional labelmap volume or segmentation nodes (lungs).
+            model: ``None`` or ``"default"`` for the shipped weights, a path to a weights file, a
+                ``MultilevelNet``, or :data:`NO_MODEL` for the variational refinement alone.
+            device: ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``.
+            refineIterations: refinement iterations per level after the network (an int for every
+                level or one per level; 0 = network only; None keeps the library default).
+            affine: run the affine pre-alignment.
+            progressCallback: ``progress(fraction, message)``.
+            options: a ``MLVIRNETLib.registration.RegistrationOptions`` for everything else (network
+                grid size, crop, weights, ...); ``refineIterations`` and ``affine`` override it.
+
+        Returns:
+            The transform node. Its transform from parent maps fixed RAS points to moving RAS points
+            (the moving volume placed under it is aligned with the fixed volume). It references the
+            inputs with the roles :data:`FIXED_VOLUME_REFERENCE_ROLE` and
+            :data:`MOVING_VOLUME_REFERENCE_ROLE`.
+
+        Raises:
+            ValueError: unusable inputs (nothing is created or changed).
+            MLVIRNETLib.registration.RegistrationCancelled: :meth:`cancel` was called (nothing is
+                created or changed).
+        """
+        self._cancelRequested = False
+        _requireNode(fixedVolumeNode, "vtkMRMLScalarVolumeNode", "fixed volume")
+        _requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
+        if outputTransformNode is not None:
+            _requireNode(outputTransformNode, "vtkMRMLTransformNode", "output transform")
+            if outputTransformNode.GetParentTransformNode() is not None:
+                raise ValueError(
+                    f"output transform '{_nodeName(outputTransformNode)}' is itself under a transform; "
+                    "choose a transform that is not nested"
+                )
+        _requireNoParentTransform(fixedVolumeNode, "fixed volume")
+        _requireNoParentTransform(movingVolumeNode, "moving volume", outputTransformNode, allowResults=True)
+        scene = _sceneOf(fixedVolumeNode, movingVolumeNode)
+
+        def report(fraction: float, message: str) -> None:
+            if progressCallback is not None:
+                progressCallback(float(min(max(fraction, 0.0), 1.0)), message)
+
+        report(0.0, "Reading volumes")
+        fixedImage = volumeNodeToImage(fixedVolumeNode)
+        movingImage = volumeNodeToImage(movingVolumeNode)
+        fixedMask = maskNodeToImage(fixedMaskNode, fixedVolumeNode) if fixedMaskNode is not None else None
+        movingMask = maskNodeToImage(movingMaskNode, movingVolumeNode) if movingMaskNode is not None else None
+
+        from . import registration
+
+        options = self._registrationOptions(registration, options, refineIterations, affine)
+        if model is None or (isinstance(model, str) and model in ("", "default")):
+            model = "default"
+        elif isinstance(model, str) and model.lower() == NO_MODEL:
+            model = None
+        result = registration.register(
+            fixedImage,
+            movingImage,
+            fixed_mask=fixedMask,
+            moving_mask=movingMask,
+            model=model,
+            device=device,
+            options=options,
+            progress=lambda f, m: report(0.05 + 0.85 * float(f), m),
+            cancel=self.isCancelRequested,
+        )
+
+        report(0.92, "Creating the grid transform")
+        gridTransform = deformationToGridTransform(result.deformation)
+        if outputTransformNode is None:
+            outputTransformNode = scene.AddNewNodeByClass(
+                "vtkMRMLGridTransformNode", scene.GenerateUniqueName(DEFAULT_TRANSFORM_NAME)
+            )
+        wasModifying = outputTransformNode.StartModify()
+        outputTransformNode.SetAndObserveTransformFromParent(gridTransform)
+        outputTransformNode.SetNodeReferenceID(FIXED_VOLUME_REFERENCE_ROLE, fixedVolumeNode.GetID())
+        outputTransformNode.SetNodeReferenceID(MOVING_VOLUME_REFERENCE_ROLE, movingVolumeNode.GetID())
+        folding = getattr(result, "folding_fraction", None)
+        if folding is not None:
+            outputTransformNode.SetAttribute("MLVIRNET.FoldingFraction", f"{float(folding):.6g}")
+        outputTransformNode.EndModify(wasModifying)
+        self.lastResult = result
+        report(1.0, "Done")
+        return outputTransformNode
+
+    @staticmethod
+    def _registrationOptions(registration, options, refineIterations, affine: bool):
+        """``RegistrationOptions`` (``options`` or the defaults) with the module's two settings applied."""
+        import dataclasses
+
+        base = options if options is not None else registration.RegistrationOptions()
+        if not isinstance(base, registration.RegistrationOptions):
+            raise ValueError(f"options must be a RegistrationOptions, got {type(base).__name__}")
+        changes: dict[str, Any] = {"affine": bool(affine)}
+        if refineIterations is not None:
+            iterations = [refineIterations] if isinstance(refineIterations, (int, float)) else list(refineIterations)
+            if any(int(i) != i or i < 0 for i in iterations):
+                raise ValueError(f"refinement iterations must be integers >= 0, got {refineIterations}")
+            changes["refine_iterations"] = (
+                int(refineIterations) if isinstance(refineIterations, (int, float)) else tuple(int(i) for i in iterations)
+            )
+        return dataclasses.replace(base, **changes)
+
+    # -- resampling -----------------------------------------------------------------------------
+    def warpVolume(self, movingVolumeNode, transformNode, referenceVolumeNode, outputVolumeNode=None):
+        """Resample the moving volume through a transform onto the reference (fixed) grid.
+
+        ``warped(x) = moving(T(x))`` with ``T`` the transform node's transform from parent (fixed ->
+        moving), as ``mlvirnet warp`` does it: trilinear with border values outside the moving
+        image; labelmaps nearest neighbour with 0 outside. The output has the reference geometry
+        and the moving pixel type (rounded and clipped for integer types).
+
+        Returns:
+            The output volume node (a new one named "<moving> warped" when None).
+        """
+        import torch
+
+        from .io.images import image_to_tensor, tensor_to_image
+
+        _requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
+        _requireNode(referenceVolumeNode, "vtkMRMLVolumeNode", "reference volume")
+        _requireNode(transformNode, "vtkMRMLTransformNode", "transform")
+        _requireNoParentTransform(movingVolumeNode, "moving volume", transformNode, allowResults=True)
+        _requireNoParentTransform(referenceVolumeNode, "reference volume")
+        if outputVolumeNode is not None:
+            _requireNode(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume")
+            for other, what in ((movingVolumeNode, "moving"), (referenceVolumeNode, "reference")):
+                if outputVolumeNode.GetID() == other.GetID():
+                    raise ValueError(f"the output volume must differ from the {what} volume (inputs are never overwritten)")
+
+        grid = gridFromVolumeNode(referenceVolumeNode)
+        deformation = self.transformNodeToDeformation(transformNode, grid)
+        movingImage = volumeNodeToImage(movingVolumeNode)
+        isLabel = movingVolumeNode.IsA("vtkMRMLLabelMapVolumeNode")
+        # the same rules as ``mlvirnet warp``: trilinear with border values, labels nearest with 0 outside
+        if isLabel:
+            values, movingGrid = image_to_tensor(movingImage, dtype=torch.float64)
+            warped = deformation.warp_labels(values.to(torch.int64), movingGrid, mode="nearest")
+        else:
+            values, movingGrid = image_to_tensor(movingImage, dtype=torch.float32)
+            warped = deformation.warp(values, movingGrid, mode="bilinear", padding_mode="border")
+        image = tensor_to_image(warped, grid, pixel_type=movingImage.GetPixelID())
+
+        scene = _sceneOf(referenceVolumeNode, movingVolumeNode)
+        if outputVolumeNode is None:
+            className = "vtkMRMLLabelMapVolumeNode" if isLabel else "vtkMRMLScalarVolumeNode"
+            outputVolumeNode = imageToNewVolumeNode(scene, image, f"{_nodeName(movingVolumeNode)} warped", className)
+        else:
+            updateVolumeNodeFromImage(outputVolumeNode, image)
+            if outputVolumeNode.GetDisplayNode() is None:
+                outputVolumeNode.CreateDefaultDisplayNodes()
+        movingDisplay = movingVolumeNode.GetDisplayNode()
+        outputDisplay = outputVolumeNode.GetDisplayNode()
+        if movingDisplay is not None and outputDisplay is not None and not isLabel:
+            outputDisplay.SetAutoWindowLevel(movingDisplay.GetAutoWindowLevel())
+            outputDisplay.SetWindowLevel(movingDisplay.GetWindow(), movingDisplay.GetLevel())
+        return outputVolumeNode
+
+    @staticmethod
+    def transformNodeToDeformation(transformNode, grid: "ImageGrid") -> "Deformation":
+        """The transform node's transform from parent as a :class:`Deformation` on ``grid``.
+
+        A grid transform already on ``grid`` is converted directly; any other transform is evaluated
+        at the voxel centres.
+        """
+        if transformNode.GetParentTransformNode() is not None:
+            raise ValueError(f"transform '{_nodeName(transformNode)}' is under another transform; harden it first")
+        transform = transformNode.GetTransformFromParent()
+        if transform is None:
+            raise ValueError(f"transform node '{_nodeName(transformNode)}' holds no transform")
+        if transform.IsA("vtkGridTransform") and not transform.GetInverseFlag():
+            deformation = gridTransformToDeformation(transform)
+            if deformation.grid.is_close(grid, tol_mm=1e-4):
+                return deformation.on_grid(grid)
+        return transformToDeformation(transform, grid)
+
+    # -- landmarks and target registration error ------------------------------------------------
+    def computeTRE(
+        self, fixedFiducialNode, movingFiducialNode, transformNode=None, tableNode=None, snapToVolumeNode=None
+    ) -> dict:
+        """Target registration error between corresponding landmarks (paired by index).
+
+        Each fixed landmark ``x`` is mapped through the transform node's transform from parent
+        (fixed -> moving; identity when ``transformNode`` is None) and compared with the moving
+        landmark of the same index: ``e = |T(x) - x_moving|`` in mm.
+
+        Args:
+            fixedFiducialNode, movingFiducialNode: markups nodes with the same number of points,
+                read in their own coordinates.
+            transformNode: the registration result, or None for the initial error.
+            tableNode: optional ``vtkMRMLTableNode`` to fill with one row per landmark.
+            snapToVolumeNode: optional moving volume; each mapped point is moved to its nearest voxel
+                centre first (the DIR-LAB protocol, as ``mlvirnet evaluate-dirlab --snap``).
+
+        Returns:
+            ``{"mean", "std", "p95", "max", "n", "errors", "summary"}`` (mm; ``std`` as computed
+            by :func:`MLVIRNETLib.metrics.tre`); with a transform also ``"initial"``, the same
+            statistics without it.
+        """
+        from . import metrics
+        from .geometry import lps_to_ras, ras_to_lps
+
+        _requireNode(fixedFiducialNode, "vtkMRMLMarkupsNode", "fixed landmarks")
+        _requireNode(movingFiducialNode, "vtkMRMLMarkupsNode", "moving landmarks")
+        if transformNode is not None:
+            _requireNode(transformNode, "vtkMRMLTransformNode", "transform")
+            if transformNode.GetParentTransformNode() is not None:
+                raise ValueError(f"transform '{_nodeName(transformNode)}' is under another transform; harden it first")
+        _requireNoParentTransform(fixedFiducialNode, "fixed landmarks")
+        _requireNoParentTransform(movingFiducialNode, "moving landmarks", transformNode)
+        fixedPoints = markupsToPoints(fixedFiducialNode)
+        movingPoints = markupsToPoints(movingFiducialNode)
+        if len(fixedPoints) == 0:
+            raise ValueError(f"fixed landmarks '{_nodeName(fixedFiducialNode)}' have no points")
+        if len(fixedPoints) != len(movingPoints):
+            raise ValueError(
+                f"the landmark lists differ in length: {len(fixedPoints)} fixed "
+                f"('{_nodeName(fixedFiducialNode)}') and {len(movingPoints)} moving ('{_nodeName(movingFiducialNode)}')"
+            )
+        if tableNode is not None:
+            _requireNode(tableNode, "vtkMRMLTableNode", "output table")
+
+        snapGrid = gridFromVolumeNode(snapToVolumeNode) if snapToVolumeNode is not None else None
+        initial = metrics.tre(fixedPoints, movingPoints)
+        mappedPoints = fixedPoints
+        final = initial
+        if transformNode is not None:
+            transform = transformNode.GetTransformFromParent()
+            if transform is None:
+                raise ValueError(f"transform node '{_nodeName(transformNode)}' holds no transform")
+            mappedPoints = np.asarray(ras_to_lps(transformPointsRas(transform, lps_to_ras(fixedPoints))))
+            if snapGrid is not None:
+                mappedPoints = metrics.snap_to_voxel(mappedPoints, snapGrid)
+            final = metrics.tre(mappedPoints, movingPoints, snap_grid=snapGrid)
+
+        stats = self._treStats(final)
+        if transformNode is not None:
+            stats["initial"] = self._treStats(initial)
+            stats["summary"] = (
+                f"TRE {self._formatStats(stats)} after registration; {self._formatStats(stats['initial'])} before"
+            )
+        else:
+            stats["summary"] = f"TRE {self._formatStats(stats)} (no transform)"
+        if tableNode is not None:
+            labels = [fixedFiducialNode.GetNthControlPointLabel(i) for i in range(len(fixedPoints))]
+            self._fillTreTable(
+                tableNode, labels, fixedPoints, movingPoints, mappedPoints, initial, final if transformNode else None
+            )
+            tableNode.SetAttribute("MLVIRNET.TRESummary", stats["summary"])
+        return stats
+
+    @staticmethod
+    def _treStats(result) -> dict:
+        errors = np.asarray(result.per_point, dtype=float).reshape(-1)
+        return {
+            "mean": float(result.mean),
+            "std": float(result.std),
+            "p95": float(result.p95),
+            "max": float(result.max),
+            "n": int(result.n),
+            "errors": errors.tolist(),
+        }
+
+    @staticmethod
+    def _formatStats(stats: dict) -> str:
+        return (
+            f"{stats['mean']:.2f} ± {stats['std']:.2f} mm (95th percentile {stats['p95']:.2f}, "
+            f"max {stats['max']:.2f}, n = {stats['n']})"
+        )
+
+    @staticmethod
+    def _fillTreTable(tableNode, labels, fixedPoints, movingPoints, mappedPoints, initial, final) -> None:
+        import vtk
+
+        from .geometry import lps_to_ras
+
+        fixedRas, movingRas, mappedRas = (np.asarray(lps_to_ras(p)) for p in (fixedPoints, movingPoints, mappedPoints))
+        columns: list[tuple[str, Any]] = [("Landmark", list(labels))]
+        for prefix, ras in (("Fixed", fixedRas), ("Moving", movingRas)):
+            for axis, letter in enumerate("RAS"):
+                columns.append((f"{prefix} {letter}", ras[:, axis]))
+        if final is not None:
+            for axis, letter in enumerate("RAS"):
+                columns.append((f"Mapped {letter}", mappedRas[:, axis]))
+            columns.append(("Initial error (mm)", np.asarray(initial.per_point, dtype=float).reshape(-1)))
+            columns.append(("Error (mm)", np.asarray(final.per_point, dtype=float).reshape(-1)))
+        else:
+            columns.append(("Error (mm)", np.asarray(initial.per_point, dtype=float).reshape(-1)))
+
+        wasModifying = tableNode.StartModify()
+        table = tableNode.GetTable()
+        table.Initialize()
+        for name, values in columns:
+            if name == "Landmark":
+                array = vtk.vtkStringArray()
+                array.SetName(name)
+                for value in values:
+                    array.InsertNextValue(str(value))
+            else:
+                array = vtk.vtkDoubleArray()
+                array.SetName(name)
+                for value in values:
+                    array.InsertNextValue(float(value))
+            table.AddColumn(array)
+        for name, _ in columns[1:]:
+            tableNode.SetColumnUnitLabel(name, "mm")
+        tableNode.Modified()
+        tableNode.EndModify(wasModifying)
+
+    def importLandmarks(self, path: str | Path, referenceVolumeNode=None, name: str | None = None):
+        """Load a landmark file as a new fiducial node (labels 1..P, locked).
+
+        Any format :func:`MLVIRNETLib.io.landmarks.read_landmarks` reads: DIR-LAB voxel lists
+        (``.txt``/``.pts``, 1-based indices placed with the geometry of ``referenceVolumeNode``,
+        which is then required), Slicer markups (``.mrk.json``, ``.fcsv``) and CSV (LPS mm).
+
+        Raises:
+            ValueError: missing file, unreadable file, or a voxel list without reference volume.
+        """
+        from .io.landmarks import read_landmarks
+
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"landmark file not found: {path}")
+        grid = None
+        if referenceVolumeNode is not None:
+            _requireNode(referenceVolumeNode, "vtkMRMLVolumeNode", "reference volume")
+            _requireNoParentTransform(referenceVolumeNode, "reference volume")
+            grid = gridFromVolumeNode(referenceVolumeNode)
+        pointsLps = np.asarray(read_landmarks(path, grid=grid), dtype=float)
+        scene = _sceneOf(referenceVolumeNode) if referenceVolumeNode is not None else self.scene()
+        baseName = name or path.name.split(".")[0]
+        node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(baseName))
+        setMarkupsPoints(node, pointsLps)
+        node.SetLocked(True)
+        node.CreateDefaultDisplayNodes()
+        return node
+
+    def loadDirLabLandmarks(self, path: str | Path, referenceVolumeNode, name: str | None = None):
+        """Load a DIR-LAB landmark file (1-based voxel indices ``x y z``) as a fiducial node.
+
+        The indices are placed with the geometry (IJKToRAS) of ``referenceVolumeNode``, which must
+        be the image the landmarks were picked on (or a volume with its grid).
+
+        Returns:
+            A new ``vtkMRMLMarkupsFiducialNode`` (locked, labels 1..P) in the reference's scene.
+        """
+        if referenceVolumeNode is None:
+            raise ValueError("DIR-LAB landmarks are voxel indices: a reference volume is needed to place them")
+        return self.importLandmarks(path, referenceVolumeNode, name)
+
+    def loadDirLabCase(self, root: str | Path, case: str, fixedPhase: str = "inhale") -> dict:
+        """Load a DIR-LAB case (raw ``.img`` images and landmark files) into the scene.
+
+        The files are searched anywhere below ``root`` (DIR-LAB's name variants are accepted). The
+        images get the geometry of :func:`MLVIRNETLib.io.dirlab.dirlab_grid` and HU values.
+
+        Args:
+            root: folder holding the case's files.
+            case: ``"4dct:N"`` or ``"copd:N"``.
+            fixedPhase: ``"inhale"`` (T00 / iBH is fixed, T50 / eBH moving) or ``"exhale"``.
+
+        Returns:
+            ``{"fixedVolume", "movingVolume", "fixedLandmarks", "movingLandmarks"}`` nodes.
+
+        Raises:
+            ValueError: unknown case, missing or ambiguous files, wrong file sizes (nothing is added).
+        """
+        from .io.dirlab import find_dirlab_case_files, parse_case, read_dirlab_image
+
+        if fixedPhase not in ("inhale", "exhale"):
+            raise ValueError(f"fixedPhase must be 'inhale' or 'exhale', got {fixedPhase!r}")
+        movingPhase = "exhale" if fixedPhase == "inhale" else "inhale"
+        parsed = parse_case(case)
+        try:
+            files = find_dirlab_case_files(Path(root), parsed, require_images=True)
+        except FileNotFoundError as error:
+            raise ValueError(str(error)) from None
+        tags = {"inhale": parsed.inhale_tag, "exhale": parsed.exhale_tag}
+        scene = self.scene()
+        label = f"{parsed.dataset}{parsed.number}"
+        out: dict[str, Any] = {}
+        created = []
+        try:
+            for role, phase in (("fixed", fixedPhase), ("moving", movingPhase)):
+                image = read_dirlab_image(getattr(files, f"{phase}_image"), parsed)
+                volume = imageToNewVolumeNode(scene, image, f"{label} {tags[phase]}")
+                created.append(volume)
+                out[f"{role}Volume"] = volume
+                landmarks = self.loadDirLabLandmarks(
+                    getattr(files, f"{phase}_landmarks"), volume, name=f"{label} {tags[phase]} landmarks"
+                )
+                created.append(landmarks)
+                out[f"{role}Landmarks"] = landmarks
+        except Exception:
+            for node in created:
+                _removeNodeAndDisplay(scene, node)
+            raise
+        return out
