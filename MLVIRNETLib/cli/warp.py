@@ -1,0 +1,70 @@
+"""``mlvirnet warp``: resample a moving image through a deformation field onto the field's (fixed) grid."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+
+from ..io.fields import read_field
+from ..io.images import image_to_tensor, read_image, tensor_to_image, write_image
+from . import CLIError
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "warp",
+        help="warp a moving image (or label map) with a deformation field",
+        description=(
+            "Resample MOVING at y(x) = x + u(x) for every voxel x of the field's grid (the fixed grid); "
+            "the output has the field's geometry and MOVING's pixel type."
+        ),
+    )
+    p.add_argument("moving", type=Path, metavar="MOVING", help="moving image (file or DICOM folder)")
+    p.add_argument("field", type=Path, metavar="FIELD", help="deformation field fixed -> moving (.nii.gz, .nrrd, .mha, .h5, .tfm)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output image file")
+    p.add_argument("--label", action="store_true", help="MOVING is a label map: nearest-neighbour, 0 outside")
+    p.add_argument(
+        "--padding",
+        choices=("border", "zeros"),
+        default="border",
+        help="value outside MOVING for intensity images: nearest border value (default) or 0",
+    )
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default cpu)")
+    return p
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def run(args) -> int:
+    out: Path = args.output
+    for src, name in ((args.moving, "MOVING"), (args.field, "FIELD")):
+        if _same_file(out, src) or out.resolve() == src.resolve():
+            raise CLIError(f"output {out} is the {name} input; refusing to overwrite an input")
+    if not out.parent.resolve().is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {out.parent}")
+    moving_image = read_image(args.moving)
+    if moving_image.GetNumberOfComponentsPerPixel() != 1:
+        raise CLIError(f"{args.moving} has {moving_image.GetNumberOfComponentsPerPixel()} components per voxel; warp needs a scalar image")
+    deformation = read_field(args.field, device=args.device)
+    pixel_type = moving_image.GetPixelID()
+    if args.label:
+        values, grid = image_to_tensor(moving_image, dtype=torch.float64, device=args.device)
+        if not torch.equal(values, values.round()):
+            raise CLIError(f"--label needs an integer label map, but {args.moving} holds non-integer values")
+        labels = values.to(torch.int64)
+        warped = deformation.warp_labels(labels, grid, mode="nearest")
+    else:
+        image, grid = image_to_tensor(moving_image, dtype=torch.float32, device=args.device)
+        warped = deformation.warp(image, grid, mode="bilinear", padding_mode=args.padding)
+    result = tensor_to_image(warped, deformation.grid, pixel_type=pixel_type)
+    write_image(result, out)
+    print(f"wrote {out} ({deformation.grid.describe()})")
+    return 0

@@ -1,0 +1,235 @@
+"""Reading and writing 3-D images, and converting them to and from tensors.
+
+Supported inputs: every single-file format SimpleITK reads (NIfTI ``.nii``/``.nii.gz``, NRRD
+``.nrrd``/``.nhdr``, MetaImage ``.mha``/``.mhd``, ...) and a folder holding one DICOM series.
+Outputs are written atomically: the file appears complete under its final name or not at all.
+
+Tensors use the layout of :mod:`MLVIRNETLib.geometry`: ``(1, 1, D, H, W)`` with ``D = z``, and the
+geometry travels separately as an :class:`~MLVIRNETLib.geometry.ImageGrid` (LPS mm).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..geometry import ImageGrid
+
+PathLike = str | os.PathLike
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic output
+# ----------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def atomic_output(path: PathLike) -> Iterator[Path]:
+    """Yield a temporary path with the same file name as ``path``; publish it only on success.
+
+    The temporary path lives in a hidden sub-folder of ``path``'s folder (same file system), so
+    writers that choose their format from the suffix behave as for ``path``, and formats that
+    write companion files (``.mhd`` + ``.raw``) keep consistent names. When the ``with`` block
+    finishes, every file written there is moved into place with ``os.replace`` (the header or main
+    file last); when it raises, everything is deleted and ``path`` is left untouched.
+
+    Raises:
+        FileNotFoundError: the folder of ``path`` does not exist.
+    """
+    target = Path(path)
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {folder}")
+    tmpdir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder))
+    try:
+        tmp_path = tmpdir / target.name
+        yield tmp_path
+        if not tmp_path.exists():
+            raise RuntimeError(f"writer produced no file for {target}")
+        # companions first, the named file last: readers never see a header without its data
+        for extra in sorted(p for p in tmpdir.iterdir() if p.name != target.name):
+            os.replace(extra, folder / extra.name)
+        os.replace(tmp_path, target)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+def _dicom_series_files(folder: Path) -> list[str]:
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise ValueError(f"{folder} is a folder but holds no DICOM series (no readable DICOM files found)")
+    if len(ids) > 1:
+        raise ValueError(
+            f"{folder} holds {len(ids)} DICOM series ({', '.join(ids)}); pass a folder with exactly one series"
+        )
+    return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+
+
+def _check_3d(image: sitk.Image, path: PathLike) -> sitk.Image:
+    dim = image.GetDimension()
+    size = image.GetSize()
+    if dim == 3 and min(size) == 1 and size[2] == 1:
+        raise ValueError(f"{path} is a 2-D image stored as 3-D (size {size}); a 3-D volume is required")
+    if dim == 4 and size[3] == 1:
+        image = image[:, :, :, 0]
+        dim = 3
+    if dim != 3:
+        raise ValueError(f"{path} is a {dim}-D image of size {size}; a 3-D volume is required")
+    return image
+
+
+def read_image(path: PathLike) -> sitk.Image:
+    """Read a 3-D image file or a folder holding one DICOM series.
+
+    Returns:
+        the ``SimpleITK.Image`` with its LPS geometry.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: unreadable file, not a 3-D image (2-D, single slice, 4-D with several volumes),
+            or a folder with no or several DICOM series.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image not found: {p}")
+    try:
+        if p.is_dir():
+            reader = sitk.ImageSeriesReader()
+            reader.SetFileNames(_dicom_series_files(p))
+            image = reader.Execute()
+        else:
+            image = sitk.ReadImage(str(p))
+    except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
+        first = str(exc).strip().splitlines()
+        detail = next((line for line in first if "ERROR" in line or "Unable" in line), first[-1] if first else "")
+        raise ValueError(f"cannot read image {p}: {detail.strip()}") from None
+    return _check_3d(image, p)
+
+
+def read_image_grid(path: PathLike) -> ImageGrid:
+    """The :class:`ImageGrid` of an image file or DICOM folder, reading only the header when possible."""
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"image not found: {p}")
+    if p.is_dir():
+        return ImageGrid.from_sitk(read_image(p))
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(p))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise ValueError(f"cannot read image header of {p}") from None
+    dim = reader.GetDimension()
+    size = reader.GetSize()
+    if dim == 4 and size[3] == 1:
+        return ImageGrid.from_sitk(read_image(p))
+    if dim != 3 or size[2] == 1:
+        raise ValueError(f"{p} is a {dim}-D image of size {size}; a 3-D volume is required")
+    return ImageGrid(size, reader.GetSpacing(), reader.GetOrigin(), reader.GetDirection())
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
+    """Write ``image`` to ``path`` atomically (format from the suffix); returns the path.
+
+    Raises:
+        FileNotFoundError: the output folder does not exist.
+        ValueError: SimpleITK cannot write this image to this format.
+    """
+    target = Path(path)
+    if target.is_dir():
+        raise ValueError(f"output path {target} is a folder; give a file name such as out.nii.gz")
+    with atomic_output(target) as tmp:
+        try:
+            sitk.WriteImage(image, str(tmp), compress)
+        except RuntimeError as exc:
+            lines = [line for line in str(exc).splitlines() if line.strip()]
+            raise ValueError(f"cannot write image {target}: {lines[-1].strip() if lines else exc}") from None
+    return target
+
+
+# ----------------------------------------------------------------------------------------------
+# Tensors
+# ----------------------------------------------------------------------------------------------
+def image_to_tensor(
+    image: sitk.Image, dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
+) -> tuple[torch.Tensor, ImageGrid]:
+    """A scalar 3-D image -> ``(tensor (1, 1, D, H, W), grid)``; values are converted to ``dtype``."""
+    if image.GetDimension() != 3:
+        raise ValueError(f"expected a 3-D image, got a {image.GetDimension()}-D image of size {image.GetSize()}")
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(
+            f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per voxel "
+            f"({image.GetPixelIDTypeAsString()})"
+        )
+    grid = ImageGrid.from_sitk(image)
+    array = sitk.GetArrayFromImage(image)  # a copy: the tensor must not share SimpleITK's buffer
+    if array.dtype == np.uint16 or array.dtype == np.uint32 or array.dtype == np.uint64:
+        array = array.astype(np.int64)  # torch lacks some unsigned types
+    tensor = torch.from_numpy(np.ascontiguousarray(array)).to(dtype=dtype, device=device)
+    return tensor[None, None], grid
+
+
+_INTEGER_LIMITS = {
+    sitk.sitkUInt8: np.uint8,
+    sitk.sitkInt8: np.int8,
+    sitk.sitkUInt16: np.uint16,
+    sitk.sitkInt16: np.int16,
+    sitk.sitkUInt32: np.uint32,
+    sitk.sitkInt32: np.int32,
+    sitk.sitkUInt64: np.uint64,
+    sitk.sitkInt64: np.int64,
+}
+_FLOAT_TYPES = {sitk.sitkFloat32: np.float32, sitk.sitkFloat64: np.float64}
+
+
+def tensor_to_image(tensor: torch.Tensor | np.ndarray, grid: ImageGrid, pixel_type: int | None = None) -> sitk.Image:
+    """A ``(1, 1, D, H, W)`` or ``(D, H, W)`` tensor on ``grid`` -> ``SimpleITK.Image``.
+
+    Args:
+        tensor: values; ``(D, H, W)`` must equal ``grid.shape_zyx``.
+        grid: geometry to stamp on the image.
+        pixel_type: a SimpleITK scalar pixel id (``sitk.sitkInt16``, ...); integer types are
+            rounded to the nearest integer and clipped to the type's range. ``None`` keeps the
+            tensor's dtype (float32 for float16/bfloat16).
+    """
+    if isinstance(tensor, torch.Tensor):
+        t = tensor.detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        array = t.cpu().numpy()
+    else:
+        array = np.asarray(tensor)
+    if array.ndim == 5:
+        if array.shape[:2] != (1, 1):
+            raise ValueError(f"expected a tensor of shape (1, 1, D, H, W) or (D, H, W), got {array.shape}")
+        array = array[0, 0]
+    if array.ndim != 3:
+        raise ValueError(f"expected a tensor of shape (1, 1, D, H, W) or (D, H, W), got {array.shape}")
+    if tuple(array.shape) != grid.shape_zyx:
+        raise ValueError(f"tensor spatial shape {array.shape} (D, H, W) does not match grid {grid.describe()}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if pixel_type is not None:
+        if pixel_type in _INTEGER_LIMITS:
+            np_type = _INTEGER_LIMITS[pixel_type]
+            info = np.iinfo(np_type)
+            array = np.clip(np.rint(array.astype(np.float64)), info.min, info.max).astype(np_type)
+        elif pixel_type in _FLOAT_TYPES:
+            array = array.astype(_FLOAT_TYPES[pixel_type])
+        else:
+            raise ValueError(f"pixel_type must be a SimpleITK scalar integer or float type id, got {pixel_type!r}")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
+    grid.copy_to_sitk(image)
+    return image
