@@ -1,0 +1,180 @@
+"""Forward time and peak memory of the 3-level mlVIRNET cascade (a script, not a test).
+
+Each configuration (device x precision) runs in a fresh subprocess so that its peak resident
+memory (``ru_maxrss``) is its own. Reported per configuration: median and minimum wall time of
+``--repeats`` forward passes after ``--warmup`` untimed ones (``net.eval()``,
+``torch.inference_mode``), the median process CPU time per pass (all threads; on a shared machine
+``cpu_s / threads`` is a better guess of the uncontended wall time than a contended wall time),
+the increase of the peak RSS over the RSS after building the net and inputs, and on CUDA
+``torch.cuda.max_memory_allocated``.
+
+``--fuse`` folds every batch norm into its convolution first (:func:`fuse_batchnorm`, same
+result as eval mode); ``--contiguous`` runs the U-Nets in the default memory layout instead of
+their default ``channels_last_3d`` (to measure what that layout brings).
+
+Example::
+
+    python benchmarks/bench_cascade.py --size 160 --device cpu --threads 2 --repeats 3 --fuse
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.networks import MultilevelNet, fuse_batchnorm, parameter_count
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _current_rss_mib() -> float:
+    with open("/proc/self/statm") as fh:
+        pages = int(fh.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_one(
+    size: int, device_name: str, precision: str, threads: int, repeats: int, warmup: int, channels_last: bool, fuse: bool
+) -> dict:
+    """Benchmark one configuration in this process; returns a dict of measurements."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    torch.manual_seed(0)
+    net = MultilevelNet(levels=3, features=16, depth=3, channels_last=channels_last).eval()
+    if fuse:
+        net = fuse_batchnorm(net)
+    net = net.to(device)
+    grid = ImageGrid((size, size, size), (1.75, 1.75, 2.0), (-140.0, -140.0, -160.0))
+    g = torch.Generator().manual_seed(1)
+    fixed = torch.rand(1, 1, size, size, size, generator=g).to(device)
+    moving = torch.rand(1, 1, size, size, size, generator=g).to(device)
+    use_autocast = precision == "bf16"
+
+    def forward():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+            out = net(fixed, moving, grid)
+        _sync(device)
+        return out
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    rss_before = _current_rss_mib()
+    times, cpu_times = [], []
+    for i in range(warmup + repeats):
+        c0, t0 = time.process_time(), time.perf_counter()
+        out = forward()
+        dt, dc = time.perf_counter() - t0, time.process_time() - c0
+        if i >= warmup:
+            times.append(dt)
+            cpu_times.append(dc)
+        del out
+    result = {
+        "size": size,
+        "device": device_name,
+        "precision": precision,
+        "threads": torch.get_num_threads(),
+        "channels_last": channels_last,
+        "fused_batchnorm": fuse,
+        "repeats": repeats,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "times_s": [round(t, 3) for t in times],
+        "median_cpu_s": statistics.median(cpu_times),
+        "peak_rss_increase_mib": round(_peak_rss_mib() - rss_before, 1),
+        "peak_rss_mib": round(_peak_rss_mib(), 1),
+        "parameters": parameter_count(net),
+    }
+    if device.type == "cuda":
+        result["cuda_max_allocated_mib"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+        result["gpu"] = torch.cuda.get_device_name(device)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=int, default=160, help="cube edge in voxels (divisible by 16)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, or auto (cpu plus cuda when available)")
+    p.add_argument("--precision", default="float32,bf16", help="comma list of float32 and bf16 (autocast)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    p.add_argument("--repeats", type=int, default=3, help="timed forward passes")
+    p.add_argument("--warmup", type=int, default=1, help="untimed forward passes first")
+    p.add_argument("--contiguous", action="store_true", help="run the U-Nets in the default layout, not channels_last_3d")
+    p.add_argument("--fuse", action="store_true", help="fold batch norms into the convolutions (inference copy)")
+    p.add_argument("--json", action="store_true", help="print one JSON line per configuration")
+    p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # internal: run in this process
+    args = p.parse_args(argv)
+    if args.size % 16 or args.size < 16:
+        p.error(f"--size {args.size} must be a positive multiple of 16 (3 levels x depth-3 U-Nets)")
+    if args.repeats < 1 or args.warmup < 0 or args.threads < 1:
+        p.error("--repeats and --threads must be >= 1 and --warmup >= 0")
+    precisions = [s.strip() for s in args.precision.split(",") if s.strip()]
+    if not precisions or any(s not in ("float32", "bf16") for s in precisions):
+        p.error(f"--precision entries must be float32 or bf16, got {args.precision!r}")
+
+    if args.single:
+        res = run_one(
+            args.size, args.device, precisions[0], args.threads, args.repeats, args.warmup, not args.contiguous, args.fuse
+        )
+        print(json.dumps(res))
+        return 0
+
+    if args.device == "auto":
+        devices = ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
+    else:
+        devices = [args.device]
+    with open("/proc/loadavg") as fh:
+        load = fh.read().split()[0]
+    capability = torch.backends.cpu.get_cpu_capability()
+    print(
+        f"torch {torch.__version__}, CPU capability {capability}, load average {load} at start; "
+        f"cascade 3 levels x UNet3D(features=16, depth=3); input {args.size}^3, batch 1; "
+        f"fused BN {args.fuse}, channels_last_3d {not args.contiguous}"
+    )
+    if "bf16" in precisions and "cpu" in devices and "AVX512" not in capability:
+        print("note: this CPU has no AVX-512: bf16 3-D convolutions fall back to a slow reference kernel")
+    for dev in devices:
+        for prec in precisions:
+            cmd = [
+                sys.executable, __file__, "--single", "--size", str(args.size), "--device", dev,
+                "--precision", prec, "--threads", str(args.threads), "--repeats", str(args.repeats),
+                "--warmup", str(args.warmup),
+            ]
+            cmd += ["--contiguous"] if args.contiguous else []
+            cmd += ["--fuse"] if args.fuse else []
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                print(f"{dev} {prec}: failed:\n{proc.stderr.strip()[-2000:]}")
+                continue
+            res = json.loads(proc.stdout.strip().splitlines()[-1])
+            if args.json:
+                print(json.dumps(res))
+                continue
+            line = (
+                f"{dev:5s} {prec:8s} threads {res['threads']}: forward median {res['median_s']:.2f} s "
+                f"(min {res['min_s']:.2f} s, runs {res['times_s']}), CPU time {res['median_cpu_s']:.2f} s, "
+                f"peak RSS +{res['peak_rss_increase_mib']:.0f} MiB (total {res['peak_rss_mib']:.0f} MiB)"
+            )
+            if "cuda_max_allocated_mib" in res:
+                line += f", CUDA max allocated {res['cuda_max_allocated_mib']:.0f} MiB on {res['gpu']}"
+            print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
