@@ -251,8 +251,14 @@ class ImageGrid:
 
     def world_points(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """LPS mm of all voxel centres as ``(D, H, W, 3)`` (x, y, z order)."""
-        idx = self.index_points(device=device, dtype=torch.float64)
-        return self.index_to_world(idx).to(dtype)
+        # origin + i * c_x + j * c_y + k * c_z by broadcasting (c_* = spacing-scaled direction
+        # columns), in float64 and then cast: several times faster than a matmul over all indices
+        m = torch.as_tensor(self.index_to_world_matrix(), dtype=torch.float64, device=device)
+        nx, ny, nz = self.size
+        i = torch.arange(nx, dtype=torch.float64, device=device)[None, None, :, None] * m[:3, 0]
+        j = torch.arange(ny, dtype=torch.float64, device=device)[None, :, None, None] * m[:3, 1]
+        k = torch.arange(nz, dtype=torch.float64, device=device)[:, None, None, None] * m[:3, 2]
+        return ((k + m[:3, 3]) + j + i).to(dtype)
 
     def contains_world(self, points: Array, margin_voxels: float = 0.5) -> np.ndarray:
         """Boolean ``(...)``: points ``(..., 3)`` lie within the outer voxel faces (+ margin)."""
