@@ -407,6 +407,94 @@ def resample_to_grid(
     return sample(data, source, pts, mode=mode, padding_mode=padding_mode)
 
 
+def sample_on_grid(
+    data: torch.Tensor,
+    source: ImageGrid,
+    target: ImageGrid,
+    matrix: np.ndarray | None = None,
+    offset: torch.Tensor | None = None,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Sample ``data`` on ``source`` at ``p(x) = matrix @ x + offset(x)`` for every voxel ``x`` of ``target``.
+
+    Same values as :func:`sample` at those world points, but the sampling coordinates are built by
+    broadcasting (the map index -> normalised coordinates of ``source`` is affine), without any
+    matrix product over all voxels: several times faster and lighter for large grids.
+
+    Args:
+        data: ``(N, C, D, H, W)`` values on ``source``.
+        source: the grid of ``data``.
+        target: where to evaluate.
+        matrix: optional 4x4 LPS affine applied to the target points (identity if ``None``).
+        offset: optional ``(N or 1, 3, d, h, w)`` LPS mm added after ``matrix``, on ``target``
+            (e.g. a displacement, for warping).
+        mode, padding_mode: as in :func:`sample`.
+
+    Returns:
+        ``(N, C, *target.shape_zyx)``.
+    """
+    check_volume(data, source, "data")
+    m = source.world_to_normalized_matrix()
+    if matrix is not None:
+        a = np.asarray(matrix, dtype=float)
+        if a.shape != (4, 4):
+            raise ValueError(f"matrix must be 4x4, got shape {a.shape}")
+        m = m @ a
+    m = m @ target.index_to_world_matrix()  # index of target -> normalised of source
+    dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
+    lin = m[:3, :3]
+    if (offset is None and mode == "bilinear" and padding_mode == "border" and data.is_floating_point()
+            and np.allclose(lin, np.diag(np.diag(lin)), rtol=0, atol=1e-12 * np.abs(lin).max())):
+        return _separable_linear(data, source, np.diag(lin), m[:3, 3], target)
+    mt = torch.as_tensor(m, dtype=torch.float64, device=data.device)
+    nx, ny, nz = target.size
+    i = torch.arange(nx, dtype=torch.float64, device=data.device)[None, None, :, None] * mt[:3, 0]
+    j = torch.arange(ny, dtype=torch.float64, device=data.device)[None, :, None, None] * mt[:3, 1]
+    k = torch.arange(nz, dtype=torch.float64, device=data.device)[:, None, None, None] * mt[:3, 2]
+    coords = (((k + mt[:3, 3]).to(dtype) + j.to(dtype)) + i.to(dtype))[None]  # (1, D, H, W, 3)
+    n = data.shape[0]
+    if offset is not None:
+        check_volume(offset, target, "offset")
+        if offset.shape[1] != 3 or offset.shape[0] not in (1, n):
+            raise ValueError(f"offset must have shape ({n} or 1, 3, D, H, W), got {tuple(offset.shape)}")
+        lin = torch.as_tensor(source.world_to_normalized_matrix()[:3, :3], dtype=dtype, device=data.device)
+        o = offset.to(dtype)
+        coords = coords + (lin[:, 0, None, None, None] * o[:, 0:1] + lin[:, 1, None, None, None] * o[:, 1:2]
+                           + lin[:, 2, None, None, None] * o[:, 2:3]).movedim(1, -1)
+    coords = coords.expand(n, *coords.shape[1:]).to(data.dtype if data.is_floating_point() else dtype)
+    return F.grid_sample(data, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+
+
+def _separable_linear(
+    data: torch.Tensor, source: ImageGrid, scale: np.ndarray, shift: np.ndarray, target: ImageGrid
+) -> torch.Tensor:
+    """Trilinear sampling with border padding when target axis ``a`` maps to source axis ``a`` alone.
+
+    ``normalised_a = scale_a * index_a + shift_a`` (x, y, z); the interpolation is done one axis at
+    a time (z, then y, then x), which equals ``grid_sample`` (``align_corners=False``, border) and
+    is much cheaper for large targets.
+    """
+    out = data
+    # (array dim, index axis): z is dim 2, y dim 3, x dim 4
+    for dim, axis in ((2, 2), (3, 1), (4, 0)):
+        n_src = source.size[axis]
+        n_tgt = target.size[axis]
+        idx = torch.arange(n_tgt, dtype=torch.float64, device=data.device)
+        norm = scale[axis] * idx + shift[axis]
+        pos = ((norm + 1.0) * n_src - 1.0) / 2.0  # unnormalise (align_corners=False)
+        pos = pos.clamp(0.0, n_src - 1.0)  # border padding clips the coordinate
+        lo = pos.floor().long().clamp(max=n_src - 1)
+        hi = (lo + 1).clamp(max=n_src - 1)
+        w = (pos - lo.to(torch.float64)).to(out.dtype)
+        shape = [1] * out.ndim
+        shape[dim] = n_tgt
+        a = out.index_select(dim, lo)
+        b = out.index_select(dim, hi)
+        out = torch.lerp(a, b, w.reshape(shape))
+    return out
+
+
 def to_batch_tensor(array: np.ndarray, device=None, dtype=torch.float32) -> torch.Tensor:
     """A ``(D, H, W)`` array (SimpleITK layout) -> ``(1, 1, D, H, W)`` tensor."""
     a = np.asarray(array)

@@ -10,6 +10,11 @@ from .. import __version__
 
 # sub-command name -> module (inside MLVIRNETLib.cli) providing add_parser(subparsers) and run(args) -> int
 COMMANDS: dict[str, str] = {
+    "demo": "demo",
+    "register": "register",
+    "warp": "warp",
+    "tre": "tre",
+    "evaluate-dirlab": "evaluate_dirlab",
 }
 
 

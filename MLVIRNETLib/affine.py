@@ -1,0 +1,319 @@
+"""Affine pre-alignment of two CT scans (rigid, then affine, coarse to fine).
+
+The result is a 4x4 LPS matrix ``A`` with ``x_moving = A @ x_fixed`` (homogeneous, mm). It is
+found by maximising the normalised cross-correlation (NCC) of the windowed intensities over the
+fixed voxels whose image lies inside the moving field of view, on downsampled copies of both
+scans (``AffineOptions.levels_mm``). Starting points: the identity (scans of one patient usually
+share the scanner frame) and the shift between the centres of mass of the lung masks (or of the
+body when there are no masks); the better one after a short rigid fit wins. Then a rigid fit
+(rotation about the fixed centre + translation) and an affine fit (rigid times a symmetric
+stretch/shear) refine it with L-BFGS (or Adam) on every level.
+
+:func:`affine_to_deformation` and :func:`compose_affine` turn ``A`` into deformations.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from .deformation import Deformation
+from .geometry import ImageGrid, apply_affine, check_volume, sample
+from .refine import RegistrationCancelled
+from .preprocessing import HU_WINDOW, box_downsample, gaussian_smooth, antialias_sigma, normalize_ct
+
+
+@dataclass
+class AffineOptions:
+    """Settings of :func:`affine_register`.
+
+    Attributes:
+        levels_mm: voxel sizes of the working copies, coarse to fine, mm.
+        rigid_iterations: optimiser iterations of the rigid stage per level (half of them for
+            each starting point on the coarsest level).
+        affine_iterations: iterations of the affine stage per level (0: rigid only).
+        learning_rate: Adam step in the scaled parameters (about ``lr * 20`` mm of translation
+            and ``lr * 0.2`` rad of rotation per step at most); unused by L-BFGS.
+        optimizer: ``"lbfgs"`` (strong-Wolfe line search) or ``"adam"``.
+        max_stretch: bound on the symmetric stretch/shear (``|S_ij|``), unit-less.
+        hu_window: intensity window for the NCC.
+    """
+
+    levels_mm: tuple[float, ...] = (8.0, 5.0)
+    rigid_iterations: int = 30
+    affine_iterations: int = 20
+    learning_rate: float = 0.05
+    max_stretch: float = 0.25
+    optimizer: str = "lbfgs"
+    hu_window: tuple[float, float] = HU_WINDOW
+
+    def __post_init__(self) -> None:
+        levels = tuple(float(v) for v in self.levels_mm)
+        if not levels or not all(math.isfinite(v) and v > 0 for v in levels):
+            raise ValueError(f"levels_mm must be positive voxel sizes, got {self.levels_mm}")
+        self.levels_mm = levels
+        if self.rigid_iterations < 0 or self.affine_iterations < 0:
+            raise ValueError(
+                f"iterations must be >= 0, got rigid {self.rigid_iterations}, affine {self.affine_iterations}"
+            )
+        if self.optimizer not in ("lbfgs", "adam"):
+            raise ValueError(f"optimizer must be 'lbfgs' or 'adam', got {self.optimizer!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# matrices and deformations
+# ----------------------------------------------------------------------------------------------
+def affine_to_deformation(matrix: np.ndarray, grid: ImageGrid, dtype=torch.float32, device=None) -> Deformation:
+    """The map ``x -> A x`` as a :class:`Deformation` on ``grid`` (``u(x) = A x - x``, LPS mm).
+
+    Note that outside ``grid`` a Deformation continues its border value, which is not the affine
+    map any more; use :func:`compose_affine` to apply ``A`` after another deformation exactly.
+    """
+    a = _check_matrix(matrix)
+    x = grid.world_points(dtype=torch.float64, device=device)
+    u = apply_affine(a, x) - x
+    return Deformation(grid, u.movedim(-1, 0)[None].to(dtype).contiguous())
+
+
+def compose_affine(matrix: np.ndarray, deformation: Deformation) -> Deformation:
+    """``A ∘ y`` (``x -> A y(x)``) on ``deformation``'s grid, exact at every voxel centre."""
+    a = _check_matrix(matrix)
+    y = deformation.points()  # (N, D, H, W, 3)
+    x = deformation.grid.world_points(dtype=y.dtype, device=y.device)
+    u = apply_affine(a, y.double()).to(y.dtype) - x[None]
+    return Deformation(deformation.grid, u.movedim(-1, 1).contiguous())
+
+
+def _check_matrix(matrix: np.ndarray) -> np.ndarray:
+    a = np.asarray(matrix, dtype=float)
+    if a.shape != (4, 4) or not np.all(np.isfinite(a)) or not np.allclose(a[3], [0, 0, 0, 1]):
+        raise ValueError(f"expected a finite 4x4 affine matrix with last row (0, 0, 0, 1), got {a.tolist()}")
+    return a
+
+
+def _rotation(rotvec: torch.Tensor) -> torch.Tensor:
+    """Rotation matrix ``exp([r]_x)`` of a rotation vector ``(3,)`` (radians)."""
+    zero = rotvec.new_zeros(())
+    k = torch.stack(
+        [
+            torch.stack([zero, -rotvec[2], rotvec[1]]),
+            torch.stack([rotvec[2], zero, -rotvec[0]]),
+            torch.stack([-rotvec[1], rotvec[0], zero]),
+        ]
+    )
+    return torch.linalg.matrix_exp(k)
+
+
+class _AffineModel(torch.nn.Module):
+    """``x -> L (x - c) + c + t`` with ``L = R(r) (I + S)``, ``S`` symmetric; parameters scaled to O(1)."""
+
+    ROT_SCALE = 0.2  # rad per unit
+    TRANS_SCALE = 20.0  # mm per unit
+    STRETCH_SCALE = 0.1  # per unit
+
+    def __init__(self, centre: np.ndarray, translation: np.ndarray, max_stretch: float) -> None:
+        super().__init__()
+        self.register_buffer("centre", torch.as_tensor(centre, dtype=torch.float64))
+        self.rot = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        self.trans = torch.nn.Parameter(torch.as_tensor(translation, dtype=torch.float64) / self.TRANS_SCALE)
+        self.stretch = torch.nn.Parameter(torch.zeros(6, dtype=torch.float64))
+        self.max_stretch = float(max_stretch)
+
+    def matrix(self) -> torch.Tensor:
+        r = _rotation(self.rot * self.ROT_SCALE)
+        s = self.stretch * self.STRETCH_SCALE
+        s = self.max_stretch * torch.tanh(s / self.max_stretch) if self.max_stretch > 0 else s * 0
+        sym = torch.stack(
+            [torch.stack([s[0], s[3], s[4]]), torch.stack([s[3], s[1], s[5]]), torch.stack([s[4], s[5], s[2]])]
+        )
+        lin = r @ (torch.eye(3, dtype=torch.float64) + sym)
+        t = self.trans * self.TRANS_SCALE
+        off = self.centre + t - lin @ self.centre
+        top = torch.cat([lin, off[:, None]], dim=1)
+        return torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)], dim=0)
+
+
+# ----------------------------------------------------------------------------------------------
+# working copies
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Level:
+    spacing: float
+    fixed: torch.Tensor  # (1, 1, D, H, W) normalised, on fixed_grid
+    fixed_grid: ImageGrid
+    fixed_points: torch.Tensor  # (D, H, W, 3) float32 LPS
+    fixed_weight: torch.Tensor  # (1, 1, D, H, W)
+    moving: torch.Tensor  # (1, 1, d, h, w) normalised, on moving_grid
+    moving_grid: ImageGrid
+
+
+def _downsample(hu: torch.Tensor, grid: ImageGrid, spacing: float) -> tuple[torch.Tensor, ImageGrid]:
+    """Low-pass and resample to about ``spacing`` mm (same field of view and direction)."""
+    size = np.maximum(np.round(grid.extent / spacing).astype(int), 4)
+    size = np.minimum(size, np.asarray(grid.size))
+    target = grid.resized(tuple(int(s) for s in size))
+    data, src = box_downsample(hu, grid, target.spacing)
+    sigma = antialias_sigma(src, target.spacing)
+    if max(sigma) > 0.2:
+        data = gaussian_smooth(data, sigma)
+    pts = target.world_points(device=hu.device, dtype=torch.float32)
+    return sample(data, src, pts), target
+
+
+def _centre_of_mass(weight: torch.Tensor, grid: ImageGrid) -> np.ndarray | None:
+    w = weight[0, 0].double()
+    total = float(w.sum())
+    if total <= 0:
+        return None
+    idx = grid.index_points(dtype=torch.float64, device=w.device)
+    mean_idx = (idx * w[..., None]).sum(dim=(0, 1, 2)) / total
+    return np.asarray(grid.index_to_world(mean_idx.cpu().numpy()))
+
+
+def _weighted_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    ws = w.sum().clamp_min(1e-6)
+    ma = (w * a).sum() / ws
+    mb = (w * b).sum() / ws
+    da, db = a - ma, b - mb
+    cov = (w * da * db).sum() / ws
+    va = (w * da * da).sum() / ws
+    vb = (w * db * db).sum() / ws
+    return cov / torch.sqrt(va * vb + 1e-12)
+
+
+# ----------------------------------------------------------------------------------------------
+# the registration
+# ----------------------------------------------------------------------------------------------
+def affine_register(
+    fixed: torch.Tensor,
+    fixed_grid: ImageGrid,
+    moving: torch.Tensor,
+    moving_grid: ImageGrid,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
+    options: AffineOptions | None = None,
+    progress: Callable[[float, str], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Affine matrix ``A`` (4x4, LPS, float64) with ``x_moving = A @ x_fixed``.
+
+    Args:
+        fixed: ``(1, 1, D, H, W)`` fixed CT in HU on ``fixed_grid``.
+        fixed_grid: its grid.
+        moving: ``(1, 1, D', H', W')`` moving CT in HU on ``moving_grid``.
+        moving_grid: its grid (any field of view, resolution and direction).
+        fixed_mask, moving_mask: optional lung masks ``(1, 1, ...)`` on the grids of their images;
+            with both, the start uses their centres of mass and the NCC is weighted to the lungs
+            dilated by their smoothing (plus the rest at a lower weight).
+        options: see :class:`AffineOptions`.
+        progress: called with ``(fraction in [0, 1], message)``.
+        cancel: called between steps; returning True raises :class:`~MLVIRNETLib.refine.RegistrationCancelled`.
+
+    Returns:
+        ``A`` as a numpy ``(4, 4)`` array.
+    """
+    opts = options if options is not None else AffineOptions()
+    check_volume(fixed, fixed_grid, "fixed")
+    check_volume(moving, moving_grid, "moving")
+    device = fixed.device
+    levels: list[_Level] = []
+    start_weights: tuple[torch.Tensor, torch.Tensor] | None = None
+    for s in opts.levels_mm:
+        f, fg = _downsample(fixed.float(), fixed_grid, s)
+        m, mg = _downsample(moving.float().to(device), moving_grid, s)
+        weight = torch.ones_like(f)
+        fm = _downsample(fixed_mask.float().to(device), fixed_grid, s)[0] if fixed_mask is not None else None
+        if fm is not None:
+            weight = 0.25 + gaussian_smooth(fm, [10.0 / sp for sp in fg.spacing]).clamp(0, 1)
+        if start_weights is None:
+            if fm is not None and moving_mask is not None:
+                start_weights = (fm, _downsample(moving_mask.float().to(device), moving_grid, s)[0])
+            else:
+                start_weights = ((f > -500).float(), (m > -500).float())
+        levels.append(
+            _Level(s, normalize_ct(f, opts.hu_window), fg, fg.world_points(device=device, dtype=torch.float32),
+                   weight, normalize_ct(m, opts.hu_window), mg)
+        )
+    coarse = levels[0]
+    assert start_weights is not None
+    # starting points: identity, and the shift between the centres of mass (lungs, else body)
+    com_f = _centre_of_mass(start_weights[0], coarse.fixed_grid)
+    com_m = _centre_of_mass(start_weights[1], coarse.moving_grid)
+    if com_f is None:
+        com_f = coarse.fixed_grid.index_to_world((np.asarray(coarse.fixed_grid.size) - 1) / 2.0)
+    starts = [np.zeros(3)]
+    if com_m is not None and np.linalg.norm(com_m - com_f) > 1.0:
+        starts.append(com_m - com_f)
+
+    n_start = max(1, opts.rigid_iterations // 2)
+    total_steps = max(1, len(starts) * n_start + len(levels) * (opts.rigid_iterations + opts.affine_iterations))
+    done = 0
+
+    def run(model: _AffineModel, level: _Level, steps: int, params: list[torch.nn.Parameter], stage: str) -> float:
+        nonlocal done
+        if steps > 0:
+            message = f"affine {stage} at {level.spacing:g} mm"
+            if opts.optimizer == "lbfgs":
+                optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=10,
+                                              line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-10)
+                calls = {"n": 0}
+
+                def closure() -> torch.Tensor:
+                    if cancel is not None and cancel():
+                        raise RegistrationCancelled("registration cancelled during the affine pre-alignment")
+                    optimiser.zero_grad()
+                    loss = _loss(model, level)
+                    loss.backward()
+                    calls["n"] += 1
+                    if progress is not None:
+                        progress(min(1.0, (done + min(calls["n"], steps)) / total_steps), message)
+                    return loss
+
+                optimiser.step(closure)
+            else:
+                optimiser = torch.optim.Adam(params, lr=opts.learning_rate)
+                sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=opts.learning_rate * 0.05)
+                for it in range(steps):
+                    if cancel is not None and cancel():
+                        raise RegistrationCancelled("registration cancelled during the affine pre-alignment")
+                    optimiser.zero_grad()
+                    loss = _loss(model, level)
+                    loss.backward()
+                    optimiser.step()
+                    sched.step()
+                    if progress is not None and it % 10 == 0:
+                        progress(min(1.0, (done + it) / total_steps), message)
+            done += steps
+        with torch.no_grad():
+            return float(_loss(model, level))
+
+    # choose the start on the coarsest level with a short rigid fit
+    best: tuple[float, _AffineModel] | None = None
+    for t0 in starts:
+        model = _AffineModel(com_f, t0, opts.max_stretch).to(device)
+        value = run(model, coarse, n_start if opts.rigid_iterations > 0 else 0, [model.rot, model.trans], "start")
+        if best is None or value < best[0]:
+            best = (value, model)
+    assert best is not None
+    model = best[1]
+    for level in levels:
+        run(model, level, opts.rigid_iterations, [model.rot, model.trans], "rigid")
+        run(model, level, opts.affine_iterations, [model.rot, model.trans, model.stretch], "affine")
+    if progress is not None:
+        progress(1.0, "affine pre-alignment done")
+    with torch.no_grad():
+        return model.matrix().cpu().numpy()
+
+
+def _loss(model: _AffineModel, level: _Level) -> torch.Tensor:
+    a = model.matrix().to(torch.float32)
+    pts = level.fixed_points @ a[:3, :3].T + a[:3, 3]
+    warped = sample(level.moving, level.moving_grid, pts, padding_mode="zeros")
+    with torch.no_grad():
+        inside = sample(torch.ones_like(level.moving), level.moving_grid, pts.detach(), padding_mode="zeros")
+    w = level.fixed_weight * inside
+    return 1.0 - _weighted_ncc(level.fixed, warped, w)

@@ -1,0 +1,152 @@
+"""``mlvirnet register``: register a moving CT to a fixed CT and write the deformation field.
+
+The field (``-o``) is written with :func:`MLVIRNETLib.io.fields.write_field`: an ITK displacement
+field on the fixed grid in LPS mm with ``x_moving = x_fixed + u(x_fixed)`` (resample the moving
+image with it, e.g. ``mlvirnet warp``). Every input and output path is checked before any
+computation; outputs are written atomically, so an error leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from . import CLIError
+from .progress import progress_bar
+
+IMAGE_OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "register",
+        help="register MOVING to FIXED and write the deformation field",
+        description=(
+            "Register the MOVING CT to the FIXED CT (affine pre-alignment, mlVIRNET network, variational "
+            "refinement) and write the displacement field on the fixed grid (LPS mm, x_moving = x_fixed + u)."
+        ),
+    )
+    p.add_argument("fixed", type=Path, metavar="FIXED", help="fixed CT in HU (file or DICOM folder)")
+    p.add_argument("moving", type=Path, metavar="MOVING", help="moving CT in HU (file or DICOM folder)")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="FIELD",
+                   help="output displacement field (.nii.gz, .nrrd, .mha, .h5, .tfm)")
+    p.add_argument("--warped", type=Path, metavar="OUT", help="also write the moving image warped onto the fixed grid")
+    p.add_argument("--fixed-mask", type=Path, metavar="M", help="lung mask of FIXED (same grid); default: automatic")
+    p.add_argument("--moving-mask", type=Path, metavar="M", help="lung mask of MOVING (same grid)")
+    p.add_argument("--model", default="default", metavar="PATH",
+                   help="model file, 'default' (the shipped model) or 'none' (refinement only); default: default")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device (default auto)")
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="refinement iterations per level (0 = network only; default: the library default)")
+    p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
+    p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
+                   help="network grid size without a model (default 160 160 160; a model's own size wins)")
+    p.add_argument("--json", action="store_true", help="print one JSON object with timings and diagnostics on stdout")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
+def _check_output(path: Path, inputs: dict[str, Path], name: str) -> None:
+    """Raise a ``CLIError``/``FileNotFoundError`` unless ``path`` can be written without harming an input."""
+    for label, src in inputs.items():
+        if src is not None and _same_path(path, src):
+            raise CLIError(f"{name} {path} is the same file as the {label} input; refusing to overwrite an input")
+    if path.is_dir():
+        raise CLIError(f"{name} {path} is a folder; give a file name such as out.nii.gz")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name} folder does not exist: {folder}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CLIError(f"{name} {path} exists and is not writable")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise CLIError(f"{name} folder {folder} is not writable: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _check_inputs(args) -> None:
+    for label in ("fixed", "moving", "fixed_mask", "moving_mask"):
+        p = getattr(args, label)
+        if p is not None and not p.exists():
+            raise FileNotFoundError(f"{label.replace('_', ' ')} not found: {p}")
+    if args.model not in ("default", "none"):
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"model file not found: {args.model}")
+    if args.refine is not None and args.refine < 0:
+        raise CLIError(f"--refine must be >= 0, got {args.refine}")
+    if args.network_size is not None and (min(args.network_size) < 4 or any(s % 4 for s in args.network_size)):
+        raise CLIError(f"--network-size must be 3 multiples of 4 (>= 4), got {args.network_size}")
+
+
+def run(args) -> int:
+    from ..io.fields import field_format, write_field
+    from ..io.images import read_image, write_image
+    from ..registration import RegistrationOptions, register, warp_image
+
+    _check_inputs(args)
+    inputs = {"FIXED": args.fixed, "MOVING": args.moving, "fixed mask": args.fixed_mask, "moving mask": args.moving_mask}
+    if args.model not in ("default", "none"):
+        inputs["model"] = Path(args.model)
+    _check_output(args.output, inputs, "output field")
+    field_format(args.output)  # ValueError for an unsupported suffix, before any work
+    if args.warped is not None:
+        if not str(args.warped.name).lower().endswith(IMAGE_OUTPUT_SUFFIXES):
+            raise CLIError(f"--warped {args.warped}: use an image suffix ({', '.join(IMAGE_OUTPUT_SUFFIXES)})")
+        _check_output(args.warped, {**inputs, "output field": args.output}, "warped output")
+        if _same_path(args.warped, args.output):
+            raise CLIError("--warped and -o name the same file")
+
+    from ..devices import resolve_device
+
+    resolve_device(args.device)  # a CUDA request without a GPU fails here, before reading anything
+
+    fixed = read_image(args.fixed)
+    moving = read_image(args.moving)
+    fixed_mask = read_image(args.fixed_mask) if args.fixed_mask is not None else None
+    moving_mask = read_image(args.moving_mask) if args.moving_mask is not None else None
+
+    options = RegistrationOptions(affine=not args.no_affine)
+    if args.network_size is not None:
+        options.network_size = tuple(args.network_size)
+    if args.refine is not None:
+        options.refine_iterations = int(args.refine)
+    model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
+
+    with progress_bar("register", quiet=args.quiet) as progress:
+        result = register(fixed, moving, fixed_mask, moving_mask, model=model, device=args.device,
+                          options=options, progress=progress)
+    write_field(result.deformation, args.output)
+    if args.warped is not None:
+        write_image(warp_image(moving, result.deformation, padding_value=-1024.0), args.warped)
+    for msg in result.messages:
+        print(f"mlvirnet register: {msg}", file=sys.stderr)
+    if args.json:
+        info = {
+            "field": str(args.output),
+            "warped": str(args.warped) if args.warped is not None else None,
+            "timings": {k: round(v, 4) for k, v in result.timings.items()},
+            "folding_fraction": result.folding_fraction,
+            "model_used": result.model_used,
+            "affine": result.affine.tolist() if result.affine is not None else None,
+            "network_grid": list(result.network_grid.size) if result.network_grid is not None else None,
+            "messages": result.messages,
+        }
+        print(json.dumps(info))
+    else:
+        print(f"wrote {args.output}")
+    return 0

@@ -1,0 +1,376 @@
+"""Turning CT scans into network inputs: HU window, lung crop, anti-aliased resampling.
+
+Everything the network and the refinement see goes through :func:`preprocess_pair` (or the pure
+functions it is made of), both at inference and in training:
+
+1. **Intensity**: HU values are clipped to the window ``[-1000, 300]`` HU and mapped linearly to
+   ``[0, 1]`` (:func:`normalize_ct`): air ``-1000 HU -> 0``, water ``0 HU -> 0.769``, soft tissue and
+   contrast above ``300 HU -> 1``. The window keeps the whole lung parenchyma range (``-1000`` to
+   ``-500`` HU) and the vessel/wall contrast, and clips bone, which carries no lung motion.
+2. **Field of view**: optionally the fixed image's lung bounding box plus a margin
+   (:func:`lung_bounding_box`), in whole voxels of the fixed grid (so crop is geometry-exact).
+3. **Network grid**: that box resampled to ``network_size`` voxels (default ``160^3``) with the
+   fixed image's direction (:func:`network_grid`): ``ImageGrid.cropped`` then ``ImageGrid.resized``
+   keep the outer voxel faces of the box.
+4. **Resampling**: each image is low-passed with a Gaussian whose width follows the ratio of the
+   target to the source spacing (:func:`antialias_sigma`), then sampled trilinearly at the network
+   grid points (mapped by an optional affine pre-alignment for the moving image).
+
+All tensors are ``(N, C, D, H, W)``; grids are :class:`~MLVIRNETLib.geometry.ImageGrid`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from .geometry import ImageGrid, check_volume, sample_on_grid
+
+HU_WINDOW: tuple[float, float] = (-1000.0, 300.0)
+"""Default intensity window in HU, mapped to ``[0, 1]``."""
+
+AIR_HU = -1024.0
+"""Value used outside a scan's field of view (before normalisation)."""
+
+
+# ----------------------------------------------------------------------------------------------
+# options
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class PreprocessOptions:
+    """How scans become network inputs.
+
+    Attributes:
+        network_size: voxels of the network grid, ``(nx, ny, nz)``.
+        hu_window: ``(low, high)`` HU mapped to ``0`` and ``1``; values outside are clipped.
+        crop_to_lungs: crop the fixed field of view to the lung bounding box (needs a fixed mask).
+        crop_margin_mm: margin added on every side of the lung bounding box, mm.
+        antialias: Gaussian low-pass before downsampling (recommended; off only for tests).
+    """
+
+    network_size: tuple[int, int, int] = (160, 160, 160)
+    hu_window: tuple[float, float] = HU_WINDOW
+    crop_to_lungs: bool = True
+    crop_margin_mm: float = 10.0
+    antialias: bool = True
+
+    def __post_init__(self) -> None:
+        size = tuple(int(s) for s in self.network_size)
+        if len(size) != 3 or min(size) < 4:
+            raise ValueError(f"network_size must be 3 integers >= 4 (nx, ny, nz), got {self.network_size}")
+        self.network_size = size  # type: ignore[assignment]
+        lo, hi = (float(v) for v in self.hu_window)
+        if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
+            raise ValueError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
+        self.hu_window = (lo, hi)
+        if not math.isfinite(self.crop_margin_mm) or self.crop_margin_mm < 0:
+            raise ValueError(f"crop_margin_mm must be a finite value >= 0, got {self.crop_margin_mm}")
+
+
+@dataclass
+class PreprocessedPair:
+    """Network inputs on one grid.
+
+    Attributes:
+        grid: the network grid (direction of the fixed image, covering the crop box).
+        fixed: ``(1, 1, D, H, W)`` normalised fixed image in ``[0, 1]``.
+        moving: ``(1, 1, D, H, W)`` normalised moving image sampled at ``affine @ x`` (``x`` the grid
+            points; identity when no affine), in ``[0, 1]``.
+        fixed_mask, moving_mask: ``(1, 1, D, H, W)`` float masks in ``[0, 1]`` (linear
+            interpolation of the binary masks) or ``None``; ``moving_mask`` is sampled like ``moving``.
+        crop_index: ``(index_lo, index_hi)`` of the crop box on the fixed grid (x, y, z).
+        moving_valid: ``(1, 1, D, H, W)`` fraction in ``[0, 1]`` of each voxel whose moving sample
+            point lies inside the moving field of view (1 inside, 0 outside, linear at the border).
+    """
+
+    grid: ImageGrid
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    fixed_mask: torch.Tensor | None = None
+    moving_mask: torch.Tensor | None = None
+    crop_index: tuple[tuple[int, int, int], tuple[int, int, int]] = field(default=((0, 0, 0), (1, 1, 1)))
+    moving_valid: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# intensity
+# ----------------------------------------------------------------------------------------------
+def normalize_ct(hu: torch.Tensor, window: Sequence[float] = HU_WINDOW) -> torch.Tensor:
+    """Clip HU to ``window = (low, high)`` and map linearly to ``[0, 1]``; same shape, float."""
+    lo, hi = float(window[0]), float(window[1])
+    if not hi > lo:
+        raise ValueError(f"HU window must have high > low, got {tuple(window)}")
+    x = hu if hu.is_floating_point() else hu.float()
+    return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# smoothing
+# ----------------------------------------------------------------------------------------------
+def gaussian_kernel1d(sigma: float, truncate: float = 3.0, dtype=torch.float32, device=None) -> torch.Tensor:
+    """Normalised 1-D Gaussian with standard deviation ``sigma`` voxels, radius ``ceil(truncate*sigma)``."""
+    radius = max(1, int(math.ceil(truncate * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype=dtype, device=device)
+
+
+def gaussian_smooth(volume: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:
+    """Separable Gaussian smoothing of ``(N, C, D, H, W)`` with ``sigma_vox = (sx, sy, sz)`` in voxels.
+
+    Axes with ``sigma <= 0.2`` are left alone. The border is continued by replication, so a
+    constant volume stays constant. Returns a new tensor of the same shape and dtype.
+    """
+    if volume.ndim != 5:
+        raise ValueError(f"volume must have shape (N, C, D, H, W), got {tuple(volume.shape)}")
+    sig = [float(s) for s in sigma_vox]
+    if len(sig) != 3 or not all(math.isfinite(s) and s >= 0 for s in sig):
+        raise ValueError(f"sigma_vox must be 3 finite values >= 0 (x, y, z), got {tuple(sigma_vox)}")
+    n, c = volume.shape[:2]
+    out = volume.reshape(n * c, 1, *volume.shape[2:])
+    compute_dtype = out.dtype if out.is_floating_point() else torch.float32
+    out = out.to(compute_dtype)
+    # x -> W (dim 4), y -> H (dim 3), z -> D (dim 2)
+    for sigma, dim in zip(sig, (4, 3, 2)):
+        if sigma <= 0.2 or out.shape[dim] < 2:
+            continue
+        k = gaussian_kernel1d(sigma, dtype=compute_dtype, device=out.device)
+        r = (k.numel() - 1) // 2
+        shape = [1, 1, 1, 1, 1]
+        shape[dim] = k.numel()
+        pad = [0, 0, 0, 0, 0, 0]  # (W_lo, W_hi, H_lo, H_hi, D_lo, D_hi)
+        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = r
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), k.reshape(shape))
+    return out.reshape(volume.shape).to(volume.dtype if volume.is_floating_point() else compute_dtype)
+
+
+def antialias_sigma(source: ImageGrid, target_spacing: Sequence[float], target_direction=None) -> tuple[float, float, float]:
+    """Gaussian sigma in *source* voxels ``(x, y, z)`` for sampling ``source`` at a coarser spacing.
+
+    The target voxel (spacing ``target_spacing`` along the columns of ``target_direction``, default
+    the source direction) is projected onto each source index axis; where that length ``t`` exceeds
+    the source spacing ``s``, ``sigma = 0.5 * sqrt((t/s)^2 - 1)`` voxels (the extra blur that turns
+    a sampling at ``s`` into one at ``t``, with a Gaussian of ``t/2`` mm width per target voxel).
+    """
+    d_src = source.direction_matrix
+    d_tgt = d_src if target_direction is None else np.asarray(target_direction, dtype=float).reshape(3, 3)
+    t = np.asarray(target_spacing, dtype=float)
+    # length of the target voxel box along each source axis
+    proj = np.abs(d_src.T @ d_tgt) @ t
+    ratio = proj / np.asarray(source.spacing)
+    return tuple(float(0.5 * math.sqrt(r * r - 1.0)) if r > 1.0 else 0.0 for r in ratio)  # type: ignore[return-value]
+
+
+def box_downsample(
+    data: torch.Tensor, source: ImageGrid, target_spacing: Sequence[float], target_direction=None
+) -> tuple[torch.Tensor, ImageGrid]:
+    """Average-pool ``data`` by the largest integer factor per axis that keeps it finer than the target.
+
+    The factor along each source axis is ``floor(t / s)`` with ``t`` the target voxel length along
+    that axis (see :func:`antialias_sigma`); the volume is first padded by border replication to a
+    multiple of the factor. The pooled grid is exact: each output voxel centre is the mean of the
+    centres it averages (``ImageGrid.cropped`` then ``ImageGrid.resized``). Cheap pre-filter before
+    the residual Gaussian of :func:`antialias_sigma`.
+
+    Returns:
+        ``(pooled (N, C, D', H', W'), pooled grid)``; unchanged inputs when every factor is 1.
+    """
+    d_src = source.direction_matrix
+    d_tgt = d_src if target_direction is None else np.asarray(target_direction, dtype=float).reshape(3, 3)
+    proj = np.abs(d_src.T @ d_tgt) @ np.asarray(target_spacing, dtype=float)
+    factor = np.maximum(np.floor(proj / np.asarray(source.spacing) + 1e-6), 1).astype(int)
+    factor = np.minimum(factor, np.asarray(source.size))
+    if np.all(factor == 1):
+        return data, source
+    size = np.asarray(source.size)
+    padded = -(-size // factor) * factor
+    extra = padded - size  # (x, y, z)
+    if np.any(extra):
+        data = F.pad(data, (0, int(extra[0]), 0, int(extra[1]), 0, int(extra[2])), mode="replicate")
+    kernel = (int(factor[2]), int(factor[1]), int(factor[0]))
+    pooled = F.avg_pool3d(data, kernel_size=kernel, stride=kernel)
+    grid = source.cropped((0, 0, 0), tuple(int(v) for v in padded)).resized(tuple(int(v) for v in padded // factor))
+    return pooled, grid
+
+
+def resample_antialiased(
+    data: torch.Tensor,
+    source: ImageGrid,
+    target: ImageGrid,
+    affine: np.ndarray | None = None,
+    antialias: bool = True,
+    padding_value: float | None = None,
+    mode: str = "bilinear",
+) -> torch.Tensor:
+    """Sample ``data`` ``(N, C, D, H, W)`` on ``source`` at ``affine @ x`` for the voxel centres ``x`` of ``target``.
+
+    Args:
+        data: values on ``source``.
+        source: grid of ``data``.
+        target: output grid.
+        affine: optional 4x4 LPS matrix (``x_source = affine @ x_target``); identity if ``None``.
+        antialias: Gaussian low-pass on ``source`` first (see :func:`antialias_sigma`).
+        padding_value: value outside ``source``; ``None`` continues the border.
+        mode: ``"bilinear"`` or ``"nearest"``.
+
+    Returns:
+        ``(N, C, *target.shape_zyx)``.
+    """
+    check_volume(data, source, "data")
+    if antialias and mode == "bilinear":
+        spacing = np.asarray(target.spacing)
+        direction = target.direction_matrix
+        if affine is not None:
+            lin = np.asarray(affine, dtype=float)[:3, :3] @ direction * spacing
+            spacing = np.linalg.norm(lin, axis=0)
+            direction = lin / spacing
+        data, source = box_downsample(data, source, spacing, direction)
+        sigma = antialias_sigma(source, spacing, direction)
+        if max(sigma) > 0.2:
+            data = gaussian_smooth(data, sigma)
+    if padding_value is None:
+        return sample_on_grid(data, source, target, matrix=affine, mode=mode, padding_mode="border")
+    shifted = sample_on_grid(data - padding_value, source, target, matrix=affine, mode=mode, padding_mode="zeros")
+    return shifted + padding_value
+
+
+# ----------------------------------------------------------------------------------------------
+# crop box and network grid
+# ----------------------------------------------------------------------------------------------
+def mask_to_tensor(mask: sitk.Image | torch.Tensor | np.ndarray, grid: ImageGrid, name: str = "mask") -> torch.Tensor:
+    """A mask as a float ``(1, 1, D, H, W)`` tensor of ``{0, 1}`` on ``grid`` (checks size and geometry)."""
+    if isinstance(mask, sitk.Image):
+        mgrid = ImageGrid.from_sitk(mask)
+        if not mgrid.is_close(grid, tol_mm=1e-3 * min(grid.spacing)):
+            raise ValueError(f"{name} grid ({mgrid.describe()}) differs from its image grid ({grid.describe()})")
+        arr = sitk.GetArrayViewFromImage(mask)
+        return torch.as_tensor(np.ascontiguousarray(arr) > 0, dtype=torch.float32)[None, None]
+    t = torch.as_tensor(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask
+    if t.ndim == 3:
+        t = t[None, None]
+    check_volume(t, grid, name)
+    return (t > 0).to(torch.float32)
+
+
+def lung_bounding_box(
+    mask: sitk.Image | torch.Tensor | np.ndarray,
+    grid: ImageGrid,
+    margin_mm: float = 10.0,
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """Voxel box ``(index_lo, index_hi)`` (x, y, z, half-open) around the mask plus ``margin_mm``.
+
+    The margin is converted per axis with the grid spacing and the box is clipped to the grid.
+
+    Raises:
+        ValueError: the mask is empty or does not match ``grid``.
+    """
+    t = mask_to_tensor(mask, grid)
+    nz = torch.nonzero(t[0, 0] > 0)
+    if nz.numel() == 0:
+        raise ValueError(f"the lung mask is empty (grid {grid.describe()}): cannot crop to the lungs")
+    kji_lo = nz.min(dim=0).values.tolist()
+    kji_hi = nz.max(dim=0).values.tolist()
+    lo = np.array(kji_lo[::-1], dtype=float)
+    hi = np.array(kji_hi[::-1], dtype=float) + 1.0
+    m = np.ceil(float(margin_mm) / np.asarray(grid.spacing))
+    lo = np.maximum(lo - m, 0).astype(int)
+    hi = np.minimum(hi + m, np.asarray(grid.size)).astype(int)
+    return tuple(int(v) for v in lo), tuple(int(v) for v in hi)  # type: ignore[return-value]
+
+
+def network_grid(
+    fixed_grid: ImageGrid,
+    fixed_mask: sitk.Image | torch.Tensor | np.ndarray | None = None,
+    options: PreprocessOptions | None = None,
+) -> tuple[ImageGrid, tuple[tuple[int, int, int], tuple[int, int, int]]]:
+    """The network grid for a fixed image and its crop box on the fixed grid.
+
+    With ``options.crop_to_lungs`` and a mask, the box is :func:`lung_bounding_box`; otherwise the
+    whole fixed grid. The box (whole voxels of the fixed grid) is resized to ``network_size``
+    voxels keeping its outer faces and the fixed direction.
+    """
+    opts = options if options is not None else PreprocessOptions()
+    if opts.crop_to_lungs and fixed_mask is not None:
+        lo, hi = lung_bounding_box(fixed_mask, fixed_grid, opts.crop_margin_mm)
+    else:
+        lo, hi = (0, 0, 0), fixed_grid.size
+    box = fixed_grid.cropped(lo, hi)
+    return box.resized(opts.network_size), (tuple(lo), tuple(hi))  # type: ignore[return-value]
+
+
+# ----------------------------------------------------------------------------------------------
+# the whole pipeline
+# ----------------------------------------------------------------------------------------------
+def image_to_hu_tensor(image: sitk.Image, device: torch.device | str = "cpu") -> tuple[torch.Tensor, ImageGrid]:
+    """A 3-D scalar ``sitk.Image`` as a float32 ``(1, 1, D, H, W)`` tensor of its values plus its grid."""
+    grid = ImageGrid.from_sitk(image)
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per pixel")
+    arr = sitk.GetArrayViewFromImage(image)
+    t = torch.as_tensor(np.array(arr, dtype=np.float32), device=device)[None, None]
+    return t, grid
+
+
+def preprocess_pair(
+    fixed: sitk.Image | tuple[torch.Tensor, ImageGrid],
+    moving: sitk.Image | tuple[torch.Tensor, ImageGrid],
+    fixed_mask: sitk.Image | torch.Tensor | None = None,
+    moving_mask: sitk.Image | torch.Tensor | None = None,
+    options: PreprocessOptions | None = None,
+    affine: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
+) -> PreprocessedPair:
+    """Fixed and moving CT (HU) -> normalised network inputs on the network grid.
+
+    Args:
+        fixed, moving: ``sitk.Image`` in HU, or ``(tensor (1, 1, D, H, W) in HU, grid)``.
+        fixed_mask, moving_mask: optional lung masks on the grid of their image (any nonzero =
+            lung). The fixed mask defines the crop box when ``options.crop_to_lungs``.
+        options: window, crop and network size.
+        affine: optional 4x4 LPS matrix with ``x_moving = affine @ x_fixed`` (pre-alignment); the
+            moving image and mask are sampled at those points.
+        device: where the outputs live.
+
+    Returns:
+        :class:`PreprocessedPair`. Outside the moving field of view the moving image is air
+        (``-1024 HU -> 0``) and the moving mask 0.
+    """
+    opts = options if options is not None else PreprocessOptions()
+    f_hu, f_grid = _as_tensor_and_grid(fixed, device)
+    m_hu, m_grid = _as_tensor_and_grid(moving, device)
+    f_mask = mask_to_tensor(fixed_mask, f_grid, "fixed mask").to(device) if fixed_mask is not None else None
+    m_mask = mask_to_tensor(moving_mask, m_grid, "moving mask").to(device) if moving_mask is not None else None
+    grid, box = network_grid(f_grid, f_mask, opts)
+    f_net = normalize_ct(resample_antialiased(f_hu, f_grid, grid, antialias=opts.antialias), opts.hu_window)
+    m_net = normalize_ct(
+        resample_antialiased(m_hu, m_grid, grid, affine=affine, antialias=opts.antialias, padding_value=AIR_HU),
+        opts.hu_window,
+    )
+    fm = resample_antialiased(f_mask, f_grid, grid, antialias=False) if f_mask is not None else None
+    mm = (
+        resample_antialiased(m_mask, m_grid, grid, affine=affine, antialias=False, padding_value=0.0)
+        if m_mask is not None
+        else None
+    )
+    valid = resample_antialiased(
+        torch.ones_like(m_hu[:1, :1]), m_grid, grid, affine=affine, antialias=False, padding_value=0.0
+    )
+    return PreprocessedPair(grid, f_net, m_net, fm, mm, box, valid)
+
+
+def _as_tensor_and_grid(
+    image: sitk.Image | tuple[torch.Tensor, ImageGrid], device: torch.device | str
+) -> tuple[torch.Tensor, ImageGrid]:
+    if isinstance(image, sitk.Image):
+        return image_to_hu_tensor(image, device)
+    if isinstance(image, tuple) and len(image) == 2 and isinstance(image[1], ImageGrid):
+        t, g = image
+        check_volume(t, g, "image")
+        return t.to(device=device, dtype=torch.float32), g
+    raise ValueError(f"expected a sitk.Image or a (tensor, ImageGrid) pair, got {type(image).__name__}")

@@ -1,0 +1,125 @@
+"""Instance optimisation (variational multilevel refinement) on real CT on an oblique grid."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MLVIRNETLib.deformation import Deformation
+from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.preprocessing import PreprocessOptions, preprocess_pair
+from MLVIRNETLib.refine import RefineOptions, RegistrationCancelled, refine
+from MLVIRNETLib.lungmask import segment_lungs
+from MLVIRNETLib.synthetic import make_synthetic_pair, random_smooth_deformation, sample_landmarks
+
+from conftest import rotation_matrix
+
+SIZE = (32, 32, 40)
+
+
+def _oblique_ct() -> sitk.Image:
+    """The bundled CT on an oblique, anisotropic 3.2 x 2.8 x 3.6 mm grid with a non-zero origin."""
+    full = sitk.ReadImage(str(bundled_ct_path()))
+    ref = ImageGrid.from_sitk(full)
+    centre = ref.index_to_world((np.asarray(ref.size) - 1) / 2.0)
+    spacing = np.array([3.2, 2.8, 3.6])
+    size = np.round((ref.extent - 24.0) / spacing).astype(int)
+    d = rotation_matrix((4.0, -6.0, 7.0))
+    origin = centre - d @ ((size - 1) / 2.0 * spacing)
+    smooth = sitk.SmoothingRecursiveGaussian(sitk.Cast(full, sitk.sitkFloat32), 1.3)
+    return sitk.Resample(smooth, [int(s) for s in size], sitk.Transform(), sitk.sitkLinear, tuple(origin),
+                         tuple(spacing), tuple(d.ravel()), -1024.0, sitk.sitkFloat32)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    fixed = _oblique_ct()
+    grid = ImageGrid.from_sitk(fixed)
+    truth = random_smooth_deformation(grid, max_mm=6.0, smoothness_mm=30.0, seed=4)
+    moving, _ = make_synthetic_pair(fixed, truth)
+    pp = preprocess_pair(fixed, moving, options=PreprocessOptions(network_size=SIZE, crop_to_lungs=False))
+    # evaluation points: distinctive points inside the lungs (elsewhere a random field is invisible)
+    pts = torch.as_tensor(sample_landmarks(fixed, segment_lungs(fixed), n=100, border_mm=8.0), dtype=torch.float32)
+    return pp, truth, pts
+
+
+def _error(d: Deformation, truth: Deformation, pts: torch.Tensor) -> float:
+    return float((d.map_points(pts) - truth.map_points(pts)).norm(dim=-1).mean())
+
+
+@pytest.mark.parametrize(
+    "optimizer,iterations,factors,ratio",
+    [("lbfgs", 30, (4, 2, 1), 0.45), ("adam", 30, (4, 2, 1), 0.65)],
+)
+def test_refine_recovers_a_smooth_deformation(pair, optimizer: str, iterations: int, factors, ratio: float) -> None:
+    pp, truth, pts = pair
+    initial = _error(Deformation.identity(pp.grid), truth, pts)
+    opts = RefineOptions(iterations=iterations, level_factors=factors, optimizer=optimizer, alpha=100.0)
+    result = refine(pp.fixed, pp.moving, pp.grid, options=opts)
+    assert result.deformation.grid == pp.grid
+    assert [lv.grid.size for lv in result.levels] == [tuple(s // f for s in SIZE) for f in factors]
+    err = _error(result.deformation, truth, pts)
+    assert initial > 2.5
+    assert err < ratio * initial, f"{optimizer}: error {err:.2f} mm from {initial:.2f} mm"
+    if optimizer == "lbfgs":
+        assert float(result.deformation.folding_fraction()) < 0.01
+
+
+def test_identical_images_give_a_near_zero_field(pair) -> None:
+    pp, _, _ = pair
+    result = refine(pp.fixed, pp.fixed, pp.grid, options=RefineOptions(iterations=20))
+    assert float(result.deformation.displacement.abs().max()) < 0.3
+
+
+def test_zero_iterations_return_the_initial_deformation(pair) -> None:
+    pp, truth, pts = pair
+    start = truth.on_grid(pp.grid.resized((16, 16, 20)))
+    result = refine(pp.fixed, pp.moving, pp.grid, initial=start, options=RefineOptions(iterations=0))
+    assert result.deformation.grid == pp.grid and result.levels == []
+    torch.testing.assert_close(result.deformation.displacement, start.on_grid(pp.grid).displacement)
+
+
+def test_refine_starts_from_the_initial_deformation(pair) -> None:
+    pp, truth, pts = pair
+    opts = RefineOptions(iterations=3, level_factors=(2,))
+    from_truth = refine(pp.fixed, pp.moving, pp.grid, initial=truth, options=opts)
+    from_zero = refine(pp.fixed, pp.moving, pp.grid, options=opts)
+    assert _error(from_truth.deformation, truth, pts) < 0.5 * _error(from_zero.deformation, truth, pts)
+
+
+def test_progress_and_cancel(pair) -> None:
+    pp, _, _ = pair
+    seen: list[tuple[float, str]] = []
+    refine(pp.fixed, pp.moving, pp.grid, options=RefineOptions(iterations=(12, 5)), progress=lambda f, m: seen.append((f, m)))
+    fractions = [f for f, _ in seen]
+    assert fractions[-1] == 1.0 and all(0.0 <= f <= 1.0 for f in fractions)
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return calls["n"] > 3
+
+    with pytest.raises(RegistrationCancelled):
+        refine(pp.fixed, pp.moving, pp.grid, options=RefineOptions(iterations=20), cancel=cancel)
+
+
+def test_bad_options_and_inputs(pair) -> None:
+    pp, _, _ = pair
+    with pytest.raises(ValueError, match="powers of two"):
+        RefineOptions(level_factors=(3,))
+    with pytest.raises(ValueError, match="optimizer"):
+        RefineOptions(optimizer="sgd")
+    with pytest.raises(ValueError, match="one entry per level"):
+        RefineOptions(iterations=(1, 2, 3), level_factors=(4, 2))
+    with pytest.raises(ValueError, match="alpha"):
+        RefineOptions(alpha=-1.0)
+    with pytest.raises(ValueError, match="shape"):
+        refine(pp.fixed, pp.moving[..., :-1], pp.grid)
+    odd = ImageGrid((30, 30, 30), (2.0, 2.0, 2.0))
+    img = torch.zeros((1, 1, 30, 30, 30))
+    with pytest.raises(ValueError, match="divisible"):
+        refine(img, img, odd, options=RefineOptions(iterations=5, level_factors=(4,)))

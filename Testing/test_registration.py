@@ -1,0 +1,226 @@
+"""Acceptance tests of MLVIRNETLib.registration.register on real CT with known breathing motion.
+
+The bundled CT is resampled onto oblique, anisotropic grids (about 3 mm) with non-zero origins;
+the moving scan is generated from the whole bundled CT on its own grid (a different field of view
+with real anatomy), so ground truth is the synthetic deformation in world coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MLVIRNETLib.affine import compose_affine
+from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.lungmask import segment_lungs
+from MLVIRNETLib.networks import MultilevelNet, NetworkConfig, build_network
+from MLVIRNETLib.paths import bundled_ct_path, default_model_path
+from MLVIRNETLib.registration import (
+    RegistrationCancelled,
+    RegistrationOptions,
+    cpu_bf16_supported,
+    register,
+    validate_pair,
+    warp_image,
+)
+from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, rigid_matrix, sample_landmarks
+
+from conftest import rotation_matrix
+
+FAST = dict(network_size=(48, 48, 48), refine_levels=(4, 2, 1), refine_iterations=60)
+
+
+def _oblique(image: sitk.Image, spacing, angles, shrink_mm) -> ImageGrid:
+    ref = ImageGrid.from_sitk(image)
+    centre = ref.index_to_world((np.asarray(ref.size) - 1) / 2.0)
+    size = np.round((ref.extent - 2 * np.asarray(shrink_mm, dtype=float)) / np.asarray(spacing)).astype(int)
+    d = rotation_matrix(angles)
+    origin = centre - d @ ((size - 1) / 2.0 * np.asarray(spacing))
+    return ImageGrid(tuple(size), tuple(spacing), tuple(origin), tuple(d.ravel()))
+
+
+def _resample(image: sitk.Image, grid: ImageGrid) -> sitk.Image:
+    return sitk.Resample(image, list(grid.size), sitk.Transform(), sitk.sitkLinear, grid.origin, grid.spacing,
+                         grid.direction, -1024.0, sitk.sitkFloat32)
+
+
+class Case:
+    """A fixed scan, its lung mask and landmarks, and the whole (smoothed) bundled CT."""
+
+    def __init__(self) -> None:
+        full = sitk.SmoothingRecursiveGaussian(sitk.Cast(sitk.ReadImage(str(bundled_ct_path())), sitk.sitkFloat32), 1.2)
+        self.full = full
+        self.fixed_grid = _oblique(full, (3.0, 2.7, 3.3), (4.0, -3.0, 6.0), (16.0, 16.0, 22.0))
+        self.fixed = _resample(full, self.fixed_grid)
+        self.fixed_mask = segment_lungs(self.fixed)
+        self.moving_grid = _oblique(full, (2.8, 3.1, 3.0), (-3.0, 2.0, -5.0), (3.0, 3.0, 3.0))
+        full_grid = ImageGrid.from_sitk(full)
+        self.breathing = breathing_deformation(full_grid.resized((40, 42, 55)), segment_lungs(full), peak_mm=15.0, seed=2)
+        self.points = torch.as_tensor(sample_landmarks(self.fixed, self.fixed_mask, n=80, border_mm=10.0),
+                                      dtype=torch.float32)
+
+    def moving_for(self, truth) -> sitk.Image:
+        moving, _ = make_synthetic_pair(self.full, truth, noise_hu=10.0, seed=1, moving_grid=self.moving_grid)
+        return moving
+
+    def tre(self, deformation, truth) -> tuple[float, float]:
+        """(mean TRE, mean initial error) in mm at the landmarks."""
+        target = truth.map_points(self.points)[0]
+        err = (deformation.map_points(self.points)[0] - target).norm(dim=-1)
+        return float(err.mean()), float((target - self.points).norm(dim=-1).mean())
+
+
+@pytest.fixture(scope="module")
+def case() -> Case:
+    return Case()
+
+
+@pytest.fixture(scope="module")
+def breathing_run(case):
+    moving = case.moving_for(case.breathing)
+    result = register(case.fixed, moving, case.fixed_mask, model=None, device="cpu",
+                      options=RegistrationOptions(affine=False, **FAST))
+    return moving, result
+
+
+def test_breathing_is_recovered_by_refinement_alone(case, breathing_run) -> None:
+    _, result = breathing_run
+    peak = float(case.breathing.displacement[0].norm(dim=0).max())
+    assert peak >= 15.0 - 0.5
+    tre, initial = case.tre(result.deformation, case.breathing)
+    assert initial > 4.0
+    assert tre <= 1.5, f"TRE {tre:.2f} mm (initial {initial:.2f} mm)"
+    # the field lives on the full-resolution fixed grid and does not fold
+    assert result.deformation.grid == case.fixed_grid
+    assert result.folding_fraction < 1e-3
+    assert result.affine is None and result.model_used is None
+    assert set(result.timings) >= {"lung_mask", "affine", "preprocess", "network", "refine", "field", "total"}
+    assert [lv.grid.size for lv in result.level_deformations] == [(12, 12, 12), (24, 24, 24), (48, 48, 48)]
+
+
+def test_affine_offset_and_breathing_are_recovered(case) -> None:
+    centre = case.fixed_grid.index_to_world((np.asarray(case.fixed_grid.size) - 1) / 2.0)
+    a = rigid_matrix((3.0, -2.0, 3.5), (12.0, -10.0, 12.0), centre)  # 19.7 mm, 5 degrees
+    truth = compose_affine(a, case.breathing)
+    moving = case.moving_for(truth)
+    result = register(case.fixed, moving, case.fixed_mask, model=None, device="cpu",
+                      options=RegistrationOptions(affine=True, **FAST))
+    tre, initial = case.tre(result.deformation, truth)
+    assert initial > 15.0
+    assert tre <= 1.5, f"TRE {tre:.2f} mm (initial {initial:.2f} mm)"
+    assert result.affine is not None and result.affine.shape == (4, 4)
+    assert result.folding_fraction < 1e-3
+
+
+def test_identical_inputs_give_a_near_zero_field(case) -> None:
+    result = register(case.fixed, case.fixed, case.fixed_mask, model=None, device="cpu",
+                      options=RegistrationOptions(**FAST))
+    u = result.deformation.displacement_at(case.points)[0].norm(dim=-1)
+    assert float(u.max()) < 0.5
+
+
+def test_swapping_fixed_and_moving_gives_the_inverse(case, breathing_run) -> None:
+    moving, forward = breathing_run
+    backward = register(moving, case.fixed, None, model=None, device="cpu", options=RegistrationOptions(affine=False, **FAST))
+    assert backward.deformation.grid == ImageGrid.from_sitk(moving)
+    there = forward.deformation.map_points(case.points)
+    back = backward.deformation.map_points(there)[0]
+    err = (back - case.points).norm(dim=-1)
+    assert float(err.mean()) < 1.5, f"mean |y_ba(y_ab(x)) - x| = {float(err.mean()):.2f} mm"
+
+
+def test_warp_image_aligns_the_moving_scan(case, breathing_run) -> None:
+    moving, result = breathing_run
+    warped = warp_image(moving, result.deformation, padding_value=-1024.0)
+    assert ImageGrid.from_sitk(warped).is_close(case.fixed_grid)
+    assert warped.GetPixelID() == moving.GetPixelID()
+    lung = sitk.GetArrayFromImage(case.fixed_mask) > 0
+    f = sitk.GetArrayFromImage(case.fixed)[lung]
+    w = sitk.GetArrayFromImage(warped)[lung]
+    plain = sitk.GetArrayFromImage(_resample(moving, case.fixed_grid))[lung]
+    assert np.abs(w - f).mean() < 0.6 * np.abs(plain - f).mean()
+
+
+def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> None:
+    torch.manual_seed(0)
+    net = MultilevelNet(levels=2, features=4, depth=2)
+    with torch.no_grad():
+        for level in net.nets:
+            level.head.weight.mul_(1e-3)  # small random motion
+    opts = RegistrationOptions(affine=False, refine_iterations=0, network_size=(32, 32, 32))
+    result = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu", options=opts)
+    assert result.model_used == "<in-memory>"
+    assert torch.isfinite(result.deformation.displacement).all()
+    assert len(result.level_deformations) == 2 and result.timings["network"] > 0
+    bf16 = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu",
+                    options=RegistrationOptions(affine=False, refine_iterations=0, network_size=(32, 32, 32), use_bf16=True))
+    diff = (bf16.deformation.displacement - result.deformation.displacement).abs().max()
+    assert float(diff) < 0.05 + 0.05 * float(result.deformation.displacement.abs().max())
+    if not cpu_bf16_supported():  # emulated bf16 is far slower: the option is ignored, and said so
+        assert any("use_bf16 ignored" in m for m in bf16.messages)
+        assert float(diff) == 0.0
+
+    from MLVIRNETLib.model_io import save_model
+
+    config = NetworkConfig(levels=2, features=4, depth=2, input_size=(24, 24, 24))
+    path = save_model(tmp_path / "tiny.pt", build_network(config), config)
+    saved = register(case.fixed, case.fixed, case.fixed_mask, model=path, device="cpu", options=opts)
+    assert saved.model_used == str(path)
+    assert saved.network_grid.size == (24, 24, 24)
+    assert any("input size" in m for m in saved.messages)
+    with pytest.raises(FileNotFoundError):
+        register(case.fixed, case.fixed, model=tmp_path / "missing.pt", device="cpu", options=opts)
+
+
+def test_missing_default_model_falls_back_to_refinement(case) -> None:
+    if default_model_path().is_file():
+        pytest.skip("a default model is installed")
+    seen: list[tuple[float, str]] = []
+    result = register(case.fixed, case.fixed, case.fixed_mask, device="cpu",
+                      options=RegistrationOptions(affine=False, network_size=(32, 32, 32), refine_iterations=2),
+                      progress=lambda f, m: seen.append((f, m)))
+    assert result.model_used is None
+    assert any("not installed" in m for m in result.messages)
+    assert any("not installed" in m for _, m in seen)
+    fractions = [f for f, _ in seen]
+    assert fractions[-1] == 1.0 and all(b >= a for a, b in zip(fractions, fractions[1:]))
+
+
+def test_cancel_and_thread_restore(case) -> None:
+    before = torch.get_num_threads()
+    with pytest.raises(RegistrationCancelled):
+        register(case.fixed, case.fixed, case.fixed_mask, model=None, device="cpu",
+                 options=RegistrationOptions(num_threads=1, **FAST), cancel=lambda: True)
+    assert torch.get_num_threads() == before
+
+
+def _image(array: np.ndarray, like: sitk.Image | None = None) -> sitk.Image:
+    img = sitk.GetImageFromArray(array)
+    if like is not None:
+        img.CopyInformation(like)
+    return img
+
+
+def test_bad_inputs_raise_one_clear_error(case) -> None:
+    arr = sitk.GetArrayFromImage(case.fixed)
+    with pytest.raises(ValueError, match="both be 3-D"):
+        validate_pair(case.fixed, _image(arr[10]))
+    with pytest.raises(ValueError, match="constant"):
+        register(case.fixed, _image(np.full_like(arr, -1000.0), case.fixed), model=None)
+    nan = arr.copy()
+    nan[5, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        register(_image(nan, case.fixed), case.fixed, model=None)
+    shifted = sitk.Image(case.fixed_mask)
+    shifted.SetOrigin(tuple(np.asarray(shifted.GetOrigin()) + 5.0))
+    with pytest.raises(ValueError, match="different grid"):
+        register(case.fixed, case.fixed, fixed_mask=shifted, model=None)
+    with pytest.raises(ValueError, match="empty"):
+        register(case.fixed, case.fixed, fixed_mask=_image(np.zeros(arr.shape, np.uint8), case.fixed), model=None)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            register(case.fixed, case.fixed, model=None, device="cuda")
+    with pytest.raises(ValueError, match="network_size"):
+        RegistrationOptions(network_size=(2, 2, 2))

@@ -1,0 +1,239 @@
+"""Benchmark of ``MLVIRNETLib.registration.register`` on a full chest CT with known breathing motion.
+
+The fixed scan is ``shared/data/chest_ct/cptac_c3n00247_chest_ct.nii.gz`` (512 x 512 x 99,
+0.56 x 0.56 x 3 mm). The moving scan is the same CT deformed by a synthetic breathing motion
+(``MLVIRNETLib.synthetic.breathing_deformation``, 15 mm peak inside the lungs, lung density change
+and 10 HU noise), so the ground truth is known; TRE is measured at distinctive lung points.
+
+Every configuration runs in a fresh Python process (so its peak RSS is its own), reading the two
+scans from files, and reports the time of every stage of ``register``, the peak RSS
+(``ru_maxrss``) and the TRE. The ``cli`` configuration runs ``mlvirnet register`` end to end
+(reading, registering, writing the field) and reports its wall time and peak RSS.
+
+Usage::
+
+    python benchmarks/bench_register.py                      # the standard set
+    python benchmarks/bench_register.py --configs default network
+    python benchmarks/bench_register.py --list
+
+Without a trained model the ``network*`` configurations use a randomly initialised network of
+the default architecture: their timings are real, their TRE is meaningless.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+CONFIGS: dict[str, dict] = {
+    # name: RegistrationOptions overrides (+ "model": "none" | "random")
+    "default": {"model": "none"},
+    "no-affine": {"model": "none", "affine": False},
+    "network": {"model": "random", "refine_iterations": 0},
+    "network-bf16": {"model": "random", "refine_iterations": 0, "use_bf16": True},
+    "network+refine": {"model": "random"},
+    "affine-only": {"model": "none", "refine_iterations": 0},
+}
+STANDARD = ["default", "network", "cli", "cli-network"]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _child(spec: dict) -> None:
+    """Run one configuration (in its own process) and print one JSON line."""
+    import numpy as np
+    import torch
+
+    from MLVIRNETLib.io.images import read_image
+    from MLVIRNETLib.registration import RegistrationOptions, register
+
+    t0 = time.perf_counter()
+    fixed = read_image(spec["fixed"])
+    moving = read_image(spec["moving"])
+    fixed_mask = read_image(spec["fixed_mask"]) if spec.get("fixed_mask") else None
+    t_read = time.perf_counter() - t0
+    overrides = dict(spec["options"])
+    model_kind = overrides.pop("model", "none")
+    model = spec["random_model"] if model_kind == "random" else None
+    options = RegistrationOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    result = register(fixed, moving, fixed_mask, model=model, device="cpu", options=options)
+    pts = torch.as_tensor(np.load(spec["points"]), dtype=torch.float32)
+    target = torch.as_tensor(np.load(spec["targets"]), dtype=torch.float32)
+    err = (result.deformation.map_points(pts)[0] - target).norm(dim=-1)
+    print(json.dumps({
+        "read_s": round(t_read, 3),
+        "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "tre_mean": round(float(err.mean()), 3),
+        "tre_p95": round(float(err.quantile(0.95)), 3),
+        "folding_fraction": result.folding_fraction,
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "threads": torch.get_num_threads(),
+        "messages": result.messages,
+    }))
+
+
+def _prepare(workdir: Path, data: Path, seed: int) -> dict:
+    """Write the fixed/moving pair, the fixed lung mask, landmarks and a random model into ``workdir``."""
+    import numpy as np
+    import SimpleITK as sitk
+    import torch
+
+    from MLVIRNETLib.geometry import ImageGrid
+    from MLVIRNETLib.io.images import read_image, write_image
+    from MLVIRNETLib.lungmask import LungMaskOptions, segment_lungs
+    from MLVIRNETLib.model_io import save_model
+    from MLVIRNETLib.networks import NetworkConfig, build_network
+    from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, sample_landmarks
+
+    fixed = read_image(data)
+    mask = segment_lungs(fixed, LungMaskOptions(working_spacing_mm=3.0))
+    grid = ImageGrid.from_sitk(fixed)
+    field_grid = grid.resized(tuple(max(4, int(round(e / 2.0))) for e in grid.extent))  # ~2 mm
+    truth = breathing_deformation(field_grid, mask, peak_mm=15.0, seed=seed)
+    moving, _ = make_synthetic_pair(fixed, truth, mask, noise_hu=10.0, seed=seed)
+    rounded = sitk.GetImageFromArray(np.clip(np.rint(sitk.GetArrayViewFromImage(moving)), -32768, 32767).astype(np.int16))
+    rounded.CopyInformation(moving)
+    moving = rounded
+    points = sample_landmarks(fixed, mask, n=300, seed=seed)
+    targets = truth.map_points(torch.as_tensor(points, dtype=torch.float32))[0].numpy()
+    paths = {
+        "fixed": str(data),
+        "moving": str(workdir / "moving.nii.gz"),
+        "fixed_mask": str(workdir / "fixed_mask.nii.gz"),
+        "points": str(workdir / "points.npy"),
+        "targets": str(workdir / "targets.npy"),
+        "random_model": str(workdir / "random_model.pt"),
+    }
+    write_image(moving, paths["moving"])
+    write_image(mask, paths["fixed_mask"])
+    np.save(paths["points"], points)
+    np.save(paths["targets"], targets)
+    torch.manual_seed(seed)
+    config = NetworkConfig()
+    save_model(paths["random_model"], build_network(config), config, {"note": "random weights (benchmark)"})
+    initial = np.linalg.norm(targets - points, axis=1)
+    peak = float(truth.displacement[0].norm(dim=0).max())
+    print(f"pair: {grid.size} voxels, breathing peak {peak:.1f} mm, {len(points)} landmarks, "
+          f"initial error {initial.mean():.2f} mm (p95 {np.quantile(initial, 0.95):.2f}, max {initial.max():.2f})")
+    return paths
+
+
+_CLI_WRAPPER = (
+    "import json, resource, sys\n"
+    "from MLVIRNETLib.cli import main\n"
+    "rc = main(sys.argv[1:])\n"
+    "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}), file=sys.stderr)\n"
+    "sys.exit(rc)\n"
+)
+
+
+def _run_cli(paths: dict, workdir: Path, extra_args: list[str]) -> dict:
+    """``mlvirnet register`` end to end in a fresh process; its own peak RSS comes back on stderr."""
+    field = workdir / "field.nii.gz"
+    cmd = [sys.executable, "-c", _CLI_WRAPPER, "register", paths["fixed"], paths["moving"], "-o", str(field),
+           "--model", "none", "--json", "--quiet", *extra_args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"mlvirnet register failed: {proc.stderr.strip()}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    rss = json.loads(proc.stderr.strip().splitlines()[-1])["peak_rss_mb"]
+    field.unlink()
+    return {"wall_s": round(wall, 2), "timings": info["timings"], "peak_rss_mb": round(rss, 1),
+            "folding_fraction": info["folding_fraction"]}
+
+
+def _refine_sweep(paths: dict, sweep: list[dict]) -> None:
+    """Preprocess the pair once (fixed mask given, no affine), then time ``refine`` for each option set."""
+    import numpy as np
+    import torch
+
+    from MLVIRNETLib.io.images import read_image
+    from MLVIRNETLib.preprocessing import PreprocessOptions, preprocess_pair
+    from MLVIRNETLib.refine import RefineOptions, refine
+
+    pp = preprocess_pair(read_image(paths["fixed"]), read_image(paths["moving"]), read_image(paths["fixed_mask"]),
+                         options=PreprocessOptions())
+    pts = torch.as_tensor(np.load(paths["points"]), dtype=torch.float32)
+    target = torch.as_tensor(np.load(paths["targets"]), dtype=torch.float32)
+    for overrides in sweep:
+        opts = RefineOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        t0 = time.perf_counter()
+        result = refine(pp.fixed, pp.moving, pp.grid, options=opts)
+        seconds = time.perf_counter() - t0
+        err = (result.deformation.map_points(pts)[0] - target).norm(dim=-1)
+        print(f"refine {json.dumps(overrides)}: {seconds:.1f} s, TRE {float(err.mean()):.2f} / p95 "
+              f"{float(err.quantile(0.95)):.2f} mm, folding {float(result.deformation.folding_fraction()):.5f}",
+              flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=STANDARD, help=f"configurations (default {STANDARD})")
+    parser.add_argument("--list", action="store_true", help="list the configurations and exit")
+    parser.add_argument("--data", type=Path, default=None, help="fixed CT (default: the shared CPTAC scan)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--options", default="{}", help="JSON dict of RegistrationOptions overrides for every config")
+    parser.add_argument("--refine-sweep", default=None, metavar="JSON",
+                        help="instead of the configurations: time the refinement stage alone for each RefineOptions "
+                             "override in this JSON list, e.g. '[{\"iterations\": [80, 40]}, {\"optimizer\": \"adam\"}]'")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child is not None:
+        _child(json.loads(args.child))
+        return 0
+    if args.list:
+        for name, spec in CONFIGS.items():
+            print(f"{name}: {spec}")
+        print("cli: mlvirnet register end to end (default options, no model, automatic lung mask)")
+        print("cli-network: mlvirnet register end to end with the random network and --refine 0")
+        return 0
+    data = args.data
+    if data is None:
+        from MLVIRNETLib.paths import shared_data_dir
+
+        shared = shared_data_dir()
+        if shared is None:
+            print("shared data not found (../shared/data); pass --data FIXED_CT", file=sys.stderr)
+            return 2
+        data = shared / "chest_ct" / "cptac_c3n00247_chest_ct.nii.gz"
+    extra = json.loads(args.options)
+    with tempfile.TemporaryDirectory(prefix="bench_register_") as tmp:
+        workdir = Path(tmp)
+        t0 = time.perf_counter()
+        paths = _prepare(workdir, data, args.seed)
+        print(f"prepared in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()}")
+        if args.refine_sweep is not None:
+            _refine_sweep(paths, json.loads(args.refine_sweep))
+            return 0
+        for name in args.configs:
+            if name in ("cli", "cli-network"):
+                extra_args = ["--model", paths["random_model"]] if name == "cli-network" else []
+                if name == "cli-network":
+                    extra_args += ["--refine", "0"]
+                out = _run_cli(paths, workdir, extra_args)
+                print(f"{name}: {json.dumps(out)}", flush=True)
+                continue
+            spec = dict(paths)
+            spec["options"] = {**CONFIGS[name], **extra}
+            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
+                                  capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                print(f"{name}: FAILED: {proc.stderr.strip()[-2000:]}", flush=True)
+                continue
+            print(f"{name}: {proc.stdout.strip().splitlines()[-1]}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
