@@ -31,7 +31,6 @@ with it, or map fixed landmarks to moving ones.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +115,12 @@ class RegistrationOptions:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if int(self.slab_voxels) < 1:
             raise ValueError(f"slab_voxels must be >= 1, got {self.slab_voxels}")
+        factor = max(self.refine_options().level_factors)
+        if sum(self.refine_options().iterations_per_level()) > 0 and any(int(n) % factor for n in self.network_size):
+            raise ValueError(
+                f"network_size {tuple(self.network_size)} must be divisible by the largest refinement level "
+                f"factor {factor} (refine_levels {tuple(self.refine_levels)})"
+            )
 
     def preprocess_options(self, network_size: Sequence[int] | None = None) -> PreprocessOptions:
         return PreprocessOptions(

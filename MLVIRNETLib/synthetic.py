@@ -155,10 +155,8 @@ def _scaled_exponential(
     return d
 
 
-def _mask_on_coarse(
-    lung_mask: sitk.Image | None, sigma_mm: float, target_spacing_mm: float
-) -> tuple[torch.Tensor, ImageGrid] | None:
-    """Lung mask as float on a grid of about ``target_spacing_mm`` (box-pooled), smoothed with ``sigma_mm``."""
+def _mask_on_coarse(lung_mask: sitk.Image | None, target_spacing_mm: float) -> tuple[torch.Tensor, ImageGrid] | None:
+    """Lung mask as a float fraction on a grid of about ``target_spacing_mm`` (box-pooled)."""
     if lung_mask is None:
         return None
     if not isinstance(lung_mask, sitk.Image):
@@ -222,7 +220,7 @@ def breathing_deformation(
     vgrid = _coarse_grid(grid, velocity_spacing_mm)
     x = vgrid.world_points(dtype=torch.float64)  # (D, H, W, 3)
 
-    coarse = _mask_on_coarse(lung_mask, sliding_mm, min(2.0, velocity_spacing_mm))
+    coarse = _mask_on_coarse(lung_mask, min(2.0, velocity_spacing_mm))
     if coarse is None:
         corners = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in grid.size], indexing="ij")).reshape(3, -1).T
         pts = grid.index_to_world(corners)

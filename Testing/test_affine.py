@@ -17,6 +17,16 @@ from MLVIRNETLib.synthetic import random_smooth_deformation, rigid_matrix
 from conftest import oblique_grid, rotation_matrix
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: these small problems gain nothing from two, and on a busy (shared) CPU
+    two OpenMP threads waiting for each other made this file 15 times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _oblique_ct(spacing=(3.0, 2.6, 3.4), angles=(5.0, -4.0, 8.0), shrink_mm=(10.0, 10.0, 12.0)) -> sitk.Image:
     """The bundled CT resampled (anti-aliased) onto an oblique, anisotropic grid inside its field of view."""
     full = sitk.ReadImage(str(bundled_ct_path()))
