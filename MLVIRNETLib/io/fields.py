@@ -57,10 +57,12 @@ def deformation_to_sitk(deformation: Deformation, pixel_type: int = sitk.sitkVec
     u = deformation.displacement
     if u.shape[0] != 1:
         raise ValueError(f"only a single deformation (batch 1) can be written, got batch {u.shape[0]}")
-    array = u[0].detach().to("cpu", torch.float64).movedim(0, -1).numpy()  # (D, H, W, 3), components x y z
-    image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=True)
+    # build the image directly in the requested precision: no float64 copy of a float32 field
+    dtype = torch.float32 if pixel_type == sitk.sitkVectorFloat32 else torch.float64
+    array = u[0].detach().to("cpu", dtype).movedim(0, -1).contiguous().numpy()  # (D, H, W, 3), components x y z
+    image = sitk.GetImageFromArray(array, isVector=True)
     deformation.grid.copy_to_sitk(image)
-    if pixel_type != sitk.sitkVectorFloat64:
+    if pixel_type not in (sitk.sitkVectorFloat32, sitk.sitkVectorFloat64):
         image = sitk.Cast(image, pixel_type)
     return image
 
