@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 
 from MLVIRNETLib.geometry import ImageGrid
 from MLVIRNETLib.paths import shared_data_dir
@@ -50,3 +51,16 @@ def shared_data():
     if path is None:
         pytest.skip("../shared/data is not present (it is only on the development machines)")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a test module (use with ``pytest.mark.usefixtures``), restored after.
+
+    The registration-sized problems in the tests gain nothing from two threads, and on a busy
+    (shared) CPU two OpenMP threads waiting for each other made such modules 15 times slower.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,14 +17,7 @@ from MLVIRNETLib.synthetic import random_smooth_deformation, rigid_matrix
 from conftest import oblique_grid, rotation_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these small problems gain nothing from two, and on a busy (shared) CPU
-    two OpenMP threads waiting for each other made this file 15 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _oblique_ct(spacing=(3.0, 2.6, 3.4), angles=(5.0, -4.0, 8.0), shrink_mm=(10.0, 10.0, 12.0)) -> sitk.Image:

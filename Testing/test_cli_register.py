@@ -18,14 +18,7 @@ from MLVIRNETLib.paths import bundled_ct_path
 from conftest import rotation_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these small problems gain nothing from two, and on a busy (shared) CPU
-    two OpenMP threads waiting for each other made this file 15 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

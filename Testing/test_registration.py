@@ -30,14 +30,7 @@ from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, ri
 from conftest import rotation_matrix
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these small problems gain nothing from two, and on a busy (shared) CPU
-    two OpenMP threads waiting for each other made this file 15 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FAST = dict(network_size=(48, 48, 48), refine_levels=(4, 2, 1), refine_iterations=60)
 

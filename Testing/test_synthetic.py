@@ -22,14 +22,7 @@ from MLVIRNETLib.synthetic import (
 from conftest import oblique_grid
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: these small problems gain nothing from two, and on a busy (shared) CPU
-    two OpenMP threads waiting for each other made this file 15 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CENTRE = np.array([10.0, -20.0, 150.0])
 LUNG_RADII = np.array([55.0, 45.0, 70.0])  # an ellipsoid "lung" in LPS mm
