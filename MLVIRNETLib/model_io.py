@@ -59,6 +59,24 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
+def _to_plain(value: Any) -> Any:
+    """``value`` with subclasses of str/int/float (``torch.__version__``, numpy scalars) turned into the
+    built-in types, which ``weights_only`` loading rebuilds (it refuses any other class)."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str):
+        return str(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    return value
+
+
 def _architecture_mismatch(net: MultilevelNet, config: NetworkConfig) -> str | None:
     """Describe how ``net``'s parameters differ from a network built from ``config`` (None if they fit)."""
     reference = build_network(config).state_dict()
@@ -102,6 +120,7 @@ def save_model(path: str | os.PathLike, net: MultilevelNet, config: NetworkConfi
         raise ValueError(f"config must be a NetworkConfig, got {type(config).__name__}")
     meta = dict(metadata or {})
     _check_plain(meta, "metadata")
+    meta = _to_plain(meta)
     meta["library_version"] = __version__
     problem = _architecture_mismatch(net, config)
     if problem is not None:

@@ -44,7 +44,14 @@ from .affine import AffineOptions, affine_register, compose_affine
 from .deformation import Deformation
 from .devices import resolve_device
 from .geometry import ImageGrid, sample_on_grid
-from .preprocessing import HU_WINDOW, PreprocessOptions, image_to_hu_tensor, mask_to_tensor, preprocess_pair
+from .preprocessing import (
+    HU_WINDOW,
+    PreprocessOptions,
+    image_to_hu_tensor,
+    mask_to_tensor,
+    preprocess_pair,
+    resample_antialiased,
+)
 from .refine import RefineOptions, RegistrationCancelled, refine
 
 if TYPE_CHECKING:
@@ -69,7 +76,9 @@ class RegistrationOptions:
     """Settings of :func:`register` (defaults chosen by measurement, see ``docs/registration.md``).
 
     Attributes:
-        network_size: network grid ``(nx, ny, nz)``; a loaded model's own input size wins.
+        network_size: grid ``(nx, ny, nz)`` of preprocessing and refinement over the crop box. A
+            model runs at its own input size on the same box (resampled from this grid; with
+            ``refine_iterations=0`` the images are preprocessed straight to the model's size).
         refine_iterations: L-BFGS iterations per refinement level (int, or one per level);
             ``0`` = network only.
         refine_levels: refinement levels as downsampling factors of the network grid, coarse to fine.
@@ -446,12 +455,14 @@ def _register(
     net, model_label, model_size = _resolve_model(model, dev, messages)
     for msg in messages:
         prog(0.0, msg)
-    network_size = tuple(opts.network_size)
-    if model_size is not None and tuple(model_size) != network_size:
-        messages.append(f"using the model's input size {tuple(model_size)} instead of network_size {network_size}")
-        network_size = tuple(model_size)
     refine_opts = opts.refine_options()
     n_refine = sum(refine_opts.iterations_per_level())
+    # the grid of preprocessing and refinement: network_size; a model runs at its own input size
+    # (its inputs are resampled from that grid), and without refinement the images are
+    # preprocessed straight to the model's size
+    network_size = tuple(opts.network_size)
+    if model_size is not None and n_refine == 0:
+        network_size = tuple(model_size)
     if net is None and n_refine == 0:
         messages.append("no network and refine_iterations=0: the result is the affine pre-alignment only")
 
@@ -509,8 +520,13 @@ def _register(
     levels: list[Deformation] = []
     if net is not None:
         prog.stage(0.25, 0.10, "network")
+        net_grid, net_fixed, net_moving = pp.grid, pp.fixed, pp.moving
+        if model_size is not None and tuple(model_size) != tuple(pp.grid.size):
+            net_grid = pp.grid.resized(model_size)  # same box, the model's input size
+            net_fixed = resample_antialiased(pp.fixed, pp.grid, net_grid)
+            net_moving = resample_antialiased(pp.moving, pp.grid, net_grid)
         with torch.inference_mode(), _autocast(dev, opts, messages):
-            out = net(pp.fixed, pp.moving, pp.grid)
+            out = net(net_fixed, net_moving, net_grid)
         phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())
         for i in range(len(out.levels)):
             composed = out.composed(i)

@@ -171,8 +171,13 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
     path = save_model(tmp_path / "tiny.pt", build_network(config), config)
     saved = register(case.fixed, case.fixed, case.fixed_mask, model=path, device="cpu", options=opts)
     assert saved.model_used == str(path)
-    assert saved.network_grid.size == (24, 24, 24)
-    assert any("input size" in m for m in saved.messages)
+    assert saved.network_grid.size == (24, 24, 24)  # network only: preprocessed straight to the model size
+    # with refinement, preprocessing and refinement use network_size; the model still sees 24^3 inputs
+    refined = register(case.fixed, case.fixed, case.fixed_mask, model=path, device="cpu",
+                       options=RegistrationOptions(affine=False, refine_iterations=2, network_size=(32, 32, 32)))
+    assert refined.network_grid.size == (32, 32, 32)
+    assert [d.grid.size for d in refined.level_deformations] == [(12, 12, 12), (24, 24, 24), (8, 8, 8), (16, 16, 16)]
+    assert refined.level_deformations[1].grid.is_close(refined.network_grid.resized((24, 24, 24)))
     with pytest.raises(FileNotFoundError):
         register(case.fixed, case.fixed, model=tmp_path / "missing.pt", device="cpu", options=opts)
 

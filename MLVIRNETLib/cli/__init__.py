@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "warp": "warp",
     "tre": "tre",
     "evaluate-dirlab": "evaluate_dirlab",
+    "train": "train",
 }
 
 

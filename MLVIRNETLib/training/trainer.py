@@ -1,0 +1,366 @@
+"""Progressive training of the mlVIRNET cascade (section 2.3 of the paper).
+
+Stage ``s = 0 .. L-1`` trains level ``L-1-s`` (coarsest first) with the ``s+1`` coarsest levels
+active: the coarser nets are frozen (no gradients, batch norms in eval mode) and the loss, eq. (2)
+of :func:`MLVIRNETLib.losses.registration_loss`, is evaluated on the active finest level's grid for
+the whole composed deformation. The coarsest net starts from its Xavier initialisation; each finer
+net is initialised from the weights of the level trained before it (``warm_start``; off for the
+ablation). ``network.levels: 1`` is the single-level net of the ablation.
+
+Reproducibility and resume: the net is initialised from ``seed`` and the data of step ``t`` on
+process ``r`` come from a generator seeded with ``(seed, t, r, i)``; the learning rate is a
+function of the step. A checkpoint therefore fixes everything that follows it, and ``resume``
+continues a killed run exactly (same weights as an uninterrupted run, on the same hardware and
+thread count).
+
+Multi-GPU: started with ``torchrun --nproc_per_node N``, every process trains on its own data
+and :class:`torch.nn.parallel.DistributedDataParallel` averages the gradients (NCCL on CUDA, Gloo
+on CPU); only rank 0 validates and writes files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from ..devices import resolve_device
+from ..losses import registration_loss
+from ..model_io import save_model
+from ..networks import MultilevelNet, build_network, init_level_from
+from ..pyramid import build_pyramid
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .pairs import ManifestSource, MixedSource, PhaseSource, TrainingPair
+from .run_log import RunLog
+from .synthetic_pairs import SyntheticSource
+from .validation import validate
+
+__all__ = ["train", "TrainResult", "build_sources", "build_validation_pairs", "initial_network", "step_seed"]
+
+# configuration entries that may differ when a run is resumed (where the files are, which device,
+# how many CPU threads)
+_RESUME_MAY_DIFFER = ("output_dir", "device", "schedule.num_threads")
+
+
+@dataclass
+class TrainResult:
+    """Summary of a finished run."""
+
+    model_path: Path
+    output_dir: Path
+    steps: int
+    elapsed_s: float
+    validation: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+# ----------------------------------------------------------------------------------------------
+def step_seed(seed: int, step: int, rank: int, index: int) -> int:
+    """The data seed of pair ``index`` of ``step`` on process ``rank``."""
+    return int(np.random.SeedSequence([seed, step, rank, index]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def initial_network(config: TrainConfig) -> MultilevelNet:
+    """The untrained net: Xavier initialisation from ``config.seed`` (global RNG untouched), heads
+    scaled by ``schedule.head_scale``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        net = build_network(config.network)
+    with torch.no_grad():
+        for unet in net.nets:
+            unet.head.weight.mul_(config.schedule.head_scale)
+    return net
+
+
+def build_sources(config: TrainConfig) -> MixedSource:
+    """The training data of ``config`` as one weighted source."""
+    size = tuple(config.network.input_size)
+    sources, weights = [], []
+    for src in config.data.train:
+        sources.append(_make_source(src, size))
+        weights.append(src.weight)
+    return MixedSource(sources, weights)
+
+
+def _make_source(src, size):
+    if src.kind == "synthetic":
+        return SyntheticSource(src.images, size, src.motion, src.masks, src.labels)
+    if src.kind == "phases":
+        return PhaseSource(src.images, size, src.masks, src.auto_masks)
+    return ManifestSource(src.csv, size, src.auto_masks)
+
+
+def build_validation_pairs(config: TrainConfig) -> list[TrainingPair]:
+    """Fixed validation pairs: synthetic sources give every image x peak x direction with truth;
+    phase sources every pair of consecutive phases; manifests every listed pair."""
+    size = tuple(config.network.input_size)
+    pairs: list[TrainingPair] = []
+    for src in config.data.validation:
+        source = _make_source(src, size)
+        if isinstance(source, SyntheticSource):
+            pairs.extend(source.validation_pairs(src.peaks_mm, config.seed + 1))
+        elif isinstance(source, PhaseSource):
+            n = len(source.images)
+            pairs.extend(TrainingPair(source.grid, source.images[i], source.images[(i + 1) % n], source.masks[i],
+                                      source.masks[(i + 1) % n], name=f"phase {i + 1} -> {(i + 1) % n + 1}")
+                         for i in range(n))
+        else:
+            pairs.extend(source.pairs)
+    return pairs
+
+
+def _set_trainable(net: MultilevelNet, level: int) -> list[torch.nn.Parameter]:
+    """Only ``net.nets[level]`` trains; every other level is frozen. Returns its parameters."""
+    from ..networks import freeze_levels
+
+    freeze_levels(net, [l for l in range(net.num_levels) if l != level], True)
+    freeze_levels(net, [level], False)
+    return list(net.nets[level].parameters())
+
+
+def _learning_rate(config: TrainConfig, step_in_stage: int, stage_steps: int) -> float:
+    s = config.schedule
+    t = step_in_stage / max(stage_steps, 1)
+    return s.learning_rate * (s.final_lr_fraction + (1 - s.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tuple[torch.Tensor, dict[str, float]]:
+    """Eq. (2) for one pair with the ``active`` coarsest levels, on the finest active grid."""
+    net = model.module if hasattr(model, "module") else model
+    out = model(pair.fixed, pair.moving, pair.grid, active_levels=active)
+    level = net.num_levels - active
+    grid = out.grids[-1]
+    fm = wm = None
+    if pair.fixed_masks is not None and pair.moving_masks is not None:
+        fm = build_pyramid(pair.fixed_masks, pair.grid, net.num_levels)[level][0]
+        mm = build_pyramid(pair.moving_masks, pair.grid, net.num_levels)[level][0]
+        wm = out.deformation.warp(mm, grid, padding_mode="zeros")
+    loss, terms = registration_loss(out.fixed_levels[-1], out.warped, out.deformation.displacement, grid.spacing,
+                                    config.loss, fm, wm)
+    return loss, {k: float(v.detach()) for k, v in terms.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# distributed context
+# ----------------------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_env(cls) -> "_Dist":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        return cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _config_differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if f"{prefix}{k}" in _RESUME_MAY_DIFFER:
+            continue
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out.extend(_config_differences(va, vb, f"{prefix}{k}."))
+        elif va != vb:
+            out.append(f"{prefix}{k}: checkpoint {va!r} vs config {vb!r}")
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
+def train(config: TrainConfig, resume: bool = False, quiet: bool = False,
+          progress: Callable[[int, int, dict], None] | None = None) -> TrainResult:
+    """Run (or with ``resume`` continue) the training described by ``config``.
+
+    Writes into ``config.output_dir``: ``checkpoints/last.pt`` (+ ``last.json``), ``stages/stage{s}.pt``
+    (model file after each level), ``model.pt`` (final model, :func:`MLVIRNETLib.model_io.save_model`),
+    ``config.yaml``, ``metrics.csv`` and ``tensorboard/``.
+
+    Args:
+        config: the run.
+        resume: continue from ``checkpoints/last.pt`` (its configuration must equal ``config``
+            except ``output_dir`` and ``device``).
+        quiet: no tqdm progress bar.
+        progress: optional callback ``(step, total_steps, last_terms)`` after every step.
+
+    Raises:
+        ValueError: an output directory that already holds a run (without ``resume``), a missing
+            or different checkpoint (with ``resume``), bad data.
+    """
+    dist = _Dist.from_env()
+    device = resolve_device(config.device)
+    if dist.world > 1:
+        import torch.distributed as tdist
+
+        if device.type == "cuda":
+            device = torch.device(f"cuda:{dist.local_rank}")
+            torch.cuda.set_device(device)
+        tdist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    old_threads = torch.get_num_threads()
+    if config.schedule.num_threads is not None:
+        torch.set_num_threads(config.schedule.num_threads)
+    try:
+        return _train(config, resume, quiet, progress, dist, device)
+    finally:
+        torch.set_num_threads(old_threads)
+        if dist.world > 1:
+            import torch.distributed as tdist
+
+            tdist.destroy_process_group()
+
+
+def _train(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _Dist, device: torch.device) -> TrainResult:
+    out_dir = Path(config.output_dir)
+    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    ckpt = None
+    if resume:
+        ckpt = load_checkpoint(ckpt_path, map_location="cpu")
+        diffs = _config_differences(ckpt["config"], config.to_dict())
+        if diffs:
+            raise ValueError(f"cannot resume {ckpt_path}: the configuration differs: " + "; ".join(diffs[:5]))
+    elif ckpt_path.exists() or (out_dir / "model.pt").exists():
+        raise ValueError(f"{out_dir} already holds a training run; resume it with --resume or choose another output_dir")
+    if dist.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+
+    net = initial_network(config)
+    if ckpt is not None:
+        net.load_state_dict(ckpt["model"])
+    net = net.to(device)
+    levels = net.num_levels
+    stage_steps = config.schedule.steps_per_level(levels)
+    bounds = np.concatenate([[0], np.cumsum(stage_steps)]).astype(int).tolist()
+    total = bounds[-1]
+    step = int(ckpt["step"]) if ckpt is not None else 0
+    elapsed0 = float(ckpt.get("elapsed_s", 0.0)) if ckpt is not None else 0.0
+    t0 = time.perf_counter()
+
+    data = build_sources(config)
+    val_pairs = build_validation_pairs(config) if dist.main and config.data.validation else []
+    log = RunLog(out_dir, resume_step=step if resume else None, tensorboard=config.tensorboard) if dist.main else None
+    if log is not None and not resume:
+        log.log(0, 0, levels - 1, "info", {"world_size": dist.world, "parameters": sum(p.numel() for p in net.parameters())}, 0.0)
+    bar = _progress_bar(total, step, quiet or not dist.main)
+    last_val: dict[str, float] = dict(ckpt.get("validation", {})) if ckpt is not None else {}
+    try:
+        for stage in range(levels):
+            start, end = bounds[stage], bounds[stage + 1]
+            if step >= end:
+                continue
+            level, active = levels - 1 - stage, stage + 1
+            if step == start and stage > 0 and config.schedule.warm_start:
+                init_level_from(net, level + 1, level)
+            params = _set_trainable(net, level)
+            net.train()
+            optimizer = torch.optim.Adam(params, lr=config.schedule.learning_rate)
+            if ckpt is not None and step > start and ckpt.get("optimizer_stage") == stage:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            model = net
+            if dist.world > 1:
+                from torch.nn.parallel import DistributedDataParallel
+
+                model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+            while step < end:
+                lr = _learning_rate(config, step - start, end - start)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                optimizer.zero_grad(set_to_none=True)
+                terms_sum: dict[str, float] = {}
+                b = config.schedule.batch_size
+                for i in range(b):
+                    gen = torch.Generator().manual_seed(step_seed(config.seed, step, dist.rank, i))
+                    pair = data.sample(gen).to(device)
+                    sync = model.no_sync() if (dist.world > 1 and i < b - 1) else contextlib.nullcontext()
+                    with sync:
+                        loss, terms = pair_loss(model, pair, config, active)
+                        (loss / b).backward()
+                    for k, v in terms.items():
+                        terms_sum[k] = terms_sum.get(k, 0.0) + v / b
+                optimizer.step()
+                step += 1
+                elapsed = elapsed0 + time.perf_counter() - t0
+                if log is not None:
+                    log.log(step, stage, level, "train", {**terms_sum, "lr": lr}, elapsed)
+                if bar is not None:
+                    bar.set_postfix_str(f"level {level} loss {terms_sum['total']:.4f}", refresh=False)
+                    bar.update(1)
+                if progress is not None:
+                    progress(step, total, terms_sum)
+                at_end = step == end
+                if dist.main and val_pairs and (step % config.schedule.validate_every == 0 or at_end):
+                    last_val = validate(net, val_pairs, active)
+                    log.log(step, stage, level, "val", last_val, elapsed)
+                if dist.main and (step % config.schedule.checkpoint_every == 0 or at_end):
+                    save_checkpoint(ckpt_path, {
+                        "config": config.to_dict(), "step": step, "stage": stage + 1 if at_end else stage,
+                        "optimizer_stage": stage, "elapsed_s": elapsed,
+                        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+                        "optimizer": optimizer.state_dict(), "validation": last_val,
+                    })
+                if at_end and dist.main:
+                    (out_dir / "stages").mkdir(exist_ok=True)
+                    save_model(out_dir / "stages" / f"stage{stage}.pt", net, config.network,
+                               _metadata(config, step, elapsed, last_val, dist, device, active))
+            if dist.world > 1:
+                import torch.distributed as tdist
+
+                tdist.barrier()
+        elapsed = elapsed0 + time.perf_counter() - t0
+        model_path = out_dir / "model.pt"
+        if dist.main:
+            save_model(model_path, net, config.network, _metadata(config, step, elapsed, last_val, dist, device, levels))
+        return TrainResult(model_path, out_dir, step, elapsed, last_val)
+    finally:
+        if bar is not None:
+            bar.close()
+        if log is not None:
+            log.close()
+
+
+def _metadata(config: TrainConfig, step: int, elapsed: float, val: dict, dist: _Dist, device: torch.device,
+              active_levels: int) -> dict:
+    import platform
+
+    return {
+        "training": config.to_dict(),
+        "steps": step,
+        "active_levels": active_levels,
+        "training_time_s": round(elapsed, 1),
+        "hardware": {"device": str(device), "processes": dist.world, "cpu_threads": torch.get_num_threads(),
+                     "cuda": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+                     "machine": platform.machine()},
+        "validation": {k: round(float(v), 4) for k, v in val.items()},
+        "torch_version": str(torch.__version__),
+    }
+
+
+def _progress_bar(total: int, initial: int, quiet: bool):
+    if quiet:
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, initial=initial, file=sys.stderr, desc="train", unit="step")

@@ -1,0 +1,64 @@
+"""The shipped default model: a safe, small file that registers real CT by itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.io.images import read_image
+from MLVIRNETLib.lungmask import segment_lungs
+from MLVIRNETLib.metrics import jacobian_stats, tre
+from MLVIRNETLib.model_io import load_model
+from MLVIRNETLib.paths import bundled_ct_path, default_model_path, resource_path
+from MLVIRNETLib.registration import RegistrationOptions, register
+from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, sample_landmarks
+from MLVIRNETLib.training import load_config
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_the_file_is_small_safe_and_describes_its_training():
+    path = default_model_path()
+    assert path.is_file(), "Resources/Models/mlvirnet_default.pt is missing"
+    assert path.stat().st_size <= 10 * 1024 * 1024
+    net, info = load_model(path)  # weights_only=True inside
+    meta = info["metadata"]
+    shipped = load_config(resource_path("Models", "mlvirnet_default.yaml")).to_dict()
+    for key in ("network", "schedule", "loss", "seed"):
+        assert meta["training"][key] == shipped[key], key  # the file was made by the shipped config
+    assert meta["steps"] == sum(shipped["schedule"]["level_steps"])
+    assert info["config"].to_dict() == shipped["network"]
+    assert {"error_mm", "initial_error_mm", "dice", "folding_percent"} <= set(meta["validation"])
+    assert net.num_levels == 3
+
+
+def _model_only(image: sitk.Image, peak_mm: float, seed: int = 4):
+    lungs = segment_lungs(image)
+    grid = ImageGrid.from_sitk(image)
+    truth = breathing_deformation(grid, lungs, peak_mm=peak_mm, seed=seed)
+    moving, _ = make_synthetic_pair(image, truth, lungs, noise_hu=10.0, seed=seed)
+    pts = sample_landmarks(image, lungs, n=60, seed=seed)
+    targets = truth.map_points(torch.as_tensor(pts, dtype=torch.float32))[0].double().numpy()
+    result = register(image, moving, lungs, model="default", device="cpu",
+                      options=RegistrationOptions(refine_iterations=0))
+    lung = torch.as_tensor(sitk.GetArrayFromImage(lungs) > 0)
+    return tre(pts, targets), tre(pts, targets, result.deformation), jacobian_stats(result.deformation, lung), result
+
+
+def test_model_alone_registers_the_bundled_ct():
+    before, after, jac, result = _model_only(read_image(bundled_ct_path()), 15.0)
+    assert result.model_used == str(default_model_path())
+    assert after.mean < 0.6 * before.mean
+    assert jac["folding_percent"] < 0.5
+
+
+def test_model_alone_on_a_held_out_ct(shared_data):
+    """A CT of a patient the model never saw, 20 mm breathing."""
+    image = read_image(shared_data / "chest_ct" / "lungct_0103_0005.nii.gz")
+    before, after, jac, _ = _model_only(image, 20.0)
+    assert after.mean < 0.6 * before.mean
+    assert jac["folding_percent"] < 0.5
+    assert np.isfinite(after.mean)

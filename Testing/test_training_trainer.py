@@ -1,0 +1,175 @@
+"""Tests of progressive training (``mlvirnet train``) at a tiny size: outputs, the progressive
+schedule (frozen coarse levels, warm starts), exact resume after a kill, multi-process training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from MLVIRNETLib.cli import main as cli_main
+from MLVIRNETLib.model_io import load_model
+from MLVIRNETLib.training import load_config, train
+
+from training_phantom import write_phantom
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train_data")
+    write_phantom(folder, seed=0, name="a")
+    write_phantom(folder, seed=1, name="b")
+    return folder
+
+
+def _config(folder: Path, name: str, **schedule) -> Path:
+    d = {
+        "seed": 3,
+        "output_dir": f"run_{name}",
+        "network": {"levels": 2, "features": 4, "depth": 2, "input_size": [16, 16, 16]},
+        "schedule": {"steps": 8, "checkpoint_every": 2, "validate_every": 4, "learning_rate": 0.002, **schedule},
+        "loss": {"alpha": 10.0, "beta": 1.0, "ngf_eps": 0.01},
+        "data": {
+            "train": [{"kind": "synthetic", "images": ["a.nii.gz"], "masks": ["a_mask.nii.gz"]},
+                      {"kind": "phases", "images": ["a.nii.gz", "b.nii.gz"], "weight": 0.3}],
+            "validation": [{"kind": "synthetic", "images": ["b.nii.gz"], "masks": ["b_mask.nii.gz"], "peaks_mm": [8]}],
+        },
+    }
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return path
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    net, _ = load_model(path)
+    return net.state_dict()
+
+
+def test_cli_train_writes_model_logs_and_checkpoints(data, capsys):
+    cfg = _config(data, "cli")
+    assert cli_main(["train", "--config", str(cfg), "--quiet", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    run = data / "run_cli"
+    assert summary["steps"] == 8 and Path(summary["model"]) == run / "model.pt"
+    net, info = load_model(run / "model.pt")  # weights_only loading
+    assert info["metadata"]["steps"] == 8 and info["metadata"]["training"]["seed"] == 3
+    assert {"error_mm", "initial_error_mm", "dice", "folding_percent"} <= set(summary["validation"])
+    rows = (run / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,stage,level,split,name,value,time_s"
+    assert any(",train,ngf," in r for r in rows) and any(",val,error_mm," in r for r in rows)
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run / "stages").iterdir()) == ["stage0.pt", "stage1.pt"]
+    # a second run into the same folder is refused (nothing overwritten)
+    before = (run / "model.pt").read_bytes()
+    assert cli_main(["train", "--config", str(cfg), "--quiet"]) == 2
+    assert "already holds a training run" in capsys.readouterr().err
+    assert (run / "model.pt").read_bytes() == before
+
+
+def test_progressive_schedule_freezes_coarse_levels_and_warm_starts(data):
+    """Stage 0 trains level 1 (coarse) only; stage 1 trains level 0 only, starting from level 1's
+    weights (warm start: after one Adam step they differ by at most about the learning rate)."""
+    warm = train(load_config(_config(data, "warm", level_steps=[4, 1])), quiet=True)
+    stage0 = _weights(warm.output_dir / "stages" / "stage0.pt")
+    final = _weights(warm.model_path)
+    fresh = load_config(_config(data, "fresh_init", level_steps=[4, 1]))
+    from MLVIRNETLib.training.trainer import initial_network
+
+    init = initial_network(fresh).state_dict()
+    convs = [k for k in final if k.endswith("weight") and final[k].ndim == 5]
+    for k in (k for k in final if k.startswith("nets.1.")):
+        assert torch.equal(final[k], stage0[k]), k  # frozen in stage 1
+    for k in (k for k in convs if k.startswith("nets.0.")):
+        assert torch.equal(stage0[k], init[k]), k  # untouched in stage 0
+        twin = k.replace("nets.0.", "nets.1.")
+        assert float((final[k] - final[twin]).abs().max()) <= 1.5 * 0.002, k  # warm start + one step
+    cold = train(load_config(_config(data, "cold", level_steps=[4, 1], warm_start=False)), quiet=True)
+    cold_w = _weights(cold.model_path)
+    assert max(float((cold_w[k] - cold_w[k.replace("nets.0.", "nets.1.")]).abs().max())
+               for k in convs if k.startswith("nets.0.")) > 0.05
+
+
+def test_single_level_network_trains(data):
+    cfg = load_config(_config(data, "single", steps=4))
+    cfg.network.levels = 1
+    result = train(cfg, quiet=True)
+    net, info = load_model(result.model_path)
+    assert net.num_levels == 1 and info["metadata"]["steps"] == 4
+
+
+def _run_cli(cfg: Path, *extra: str) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "MLVIRNETLib.cli", "train", "--config", str(cfg), "--quiet",
+                             "--threads", "1", *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def test_resume_after_kill_continues_exactly(data):
+    """SIGKILL a run in the middle of its second level, resume it: same final weights as a run
+    that was never interrupted, and no duplicate log rows."""
+    schedule = dict(level_steps=[12, 12], checkpoint_every=2, validate_every=6)
+    reference = _run_cli(_config(data, "reference", **schedule))
+    assert reference.wait(timeout=300) == 0, reference.stderr.read().decode()
+
+    cfg = _config(data, "killed", **schedule)
+    run = data / "run_killed"
+    proc = _run_cli(cfg)
+    sidecar = run / "checkpoints" / "last.json"
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if sidecar.exists() and json.loads(sidecar.read_text())["step"] >= 14:
+            proc.send_signal(signal.SIGKILL)
+            break
+        if proc.poll() is not None:
+            pytest.fail("the run finished before it could be killed")
+        time.sleep(0.01)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = json.loads(sidecar.read_text())["step"]
+    assert 14 <= killed_at < 24 and not (run / "model.pt").exists()
+
+    resumed = _run_cli(cfg, "--resume")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read().decode()
+    ref_w, res_w = _weights(data / "run_reference" / "model.pt"), _weights(run / "model.pt")
+    assert ref_w.keys() == res_w.keys()
+    for k in ref_w:
+        assert torch.equal(ref_w[k], res_w[k]), k
+    keys = [tuple(r.split(",")[:5]) for r in (run / "metrics.csv").read_text().splitlines()[1:]]
+    assert len(keys) == len(set(keys))
+    ref_rows = (data / "run_reference" / "metrics.csv").read_text().splitlines()
+    assert len(keys) == len(ref_rows) - 1
+
+
+def test_resume_checks_configuration_and_checkpoint(data, capsys):
+    cfg = _config(data, "changed", steps=4)
+    train(load_config(cfg), quiet=True)
+    changed = load_config(cfg)
+    changed.loss.alpha = 99.0
+    with pytest.raises(ValueError, match="loss.alpha"):
+        train(changed, resume=True, quiet=True)
+    missing = load_config(_config(data, "never_ran", steps=4))
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        train(missing, resume=True, quiet=True)
+
+
+def test_torchrun_two_processes(data):
+    """DistributedDataParallel with two CPU processes (Gloo), started by torchrun."""
+    cfg = _config(data, "ddp", steps=4)
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "MLVIRNETLib.cli", "train", "--config", str(cfg), "--quiet", "--threads", "1", "--json"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = (data / "run_ddp" / "metrics.csv").read_text().splitlines()
+    assert "0,0,1,info,world_size,2,0.0" in rows
+    assert load_model(data / "run_ddp" / "model.pt")[1]["metadata"]["hardware"]["processes"] == 2
