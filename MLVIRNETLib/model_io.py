@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -136,17 +135,9 @@ def save_model(path: str | os.PathLike, net: MultilevelNet, config: NetworkConfi
         "metadata": meta,
         "state_dict": {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()},
     }
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp_name, path)
-    finally:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-    return path
+    from .io.images import write_atomically
+
+    return write_atomically(path, lambda fh: torch.save(payload, fh))
 
 
 def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> tuple[MultilevelNet, dict]:

@@ -16,8 +16,9 @@ Usage::
     python benchmarks/bench_register.py --configs default network
     python benchmarks/bench_register.py --list
 
-Without a trained model the ``network*`` configurations use a randomly initialised network of
-the default architecture: their timings are real, their TRE is meaningless.
+The ``network*`` configurations use a randomly initialised network of the default 160^3 architecture
+(their timings are real, their TRE is meaningless); the ``shipped*`` configurations use the shipped
+model (``Resources/Models/mlvirnet_default.pt``).
 """
 
 from __future__ import annotations
@@ -40,6 +41,15 @@ CONFIGS: dict[str, dict] = {
     "network-bf16": {"model": "random", "refine_iterations": 0, "use_bf16": True},
     "network+refine": {"model": "random"},
     "affine-only": {"model": "none", "refine_iterations": 0},
+    "shipped": {"model": "default"},
+    "shipped-network": {"model": "default", "refine_iterations": 0},
+}
+CLI_CONFIGS = {
+    # name: extra mlvirnet register arguments ("RANDOM" = the random model file)
+    "cli": ["--model", "none"],
+    "cli-network": ["--model", "RANDOM", "--refine", "0"],
+    "cli-shipped": ["--model", "default"],
+    "cli-shipped-network": ["--model", "default", "--refine", "0"],
 }
 STANDARD = ["default", "network", "cli", "cli-network"]
 
@@ -63,7 +73,7 @@ def _child(spec: dict) -> None:
     t_read = time.perf_counter() - t0
     overrides = dict(spec["options"])
     model_kind = overrides.pop("model", "none")
-    model = spec["random_model"] if model_kind == "random" else None
+    model = {"random": spec["random_model"], "default": "default"}.get(model_kind)
     options = RegistrationOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     result = register(fixed, moving, fixed_mask, model=model, device="cpu", options=options)
     pts = torch.as_tensor(np.load(spec["points"]), dtype=torch.float32)
@@ -195,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         for name, spec in CONFIGS.items():
             print(f"{name}: {spec}")
-        print("cli: mlvirnet register end to end (default options, no model, automatic lung mask)")
-        print("cli-network: mlvirnet register end to end with the random network and --refine 0")
+        for name, extra_args in CLI_CONFIGS.items():
+            print(f"{name}: mlvirnet register end to end (automatic lung mask) with {' '.join(extra_args)}")
         return 0
     data = args.data
     if data is None:
@@ -217,10 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             _refine_sweep(paths, json.loads(args.refine_sweep))
             return 0
         for name in args.configs:
-            if name in ("cli", "cli-network"):
-                extra_args = ["--model", paths["random_model"]] if name == "cli-network" else []
-                if name == "cli-network":
-                    extra_args += ["--refine", "0"]
+            if name in CLI_CONFIGS:
+                extra_args = [paths["random_model"] if a == "RANDOM" else a for a in CLI_CONFIGS[name]]
                 out = _run_cli(paths, workdir, extra_args)
                 print(f"{name}: {json.dumps(out)}", flush=True)
                 continue

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -58,6 +58,16 @@ def atomic_output(path: PathLike) -> Iterator[Path]:
         os.replace(tmp_path, target)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def write_atomically(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(file)`` on a new binary file and publish it as ``path`` only when it succeeded
+    (flushed and fsynced; see :func:`atomic_output`): a kill or an error never leaves a partial file."""
+    with atomic_output(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -18,13 +18,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .. import __version__
+from ..io.images import write_atomically
 
 __all__ = ["CHECKPOINT_FORMAT", "save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
 
@@ -33,17 +33,8 @@ CHECKPOINT_VERSION = 1
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file and ``os.replace`` (never a partial file)."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write ``data`` to ``path`` atomically (never a partial file)."""
+    write_atomically(path, lambda fh: fh.write(data))
 
 
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
@@ -52,16 +43,7 @@ def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     full = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "library_version": __version__}
     full.update(payload)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(full, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_atomically(path, lambda fh: torch.save(full, fh))
     info = {k: full[k] for k in ("step", "stage", "elapsed_s", "library_version") if k in full}
     atomic_write_bytes(path.with_suffix(".json"), json.dumps(info).encode())
     return path

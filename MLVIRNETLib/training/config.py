@@ -209,7 +209,9 @@ class SourceConfig:
         weight: relative sampling frequency among the training sources.
         motion: synthetic motion settings.
         peaks_mm: validation only: one synthetic pair per peak (and per image and direction).
-        auto_masks: compute lung masks where none are given (phases and manifest sources).
+        auto_masks: phases and manifest sources: compute lung masks where none are given (a scan
+            where that fails, e.g. a crop without the whole lung, trains without the mask term).
+            Synthetic sources always compute missing masks.
     """
 
     kind: str = "synthetic"
