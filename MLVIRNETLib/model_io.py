@@ -29,7 +29,7 @@ import torch
 from . import __version__
 from .networks import MultilevelNet, NetworkConfig, build_network
 
-__all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "save_model", "load_model"]
+__all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "save_model", "load_model", "to_plain"]
 
 MODEL_FORMAT = "mlvirnet-model"
 MODEL_FORMAT_VERSION = 1
@@ -58,7 +58,7 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def _to_plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     """``value`` with subclasses of str/int/float (``torch.__version__``, numpy scalars) turned into the
     built-in types, which ``weights_only`` loading rebuilds (it refuses any other class)."""
     if isinstance(value, bool) or value is None:
@@ -70,9 +70,9 @@ def _to_plain(value: Any) -> Any:
     if isinstance(value, float):
         return float(value)
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     return value
 
 
@@ -119,7 +119,7 @@ def save_model(path: str | os.PathLike, net: MultilevelNet, config: NetworkConfi
         raise ValueError(f"config must be a NetworkConfig, got {type(config).__name__}")
     meta = dict(metadata or {})
     _check_plain(meta, "metadata")
-    meta = _to_plain(meta)
+    meta = to_plain(meta)
     meta["library_version"] = __version__
     problem = _architecture_mismatch(net, config)
     if problem is not None:

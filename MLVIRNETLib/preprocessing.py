@@ -199,6 +199,18 @@ def box_downsample(
     return pooled, grid
 
 
+def lowpass(
+    data: torch.Tensor, source: ImageGrid, target_spacing: Sequence[float], target_direction=None
+) -> tuple[torch.Tensor, ImageGrid]:
+    """Anti-aliasing for sampling at ``target_spacing``: :func:`box_downsample`, then the residual
+    Gaussian of :func:`antialias_sigma`. Returns ``(filtered data, its grid)``."""
+    data, source = box_downsample(data, source, target_spacing, target_direction)
+    sigma = antialias_sigma(source, target_spacing, target_direction)
+    if max(sigma) > 0.2:
+        data = gaussian_smooth(data, sigma)
+    return data, source
+
+
 def resample_antialiased(
     data: torch.Tensor,
     source: ImageGrid,
@@ -230,10 +242,7 @@ def resample_antialiased(
             lin = np.asarray(affine, dtype=float)[:3, :3] @ direction * spacing
             spacing = np.linalg.norm(lin, axis=0)
             direction = lin / spacing
-        data, source = box_downsample(data, source, spacing, direction)
-        sigma = antialias_sigma(source, spacing, direction)
-        if max(sigma) > 0.2:
-            data = gaussian_smooth(data, sigma)
+        data, source = lowpass(data, source, spacing, direction)
     if padding_value is None:
         return sample_on_grid(data, source, target, matrix=affine, mode=mode, padding_mode="border")
     shifted = sample_on_grid(data - padding_value, source, target, matrix=affine, mode=mode, padding_mode="zeros")
@@ -276,11 +285,18 @@ def lung_bounding_box(
         raise ValueError(f"the lung mask is empty (grid {grid.describe()}): cannot crop to the lungs")
     kji_lo = nz.min(dim=0).values.tolist()
     kji_hi = nz.max(dim=0).values.tolist()
-    lo = np.array(kji_lo[::-1], dtype=float)
-    hi = np.array(kji_hi[::-1], dtype=float) + 1.0
+    box = (tuple(int(v) for v in kji_lo[::-1]), tuple(int(v) + 1 for v in kji_hi[::-1]))
+    return expand_box(box, grid, margin_mm)  # type: ignore[arg-type]
+
+
+def expand_box(
+    box: tuple[Sequence[int], Sequence[int]], grid: ImageGrid, margin_mm: float
+) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    """A voxel box ``(index_lo, index_hi)`` (x, y, z, half-open) grown by ``margin_mm`` per side
+    (whole voxels, ``ceil(margin / spacing)`` per axis) and clipped to ``grid``."""
     m = np.ceil(float(margin_mm) / np.asarray(grid.spacing))
-    lo = np.maximum(lo - m, 0).astype(int)
-    hi = np.minimum(hi + m, np.asarray(grid.size)).astype(int)
+    lo = np.maximum(np.asarray(box[0], dtype=float) - m, 0).astype(int)
+    hi = np.minimum(np.asarray(box[1], dtype=float) + m, np.asarray(grid.size)).astype(int)
     return tuple(int(v) for v in lo), tuple(int(v) for v in hi)  # type: ignore[return-value]
 
 

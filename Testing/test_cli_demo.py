@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import SimpleITK as sitk
 
 from MLVIRNETLib.cli import main

@@ -33,9 +33,10 @@ VARIANTS = ("model", "model+refine", "refine")
 
 
 def main() -> int:
-    import numpy as np
+    import SimpleITK as sitk
     import torch
 
+    from MLVIRNETLib.geometry import ImageGrid
     from MLVIRNETLib.io.images import read_image
     from MLVIRNETLib.lungmask import segment_lungs
     from MLVIRNETLib.metrics import jacobian_stats, tre
@@ -65,10 +66,8 @@ def main() -> int:
     for path in images:
         fixed = read_image(path)
         lungs = segment_lungs(fixed)
-        from MLVIRNETLib.geometry import ImageGrid
-
         grid = ImageGrid.from_sitk(fixed)
-        lung_arr = torch.as_tensor(np.asarray(__import__("SimpleITK").GetArrayFromImage(lungs)) > 0)
+        lung_arr = torch.as_tensor(sitk.GetArrayFromImage(lungs) > 0)
         for peak in args.peaks:
             truth = breathing_deformation(grid, lungs, peak_mm=peak, seed=args.seed)
             moving, _ = make_synthetic_pair(fixed, truth, lungs, noise_hu=10.0, seed=args.seed)

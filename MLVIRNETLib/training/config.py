@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..losses import LossWeights
+from ..model_io import to_plain
 from ..networks import NetworkConfig
 
 __all__ = [
@@ -306,15 +307,7 @@ class TrainConfig:
         """Plain values only (safe to store in a checkpoint loaded with ``weights_only=True``)."""
         d = asdict(self)
         d["network"] = self.network.to_dict()
-        return _plain(d)
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
+        return to_plain(d)
 
 
 def config_from_dict(d: dict, base_dir: str | Path | None = None) -> TrainConfig:

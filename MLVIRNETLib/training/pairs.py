@@ -27,7 +27,15 @@ import torch
 
 from ..deformation import Deformation
 from ..geometry import ImageGrid
-from ..preprocessing import PreprocessOptions, mask_to_tensor, normalize_ct, preprocess_pair, resample_antialiased
+from ..preprocessing import (
+    PreprocessOptions,
+    image_to_hu_tensor,
+    mask_to_tensor,
+    network_grid,
+    normalize_ct,
+    preprocess_pair,
+    resample_antialiased,
+)
 
 __all__ = ["TrainingPair", "PairSource", "PhaseSource", "ManifestSource", "MixedSource", "labels_to_channels"]
 
@@ -131,12 +139,11 @@ class PhaseSource:
         else:
             mask_imgs = [None] * len(phases)
         opts = PreprocessOptions(network_size=size, crop_to_lungs=mask_imgs[0] is not None, crop_margin_mm=crop_margin_mm)
-        ref = preprocess_pair(phases[0], phases[0], mask_imgs[0], mask_imgs[0], opts)
-        self.grid = ref.grid
+        self.grid = network_grid(grids[0], mask_imgs[0], opts)[0]
         self.images: list[torch.Tensor] = []
         self.masks: list[torch.Tensor | None] = []
         for img, m in zip(phases, mask_imgs):
-            hu = torch.as_tensor(sitk.GetArrayFromImage(img).astype(np.float32))[None, None]
+            hu = image_to_hu_tensor(img)[0]
             self.images.append(normalize_ct(resample_antialiased(hu, grids[0], self.grid), opts.hu_window))
             self.masks.append(
                 None if m is None else resample_antialiased(mask_to_tensor(m, grids[0]), grids[0], self.grid, antialias=False)
@@ -229,7 +236,7 @@ class ManifestSource:
 
     @staticmethod
     def _label_channels(labels: sitk.Image, grid: ImageGrid, values: list[int]) -> torch.Tensor:
-        lab = torch.as_tensor(sitk.GetArrayFromImage(labels).astype(np.float32))[None, None]
+        lab = image_to_hu_tensor(labels)[0]
         onehot = labels_to_channels(lab, values)
         return resample_antialiased(onehot, ImageGrid.from_sitk(labels), grid, antialias=True, padding_value=0.0)
 

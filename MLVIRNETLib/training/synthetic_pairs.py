@@ -34,10 +34,10 @@ from ..geometry import ImageGrid, check_volume, sample, sample_on_grid
 from ..preprocessing import (
     AIR_HU,
     HU_WINDOW,
-    antialias_sigma,
     box_downsample,
-    gaussian_smooth,
+    expand_box,
     image_to_hu_tensor,
+    lowpass,
     normalize_ct,
 )
 from ..synthetic import breathing_deformation, invert_deformation, random_smooth_deformation, rigid_matrix
@@ -98,7 +98,7 @@ def prepare_ct(image: sitk.Image, size: tuple[int, int, int], mask: sitk.Image |
             labels = split_left_right(mask)
         except ValueError:
             labels = mask
-    lab = torch.as_tensor(sitk.GetArrayFromImage(labels).astype(np.float32))[None, None]
+    lab = image_to_hu_tensor(labels)[0]
     check_volume(lab, grid, f"labels of {name}")
     channels = labels_to_channels(lab)
     channels, label_grid = box_downsample(channels, grid, [_MASK_SPACING_MM] * 3)
@@ -110,10 +110,7 @@ def prepare_ct(image: sitk.Image, size: tuple[int, int, int], mask: sitk.Image |
         raise ValueError(f"the lung mask of {name} is empty")
     # low-pass once to the network resolution of the nominal crop
     nominal = grid.cropped(*box).resized(size)
-    hu_s, hu_grid = box_downsample(hu, grid, nominal.spacing)
-    sigma = antialias_sigma(hu_grid, nominal.spacing)
-    if max(sigma) > 0.2:
-        hu_s = gaussian_smooth(hu_s, sigma)
+    hu_s, hu_grid = lowpass(hu, grid, nominal.spacing)
     return PreparedCT(name, grid, box, hu_s.contiguous(), hu_grid, channels.contiguous(), label_grid, lung_img)
 
 
@@ -148,11 +145,7 @@ class SyntheticSource:
     # -- geometry ------------------------------------------------------------------------------
     def network_grid(self, scan: PreparedCT, margin_mm: float) -> ImageGrid:
         """The lung box of ``scan`` plus ``margin_mm`` (whole voxels, clipped) resized to ``size``."""
-        (lo, hi), sp = scan.box, np.asarray(scan.grid.spacing)
-        m = np.ceil(float(margin_mm) / sp)
-        lo_m = np.maximum(np.asarray(lo) - m, 0).astype(int)
-        hi_m = np.minimum(np.asarray(hi) + m, np.asarray(scan.grid.size)).astype(int)
-        return scan.grid.cropped(tuple(lo_m), tuple(hi_m)).resized(self.size)
+        return scan.grid.cropped(*expand_box(scan.box, scan.grid, margin_mm)).resized(self.size)
 
     # -- pairs ---------------------------------------------------------------------------------
     def sample(self, generator: torch.Generator) -> TrainingPair:

@@ -35,7 +35,7 @@ import torch
 from ..devices import resolve_device
 from ..losses import registration_loss
 from ..model_io import save_model
-from ..networks import MultilevelNet, build_network, init_level_from
+from ..networks import MultilevelNet, build_network, freeze_levels, init_level_from
 from ..pyramid import build_pyramid
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -121,8 +121,6 @@ def build_validation_pairs(config: TrainConfig) -> list[TrainingPair]:
 
 def _set_trainable(net: MultilevelNet, level: int) -> list[torch.nn.Parameter]:
     """Only ``net.nets[level]`` trains; every other level is frozen. Returns its parameters."""
-    from ..networks import freeze_levels
-
     freeze_levels(net, [l for l in range(net.num_levels) if l != level], True)
     freeze_levels(net, [level], False)
     return list(net.nets[level].parameters())
@@ -142,8 +140,8 @@ def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tu
     grid = out.grids[-1]
     fm = wm = None
     if pair.fixed_masks is not None and pair.moving_masks is not None:
-        fm = build_pyramid(pair.fixed_masks, pair.grid, net.num_levels)[level][0]
-        mm = build_pyramid(pair.moving_masks, pair.grid, net.num_levels)[level][0]
+        fm = build_pyramid(pair.fixed_masks, pair.grid, level + 1)[level][0]  # down to the active level only
+        mm = build_pyramid(pair.moving_masks, pair.grid, level + 1)[level][0]
         wm = out.deformation.warp(mm, grid, padding_mode="zeros")
     loss, terms = registration_loss(out.fixed_levels[-1], out.warped, out.deformation.displacement, grid.spacing,
                                     config.loss, fm, wm)
