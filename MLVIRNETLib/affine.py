@@ -130,11 +130,11 @@ class _AffineModel(torch.nn.Module):
         sym = torch.stack(
             [torch.stack([s[0], s[3], s[4]]), torch.stack([s[3], s[1], s[5]]), torch.stack([s[4], s[5], s[2]])]
         )
-        lin = r @ (torch.eye(3, dtype=torch.float64) + sym)
+        lin = r @ (torch.eye(3, dtype=sym.dtype, device=sym.device) + sym)
         t = self.trans * self.TRANS_SCALE
         off = self.centre + t - lin @ self.centre
         top = torch.cat([lin, off[:, None]], dim=1)
-        return torch.cat([top, torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=torch.float64)], dim=0)
+        return torch.cat([top, top.new_tensor([[0.0, 0.0, 0.0, 1.0]])], dim=0)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -48,3 +48,13 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             raise ValueError(f"CUDA device {name!r} does not exist: this machine has {count} GPU(s)")
         return torch.device("cuda", index)
     raise ValueError(f"device must be one of {DEVICE_CHOICES} or 'cuda:N', got {device!r}")
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the work queued on ``device`` is done (a no-op on the CPU).
+
+    CUDA kernels run asynchronously: without this, a wall-clock stage time on a GPU measures only
+    the launch of its kernels and the wait lands in whichever stage next reads a result.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -42,7 +42,7 @@ import torch
 
 from .affine import AffineOptions, affine_register, compose_affine
 from .deformation import Deformation
-from .devices import resolve_device
+from .devices import resolve_device, synchronize
 from .geometry import ImageGrid, sample_on_grid
 from .preprocessing import (
     HU_WINDOW,
@@ -306,6 +306,12 @@ def cpu_bf16_supported() -> bool:
         return False
 
 
+def _elapsed(t0: float, device: torch.device) -> float:
+    """Seconds since ``t0`` once the work queued on ``device`` has finished (honest GPU stage times)."""
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
 def _autocast(device: torch.device, opts: RegistrationOptions, messages: list[str]):
     if device.type == "cpu" and opts.use_bf16:
         if not cpu_bf16_supported():
@@ -411,6 +417,8 @@ def register(
         fixed_mask, moving_mask: optional lung masks (nonzero = lung) on the grid of their image.
         model: a ``MultilevelNet``, a model file path, ``"default"`` (the shipped model; when it is
             not installed a message says so and refinement alone registers) or ``None`` (no network).
+            An in-memory net runs in eval mode on ``device`` and is returned to its own mode and
+            device afterwards.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         options: :class:`RegistrationOptions`.
         progress: called with ``(fraction in [0, 1], message)``.
@@ -432,11 +440,36 @@ def register(
     old_threads = torch.get_num_threads()
     if opts.num_threads is not None:
         torch.set_num_threads(int(opts.num_threads))
+    # an in-memory model runs in eval mode on ``dev``; the caller gets it back as it was
+    restore = _ModelState.of(model)
     try:
         return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, _Progress(progress, cancel), t_start)
     finally:
         if opts.num_threads is not None:
             torch.set_num_threads(old_threads)
+        if restore is not None:
+            restore()
+
+
+@dataclass
+class _ModelState:
+    """The training flag and device of an in-memory model, restorable by calling it."""
+
+    net: torch.nn.Module
+    training: bool
+    device: torch.device | None
+
+    @classmethod
+    def of(cls, model) -> "_ModelState | None":
+        if not isinstance(model, torch.nn.Module):
+            return None
+        first = next(model.parameters(), None)
+        return cls(model, model.training, first.device if first is not None else None)
+
+    def __call__(self) -> None:
+        self.net.train(self.training)
+        if self.device is not None:
+            self.net.to(self.device)
 
 
 def _register(
@@ -487,7 +520,7 @@ def _register(
             except ValueError as exc:
                 messages.append(f"no automatic moving lung mask ({exc}); mask term off")
                 prog(1.0, messages[-1])
-    timings["lung_mask"] = time.perf_counter() - t0
+    timings["lung_mask"] = _elapsed(t0, dev)
 
     f_hu, f_grid = image_to_hu_tensor(fixed, dev)
     m_hu, m_grid = image_to_hu_tensor(moving, dev)
@@ -502,7 +535,7 @@ def _register(
         affine = affine_register(
             f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine_options, progress=prog, cancel=prog.cancel
         )
-    timings["affine"] = time.perf_counter() - t0
+    timings["affine"] = _elapsed(t0, dev)
 
     # -- preprocessing -----------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -512,7 +545,7 @@ def _register(
         opts.preprocess_options(network_size), affine=affine, device=dev,
     )
     del m_hu
-    timings["preprocess"] = time.perf_counter() - t0
+    timings["preprocess"] = _elapsed(t0, dev)
 
     # -- network -----------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -532,7 +565,7 @@ def _register(
             composed = out.composed(i)
             levels.append(Deformation(composed.grid, composed.displacement.float().clone()))
         del out
-    timings["network"] = time.perf_counter() - t0
+    timings["network"] = _elapsed(t0, dev)
 
     # -- refinement --------------------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -547,7 +580,7 @@ def _register(
         levels.extend(r.levels)
     if phi is None:
         phi = Deformation.identity(pp.grid, device=dev)
-    timings["refine"] = time.perf_counter() - t0
+    timings["refine"] = _elapsed(t0, dev)
 
     # -- full-resolution field -----------------------------------------------------------------------
     t0 = time.perf_counter()
@@ -557,8 +590,8 @@ def _register(
     if affine is not None:
         levels = [compose_affine(affine, lv) for lv in levels]
     deformation = _full_field(phi, affine, f_grid, opts.slab_voxels, dev)
-    timings["field"] = time.perf_counter() - t0
-    timings["total"] = time.perf_counter() - t_start
+    timings["field"] = _elapsed(t0, dev)
+    timings["total"] = _elapsed(t_start, dev)
     prog(1.0, "registration done")
     if folding > 0:
         messages.append(f"{100 * folding:.3f} % of the network-grid voxels fold (det J <= 0)")

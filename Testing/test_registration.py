@@ -153,7 +153,12 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
         for level in net.nets:
             level.head.weight.mul_(1e-3)  # small random motion
     opts = RegistrationOptions(affine=False, refine_iterations=0, network_size=(32, 32, 32))
+    net.train()
     result = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu", options=opts)
+    assert net.training, "register() must give the caller's net back in its own mode"
+    net.eval()
+    again = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu", options=opts)
+    assert torch.equal(again.deformation.displacement, result.deformation.displacement)  # ran in eval mode both times
     assert result.model_used == "<in-memory>"
     assert torch.isfinite(result.deformation.displacement).all()
     assert len(result.level_deformations) == 2 and result.timings["network"] > 0
@@ -180,6 +185,23 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
     assert refined.level_deformations[1].grid.is_close(refined.network_grid.resized((24, 24, 24)))
     with pytest.raises(FileNotFoundError):
         register(case.fixed, case.fixed, model=tmp_path / "missing.pt", device="cpu", options=opts)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (none on this machine)")
+def test_cuda_matches_the_cpu(case, breathing_run) -> None:
+    """The whole pipeline on a GPU (shipped model under fp16 AMP, affine, refinement) agrees with the CPU."""
+    moving, _ = breathing_run
+    opts = RegistrationOptions(**FAST)
+    cpu = register(case.fixed, moving, case.fixed_mask, model="default", device="cpu", options=opts)
+    gpu = register(case.fixed, moving, case.fixed_mask, model="default", device="cuda", options=opts)
+    assert gpu.deformation.displacement.device.type == "cuda"
+    assert gpu.deformation.grid == cpu.deformation.grid == case.fixed_grid
+    tre_cpu, _ = case.tre(cpu.deformation, case.breathing)
+    tre_gpu, _ = case.tre(gpu.deformation.to("cpu"), case.breathing)
+    assert tre_gpu <= 1.5 and abs(tre_gpu - tre_cpu) < 0.3, (tre_gpu, tre_cpu)
+    shift = (gpu.deformation.to("cpu").map_points(case.points) - cpu.deformation.map_points(case.points)).norm(dim=-1)
+    assert float(shift.mean()) < 0.5
+    assert all(t >= 0 for t in gpu.timings.values())
 
 
 def test_missing_default_model_falls_back_to_refinement(case, monkeypatch, tmp_path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -35,7 +37,22 @@ def test_the_file_is_small_safe_and_describes_its_training():
     assert meta["steps"] == sum(shipped["schedule"]["level_steps"])
     assert info["config"].to_dict() == shipped["network"]
     assert {"error_mm", "initial_error_mm", "dice", "folding_percent"} <= set(meta["validation"])
+    # it names its data files but holds no path of the machine that trained it
+    names = [Path(f).name for src in shipped["data"]["train"] for f in src["images"]]
+    assert [f for src in trained["data"]["train"] for f in src["images"]] == names
+    strings = _strings(meta)
+    assert not [s for s in strings if "/" in s or "\\" in s], "absolute or relative paths in the metadata"
     assert net.num_levels == 3
+
+
+def _strings(value) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, (list, tuple)):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _model_only(image: sitk.Image, peak_mm: float, seed: int = 4):

@@ -49,6 +49,20 @@ def test_to_dict_round_trip_is_plain_and_equal(tmp_path):
     assert again.to_dict() == d
 
 
+def test_file_names_only_drops_the_machine_paths(tmp_path):
+    cfg = load_config(_write(tmp_path, _base()))
+    d = cfg.to_dict(file_names_only=True)
+    assert d["data"]["train"][0]["images"] == ["a.nii.gz"]
+    assert d["data"]["train"][1]["images"] == ["p1.nii.gz", "p2.nii.gz"]
+    assert d["data"]["validation"][0]["csv"] == "pairs.csv"
+    assert d["output_dir"] == "out"
+    assert str(tmp_path) not in yaml.safe_dump(d)
+    assert cfg.data.train[0].images == [str((tmp_path / "cfg" / "a.nii.gz").resolve())]  # the config is unchanged
+    full = cfg.to_dict()
+    for key in ("network", "schedule", "loss", "seed"):
+        assert d[key] == full[key]
+
+
 def test_equal_split_gives_the_remainder_to_the_coarse_levels():
     d = _base()
     d["network"]["levels"] = 3

@@ -15,6 +15,7 @@ Usage::
     python benchmarks/bench_register.py                      # the standard set
     python benchmarks/bench_register.py --configs default network
     python benchmarks/bench_register.py --list
+    python benchmarks/bench_register.py --configs shipped-network shipped --device cuda --warmup 1   # on a GPU
 
 The ``network*`` configurations use a randomly initialised network of the default 160^3 architecture
 (their timings are real, their TRE is meaningless); the ``shipped*`` configurations use the shipped
@@ -75,10 +76,13 @@ def _child(spec: dict) -> None:
     model_kind = overrides.pop("model", "none")
     model = {"random": spec["random_model"], "default": "default"}.get(model_kind)
     options = RegistrationOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    result = register(fixed, moving, fixed_mask, model=model, device="cpu", options=options)
+    device = spec.get("device", "cpu")
+    for _ in range(int(spec.get("warmup", 0))):  # untimed: CUDA context, cuDNN set-up, caches
+        register(fixed, moving, fixed_mask, model=model, device=device, options=options)
+    result = register(fixed, moving, fixed_mask, model=model, device=device, options=options)
     pts = torch.as_tensor(np.load(spec["points"]), dtype=torch.float32)
     target = torch.as_tensor(np.load(spec["targets"]), dtype=torch.float32)
-    err = (result.deformation.map_points(pts)[0] - target).norm(dim=-1)
+    err = (result.deformation.to("cpu").map_points(pts)[0] - target).norm(dim=-1)
     print(json.dumps({
         "read_s": round(t_read, 3),
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
@@ -87,6 +91,10 @@ def _child(spec: dict) -> None:
         "folding_fraction": result.folding_fraction,
         "peak_rss_mb": round(_peak_rss_mb(), 1),
         "threads": torch.get_num_threads(),
+        "device": str(result.deformation.displacement.device),
+        "gpu": torch.cuda.get_device_name() if result.deformation.displacement.is_cuda else None,
+        "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                  if result.deformation.displacement.is_cuda else None),
         "messages": result.messages,
     }))
 
@@ -197,8 +205,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine-sweep", default=None, metavar="JSON",
                         help="instead of the configurations: time the refinement stage alone for each RefineOptions "
                              "override in this JSON list, e.g. '[{\"iterations\": [80, 40]}, {\"optimizer\": \"adam\"}]'")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the register() configurations "
+                        "(the cli* ones pass it as --device)")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="untimed register() runs before the timed one, in the same process (use 1 on a GPU: "
+                             "the first call pays CUDA start-up); peak RSS then includes them")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.warmup < 0:
+        parser.error(f"--warmup must be >= 0, got {args.warmup}")
     if args.child is not None:
         _child(json.loads(args.child))
         return 0
@@ -229,11 +244,14 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.configs:
             if name in CLI_CONFIGS:
                 extra_args = [paths["random_model"] if a == "RANDOM" else a for a in CLI_CONFIGS[name]]
+                extra_args += ["--device", args.device]
                 out = _run_cli(paths, workdir, extra_args)
                 print(f"{name}: {json.dumps(out)}", flush=True)
                 continue
             spec = dict(paths)
             spec["options"] = {**CONFIGS[name], **extra}
+            spec["device"] = args.device
+            spec["warmup"] = args.warmup
             proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
                                   capture_output=True, text=True, check=False)
             if proc.returncode != 0:

@@ -303,11 +303,27 @@ class TrainConfig:
             raise ValueError(f"tensorboard must be true or false, got {self.tensorboard!r}")
         self.schedule.steps_per_level(self.network.levels)  # checks level_steps against levels
 
-    def to_dict(self) -> dict:
-        """Plain values only (safe to store in a checkpoint loaded with ``weights_only=True``)."""
-        d = asdict(self)
-        d["network"] = self.network.to_dict()
-        return to_plain(d)
+    def to_dict(self, file_names_only: bool = False) -> dict:
+        """Plain values only (safe to store in a checkpoint loaded with ``weights_only=True``).
+
+        Args:
+            file_names_only: replace every data path and ``output_dir`` by its last component.
+                Model files are shared beyond the machine that trained them, so they record which
+                files were used, not where they lay (checkpoints keep full paths for ``--resume``).
+        """
+        d = to_plain({**asdict(self), "network": self.network.to_dict()})
+        if file_names_only:
+            def name(path: str) -> str:
+                return Path(path).name
+
+            for src in d["data"]["train"] + d["data"]["validation"]:
+                for key in ("images", "masks", "labels"):
+                    if src[key] is not None:
+                        src[key] = [name(p) for p in src[key]]
+                if src["csv"]:
+                    src["csv"] = name(src["csv"])
+            d["output_dir"] = name(d["output_dir"])
+        return d
 
 
 def config_from_dict(d: dict, base_dir: str | Path | None = None) -> TrainConfig:

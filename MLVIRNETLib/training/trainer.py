@@ -132,8 +132,13 @@ def _learning_rate(config: TrainConfig, step_in_stage: int, stage_steps: int) ->
     return s.learning_rate * (s.final_lr_fraction + (1 - s.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tuple[torch.Tensor, dict[str, float]]:
-    """Eq. (2) for one pair with the ``active`` coarsest levels, on the finest active grid."""
+def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Eq. (2) for one pair with the ``active`` coarsest levels, on the finest active grid.
+
+    Returns:
+        ``(loss, terms)``: the scalar loss (with graph) and its terms as detached scalar tensors on
+        the pair's device (read them with ``float``; each read waits for a GPU).
+    """
     net = model.module if hasattr(model, "module") else model
     out = model(pair.fixed, pair.moving, pair.grid, active_levels=active)
     level = net.num_levels - active
@@ -145,7 +150,7 @@ def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tu
         wm = out.deformation.warp(mm, grid, padding_mode="zeros")
     loss, terms = registration_loss(out.fixed_levels[-1], out.warped, out.deformation.displacement, grid.spacing,
                                     config.loss, fm, wm)
-    return loss, {k: float(v.detach()) for k, v in terms.items()}
+    return loss, {k: v.detach() for k, v in terms.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -295,7 +300,7 @@ def _train(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _Dist
                         loss, terms = pair_loss(model, pair, config, active)
                         (loss / b).backward()
                     for k, v in terms.items():
-                        terms_sum[k] = terms_sum.get(k, 0.0) + v / b
+                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / b
                 optimizer.step()
                 step += 1
                 elapsed = elapsed0 + time.perf_counter() - t0
@@ -342,7 +347,7 @@ def _metadata(config: TrainConfig, step: int, elapsed: float, val: dict, dist: _
     import platform
 
     return {
-        "training": config.to_dict(),
+        "training": config.to_dict(file_names_only=True),
         "steps": step,
         "active_levels": active_levels,
         "training_time_s": round(elapsed, 1),
