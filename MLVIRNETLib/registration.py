@@ -65,7 +65,10 @@ __all__ = [
     "validate_pair",
     "warp_image",
     "cpu_bf16_supported",
+    "NETWORK_PRECISIONS",
 ]
+
+NETWORK_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
 
 ProgressFn = Callable[[float, str], None]
 CancelFn = Callable[[], bool]
@@ -92,6 +95,10 @@ class RegistrationOptions:
         use_bf16: bf16 autocast for the network on CPU (only where the CPU supports bf16 natively,
             see :func:`cpu_bf16_supported`; otherwise a message says it was ignored).
         use_amp: fp16 autocast for the network on CUDA.
+        network_precision: ``"auto"`` (what ``use_bf16`` and ``use_amp`` say), or force the
+            network's autocast dtype on any device: ``"float32"`` (none), ``"bfloat16"`` or
+            ``"float16"``. A forced reduced precision runs even where it is emulated (far slower
+            on CPUs without native support; used to measure its accuracy, e.g. CUDA's fp16 on a CPU).
         hu_window: intensity window mapped to ``[0, 1]``.
         lung_mask_spacing_mm: working voxel size of the automatic lung mask.
         affine_options: settings of the affine stage.
@@ -111,6 +118,7 @@ class RegistrationOptions:
     ngf_eps: float = 0.003
     use_bf16: bool = False
     use_amp: bool = True
+    network_precision: str = "auto"
     hu_window: tuple[float, float] = HU_WINDOW
     lung_mask_spacing_mm: float = 3.0
     affine_options: AffineOptions = field(default_factory=AffineOptions)
@@ -122,6 +130,8 @@ class RegistrationOptions:
         self.refine_options()  # validates iterations, levels, weights
         if self.num_threads is not None and int(self.num_threads) < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
+        if self.network_precision not in NETWORK_PRECISIONS:
+            raise ValueError(f"network_precision must be one of {NETWORK_PRECISIONS}, got {self.network_precision!r}")
         if int(self.slab_voxels) < 1:
             raise ValueError(f"slab_voxels must be >= 1, got {self.slab_voxels}")
         factor = max(self.refine_options().level_factors)
@@ -313,6 +323,10 @@ def _elapsed(t0: float, device: torch.device) -> float:
 
 
 def _autocast(device: torch.device, opts: RegistrationOptions, messages: list[str]):
+    if opts.network_precision == "float32":
+        return contextlib.nullcontext()
+    if opts.network_precision in ("bfloat16", "float16"):
+        return torch.autocast(device.type, dtype=getattr(torch, opts.network_precision))
     if device.type == "cpu" and opts.use_bf16:
         if not cpu_bf16_supported():
             messages.append("use_bf16 ignored: this CPU has no native bf16 support; the network runs in float32")

@@ -169,6 +169,16 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
     if not cpu_bf16_supported():  # emulated bf16 is far slower: the option is ignored, and said so
         assert any("use_bf16 ignored" in m for m in bf16.messages)
         assert float(diff) == 0.0
+    # a forced precision runs even where it is emulated (how fp16 AMP accuracy is measured on a CPU)
+    scale = float(result.deformation.displacement.abs().max())
+    for precision in ("float16", "bfloat16"):
+        forced = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu",
+                          options=RegistrationOptions(affine=False, refine_iterations=0, network_size=(32, 32, 32),
+                                                      network_precision=precision))
+        diff = float((forced.deformation.displacement - result.deformation.displacement).abs().max())
+        assert 0.0 < diff < 0.05 + 0.05 * scale, (precision, diff, scale)
+    with pytest.raises(ValueError, match="network_precision"):
+        RegistrationOptions(network_precision="half")
 
     from MLVIRNETLib.model_io import save_model
 

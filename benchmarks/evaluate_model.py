@@ -10,11 +10,16 @@ noise) the moving image. ``register`` is run four ways:
 * ``model+refine``: the default pipeline (model, then the default refinement);
 * ``refine``: refinement alone, no model (the pipeline without a trained network).
 
+``--precisions`` runs each variant with a model once per network precision
+(``RegistrationOptions.network_precision``: ``float32``, ``float16`` = CUDA's AMP precision,
+``bfloat16``; reduced precisions are emulated, and slow, on CPUs without native support).
+
 Reported per run: mean and 95th percentile landmark TRE (fixed -> moving, 100 distinctive lung
 points), per cent of lung voxels of the fixed grid with ``det J <= 0`` and the ``register`` time.
 
     python benchmarks/evaluate_model.py                         # shipped default model
     python benchmarks/evaluate_model.py --model runs/x/model.pt --threads 2
+    python benchmarks/evaluate_model.py --variants model --peaks 20 --precisions float32 float16 bfloat16
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ def main() -> int:
     from MLVIRNETLib.lungmask import segment_lungs
     from MLVIRNETLib.metrics import jacobian_stats, tre
     from MLVIRNETLib.paths import default_model_path, shared_data_dir
-    from MLVIRNETLib.registration import RegistrationOptions, register
+    from MLVIRNETLib.registration import NETWORK_PRECISIONS, RegistrationOptions, register
     from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, sample_landmarks
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,6 +54,8 @@ def main() -> int:
     parser.add_argument("--images", nargs="+", type=Path, help="CTs (default: held-out shared CTs)")
     parser.add_argument("--peaks", nargs="+", type=float, default=[10.0, 20.0, 30.0], help="peak motion, mm")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--precisions", nargs="+", default=["auto"], choices=NETWORK_PRECISIONS,
+                        help="network precisions of the variants with a model (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
@@ -76,8 +83,9 @@ def main() -> int:
             before = tre(pts, targets)
             rows.append({"image": path.name, "peak_mm": peak, "variant": "initial", "tre_mean": before.mean,
                          "tre_p95": before.p95, "folding_percent": 0.0, "time_s": 0.0})
-            for variant in args.variants:
-                opts = RegistrationOptions()
+            runs = [(v, p) for v in args.variants for p in (args.precisions if v != "refine" else ["auto"])]
+            for variant, precision in runs:
+                opts = RegistrationOptions(network_precision=precision)
                 if variant == "model":
                     opts.refine_iterations = 0
                 model = None if variant == "refine" else args.model
@@ -86,7 +94,8 @@ def main() -> int:
                 secs = time.perf_counter() - t0
                 after = tre(pts, targets, result.deformation)
                 fold = jacobian_stats(result.deformation, lung_arr)["folding_percent"]
-                rows.append({"image": path.name, "peak_mm": peak, "variant": variant, "tre_mean": after.mean,
+                name = variant if precision == "auto" else f"{variant} ({precision})"
+                rows.append({"image": path.name, "peak_mm": peak, "variant": name, "tre_mean": after.mean,
                              "tre_p95": after.p95, "folding_percent": fold, "time_s": secs,
                              "network_s": result.timings.get("network", 0.0)})
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
