@@ -39,6 +39,7 @@ class _Evil:
         return (os.mkdir, (str(_Evil.target),))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the test writes a foreign pickle on purpose
 def test_foreign_pickle_is_refused_without_running_code(tmp_path):
     _Evil.target = tmp_path / "pwned"
     path = tmp_path / "evil.pt"
