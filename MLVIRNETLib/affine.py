@@ -24,7 +24,7 @@ import torch
 from .deformation import Deformation
 from .geometry import ImageGrid, apply_affine, check_volume, sample
 from .refine import RegistrationCancelled
-from .preprocessing import HU_WINDOW, box_downsample, gaussian_smooth, antialias_sigma, normalize_ct
+from .preprocessing import HU_WINDOW, gaussian_smooth, lowpass, normalize_ct
 
 
 @dataclass
@@ -156,10 +156,7 @@ def _downsample(hu: torch.Tensor, grid: ImageGrid, spacing: float) -> tuple[torc
     size = np.maximum(np.round(grid.extent / spacing).astype(int), 4)
     size = np.minimum(size, np.asarray(grid.size))
     target = grid.resized(tuple(int(s) for s in size))
-    data, src = box_downsample(hu, grid, target.spacing)
-    sigma = antialias_sigma(src, target.spacing)
-    if max(sigma) > 0.2:
-        data = gaussian_smooth(data, sigma)
+    data, src = lowpass(hu, grid, target.spacing)
     pts = target.world_points(device=hu.device, dtype=torch.float32)
     return sample(data, src, pts), target
 

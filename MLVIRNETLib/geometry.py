@@ -251,14 +251,9 @@ class ImageGrid:
 
     def world_points(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """LPS mm of all voxel centres as ``(D, H, W, 3)`` (x, y, z order)."""
-        # origin + i * c_x + j * c_y + k * c_z by broadcasting (c_* = spacing-scaled direction
-        # columns), in float64 and then cast: several times faster than a matmul over all indices
-        m = torch.as_tensor(self.index_to_world_matrix(), dtype=torch.float64, device=device)
-        nx, ny, nz = self.size
-        i = torch.arange(nx, dtype=torch.float64, device=device)[None, None, :, None] * m[:3, 0]
-        j = torch.arange(ny, dtype=torch.float64, device=device)[None, :, None, None] * m[:3, 1]
-        k = torch.arange(nz, dtype=torch.float64, device=device)[:, None, None, None] * m[:3, 2]
-        return ((k + m[:3, 3]) + j + i).to(dtype)
+        # summed in float64 and then cast
+        k, j, i = index_affine_terms(self.index_to_world_matrix(), self.size, device)
+        return (k + j + i).to(dtype)
 
     def contains_world(self, points: Array, margin_voxels: float = 0.5) -> np.ndarray:
         """Boolean ``(...)``: points ``(..., 3)`` lie within the outer voxel faces (+ margin)."""
@@ -407,6 +402,24 @@ def resample_to_grid(
     return sample(data, source, pts, mode=mode, padding_mode=padding_mode)
 
 
+def index_affine_terms(
+    matrix: np.ndarray, size: Sequence[int], device=None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``matrix @ (i, j, k, 1)`` at every voxel of a grid of ``size = (nx, ny, nz)``, as three terms.
+
+    Returns float64 ``(k * m_z + t, j * m_y, i * m_x)`` of shapes ``(D, 1, 1, 3)``, ``(1, H, 1, 3)``
+    and ``(1, 1, W, 3)`` (``m_*`` the first three columns of the 4x4 ``matrix``, ``t`` its last);
+    their broadcast sum is the ``(D, H, W, 3)`` result. Building it by broadcasting is several
+    times faster than a matrix product over all voxel indices.
+    """
+    m = torch.as_tensor(np.asarray(matrix, dtype=float), dtype=torch.float64, device=device)
+    nx, ny, nz = (int(n) for n in size)
+    i = torch.arange(nx, dtype=torch.float64, device=device)[None, None, :, None] * m[:3, 0]
+    j = torch.arange(ny, dtype=torch.float64, device=device)[None, :, None, None] * m[:3, 1]
+    k = torch.arange(nz, dtype=torch.float64, device=device)[:, None, None, None] * m[:3, 2]
+    return k + m[:3, 3], j, i
+
+
 def sample_on_grid(
     data: torch.Tensor,
     source: ImageGrid,
@@ -447,12 +460,8 @@ def sample_on_grid(
     if (offset is None and mode == "bilinear" and padding_mode == "border" and data.is_floating_point()
             and np.allclose(lin, np.diag(np.diag(lin)), rtol=0, atol=1e-12 * np.abs(lin).max())):
         return _separable_linear(data, source, np.diag(lin), m[:3, 3], target)
-    mt = torch.as_tensor(m, dtype=torch.float64, device=data.device)
-    nx, ny, nz = target.size
-    i = torch.arange(nx, dtype=torch.float64, device=data.device)[None, None, :, None] * mt[:3, 0]
-    j = torch.arange(ny, dtype=torch.float64, device=data.device)[None, :, None, None] * mt[:3, 1]
-    k = torch.arange(nz, dtype=torch.float64, device=data.device)[:, None, None, None] * mt[:3, 2]
-    coords = (((k + mt[:3, 3]).to(dtype) + j.to(dtype)) + i.to(dtype))[None]  # (1, D, H, W, 3)
+    k, j, i = index_affine_terms(m, target.size, data.device)
+    coords = ((k.to(dtype) + j.to(dtype)) + i.to(dtype))[None]  # (1, D, H, W, 3)
     n = data.shape[0]
     if offset is not None:
         check_volume(offset, target, "offset")

@@ -76,17 +76,27 @@ def to_plain(value: Any) -> Any:
     return value
 
 
-def _architecture_mismatch(net: MultilevelNet, config: NetworkConfig) -> str | None:
-    """Describe how ``net``'s parameters differ from a network built from ``config`` (None if they fit)."""
-    reference = build_network(config).state_dict()
-    state = net.state_dict()
+def _state_differences(
+    state: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]
+) -> tuple[list[str], list[str], tuple[str, tuple, tuple] | None]:
+    """``(missing keys, unexpected keys, first (key, shape, expected shape) that differs or None)``
+    of ``state`` against ``reference``; the shapes are compared only when the keys agree."""
     missing = sorted(set(reference) - set(state))
     unexpected = sorted(set(state) - set(reference))
+    if not missing and not unexpected:
+        for k, v in reference.items():
+            if tuple(state[k].shape) != tuple(v.shape):
+                return missing, unexpected, (k, tuple(state[k].shape), tuple(v.shape))
+    return missing, unexpected, None
+
+
+def _architecture_mismatch(net: MultilevelNet, config: NetworkConfig) -> str | None:
+    """Describe how ``net``'s parameters differ from a network built from ``config`` (None if they fit)."""
+    missing, unexpected, shape = _state_differences(net.state_dict(), build_network(config).state_dict())
     if missing or unexpected:
         return f"missing keys {missing[:5]}, unexpected keys {unexpected[:5]} (first 5 of each)"
-    for k, v in reference.items():
-        if tuple(state[k].shape) != tuple(v.shape):
-            return f"parameter {k!r} has shape {tuple(state[k].shape)}, expected {tuple(v.shape)}"
+    if shape is not None:
+        return f"parameter {shape[0]!r} has shape {shape[1]}, expected {shape[2]}"
     return None
 
 
@@ -208,20 +218,17 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             raise ValueError(f"{path}: weights {k!r} contain non-finite values")
 
     net = build_network(config)
-    reference = net.state_dict()
-    missing = sorted(set(reference) - set(state))
-    unexpected = sorted(set(state) - set(reference))
+    missing, unexpected, shape = _state_differences(state, net.state_dict())
     if missing or unexpected:
         raise ValueError(
             f"{path}: weights do not fit the architecture {config.to_dict()}: {len(missing)} missing keys "
             f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
         )
-    for k, ref in reference.items():
-        if tuple(state[k].shape) != tuple(ref.shape):
-            raise ValueError(
-                f"{path}: weights {k!r} have shape {tuple(state[k].shape)} but the architecture "
-                f"{config.to_dict()} needs {tuple(ref.shape)}"
-            )
+    if shape is not None:
+        raise ValueError(
+            f"{path}: weights {shape[0]!r} have shape {shape[1]} but the architecture "
+            f"{config.to_dict()} needs {shape[2]}"
+        )
     net.load_state_dict(state, strict=True)
     net = net.to(device).eval()
     metadata = payload["metadata"]

@@ -150,6 +150,14 @@ def gaussian_smooth(volume: torch.Tensor, sigma_vox: Sequence[float]) -> torch.T
     return out.reshape(volume.shape).to(volume.dtype if volume.is_floating_point() else compute_dtype)
 
 
+def _target_voxel_length(source: ImageGrid, target_spacing: Sequence[float], target_direction=None) -> np.ndarray:
+    """Length in mm ``(x, y, z)`` of the target voxel box (spacing ``target_spacing`` along the
+    columns of ``target_direction``, default the source direction) along each source index axis."""
+    d_src = source.direction_matrix
+    d_tgt = d_src if target_direction is None else np.asarray(target_direction, dtype=float).reshape(3, 3)
+    return np.abs(d_src.T @ d_tgt) @ np.asarray(target_spacing, dtype=float)
+
+
 def antialias_sigma(source: ImageGrid, target_spacing: Sequence[float], target_direction=None) -> tuple[float, float, float]:
     """Gaussian sigma in *source* voxels ``(x, y, z)`` for sampling ``source`` at a coarser spacing.
 
@@ -158,12 +166,7 @@ def antialias_sigma(source: ImageGrid, target_spacing: Sequence[float], target_d
     the source spacing ``s``, ``sigma = 0.5 * sqrt((t/s)^2 - 1)`` voxels (the extra blur that turns
     a sampling at ``s`` into one at ``t``, with a Gaussian of ``t/2`` mm width per target voxel).
     """
-    d_src = source.direction_matrix
-    d_tgt = d_src if target_direction is None else np.asarray(target_direction, dtype=float).reshape(3, 3)
-    t = np.asarray(target_spacing, dtype=float)
-    # length of the target voxel box along each source axis
-    proj = np.abs(d_src.T @ d_tgt) @ t
-    ratio = proj / np.asarray(source.spacing)
+    ratio = _target_voxel_length(source, target_spacing, target_direction) / np.asarray(source.spacing)
     return tuple(float(0.5 * math.sqrt(r * r - 1.0)) if r > 1.0 else 0.0 for r in ratio)  # type: ignore[return-value]
 
 
@@ -181,9 +184,7 @@ def box_downsample(
     Returns:
         ``(pooled (N, C, D', H', W'), pooled grid)``; unchanged inputs when every factor is 1.
     """
-    d_src = source.direction_matrix
-    d_tgt = d_src if target_direction is None else np.asarray(target_direction, dtype=float).reshape(3, 3)
-    proj = np.abs(d_src.T @ d_tgt) @ np.asarray(target_spacing, dtype=float)
+    proj = _target_voxel_length(source, target_spacing, target_direction)
     factor = np.maximum(np.floor(proj / np.asarray(source.spacing) + 1e-6), 1).astype(int)
     factor = np.minimum(factor, np.asarray(source.size))
     if np.all(factor == 1):

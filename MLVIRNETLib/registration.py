@@ -43,7 +43,7 @@ import torch
 from .affine import AffineOptions, affine_register, compose_affine
 from .deformation import Deformation
 from .devices import resolve_device, synchronize
-from .geometry import ImageGrid, sample_on_grid
+from .geometry import ImageGrid, index_affine_terms, sample_on_grid
 from .preprocessing import (
     HU_WINDOW,
     PreprocessOptions,
@@ -363,12 +363,8 @@ def _full_field(
 
 def _affine_of_index(matrix: np.ndarray, grid: ImageGrid, device: torch.device) -> torch.Tensor:
     """``matrix[:3, :3] @ (i, j, k) + matrix[:3, 3]`` at every voxel, ``(3, D, H, W)`` float32, by broadcasting."""
-    m = torch.as_tensor(matrix, dtype=torch.float64, device=device)
-    nx, ny, nz = grid.size
-    i = m[:3, 0, None, None, None] * torch.arange(nx, dtype=torch.float64, device=device)[None, None, None, :]
-    j = m[:3, 1, None, None, None] * torch.arange(ny, dtype=torch.float64, device=device)[None, None, :, None]
-    k = m[:3, 2, None, None, None] * torch.arange(nz, dtype=torch.float64, device=device)[None, :, None, None]
-    return ((k + m[:3, 3, None, None, None]).float() + j.float()) + i.float()
+    k, j, i = index_affine_terms(matrix, grid.size, device)
+    return ((k.float() + j.float()) + i.float()).movedim(-1, 0)
 
 
 def warp_image(

@@ -30,6 +30,7 @@ import time
 
 import torch
 
+from MLVIRNETLib.devices import synchronize
 from MLVIRNETLib.geometry import ImageGrid
 from MLVIRNETLib.networks import MultilevelNet, fuse_batchnorm, parameter_count
 
@@ -43,11 +44,6 @@ def _current_rss_mib() -> float:
     with open("/proc/self/statm") as fh:
         pages = int(fh.read().split()[1])
     return pages * resource.getpagesize() / 2**20
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_one(
@@ -71,7 +67,7 @@ def run_one(
     def forward():
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
             out = net(fixed, moving, grid)
-        _sync(device)
+        synchronize(device)
         return out
 
     if device.type == "cuda":

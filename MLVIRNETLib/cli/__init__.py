@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from pathlib import Path
 
 from .. import __version__
 
@@ -32,6 +34,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 class CLIError(Exception):
     """An error the user can fix; printed as one line without a traceback."""
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name the same file (the same inode when both exist, else the same
+    resolved path): the check that keeps an output from overwriting an input."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,10 +15,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import CLIError
+from . import CLIError, same_file
 from .progress import progress_bar
-
-IMAGE_OUTPUT_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -50,19 +48,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _same_path(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def _check_output(path: Path, inputs: dict[str, Path], name: str) -> None:
     """Raise a ``CLIError``/``FileNotFoundError`` unless ``path`` can be written without harming an input."""
     for label, src in inputs.items():
-        if src is not None and _same_path(path, src):
+        if src is not None and same_file(path, src):
             raise CLIError(f"{name} {path} is the same file as the {label} input; refusing to overwrite an input")
     if path.is_dir():
         raise CLIError(f"{name} {path} is a folder; give a file name such as out.nii.gz")
@@ -94,7 +83,7 @@ def _check_inputs(args) -> None:
 
 
 def run(args) -> int:
-    from ..io.fields import field_format, write_field
+    from ..io.fields import IMAGE_SUFFIXES, field_format, write_field
     from ..io.images import read_image, write_image
     from ..registration import RegistrationOptions, register, warp_image
 
@@ -105,10 +94,10 @@ def run(args) -> int:
     _check_output(args.output, inputs, "output field")
     field_format(args.output)  # ValueError for an unsupported suffix, before any work
     if args.warped is not None:
-        if not str(args.warped.name).lower().endswith(IMAGE_OUTPUT_SUFFIXES):
-            raise CLIError(f"--warped {args.warped}: use an image suffix ({', '.join(IMAGE_OUTPUT_SUFFIXES)})")
+        if not str(args.warped.name).lower().endswith(IMAGE_SUFFIXES):
+            raise CLIError(f"--warped {args.warped}: use an image suffix ({', '.join(IMAGE_SUFFIXES)})")
         _check_output(args.warped, {**inputs, "output field": args.output}, "warped output")
-        if _same_path(args.warped, args.output):
+        if same_file(args.warped, args.output):
             raise CLIError("--warped and -o name the same file")
 
     from ..devices import resolve_device

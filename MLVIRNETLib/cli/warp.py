@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 
 from ..io.fields import read_field
 from ..io.images import image_to_tensor, read_image, tensor_to_image, write_image
-from . import CLIError
+from . import CLIError, same_file
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -36,17 +35,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and b.exists() and os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def run(args) -> int:
     out: Path = args.output
     for src, name in ((args.moving, "MOVING"), (args.field, "FIELD")):
-        if _same_file(out, src) or out.resolve() == src.resolve():
+        if same_file(out, src):
             raise CLIError(f"output {out} is the {name} input; refusing to overwrite an input")
     if not out.parent.resolve().is_dir():
         raise FileNotFoundError(f"output folder does not exist: {out.parent}")

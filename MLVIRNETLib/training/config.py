@@ -24,10 +24,11 @@ net; ``schedule.warm_start: false`` is the multilevel net without warm starts.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..losses import LossWeights
 from ..model_io import to_plain
@@ -246,6 +247,16 @@ class SourceConfig:
             raise ValueError(f"peaks_mm must be a non-empty list, got {self.peaks_mm!r}")
         self.peaks_mm = [_finite(p, "peaks_mm[]", 0.0) for p in self.peaks_mm]
 
+    def map_paths(self, fn: Callable[[str], str]) -> None:
+        """Replace every file path of the source (images, masks, labels, csv) by ``fn(path)``."""
+        self.images = [fn(p) for p in self.images]
+        if self.masks is not None:
+            self.masks = [fn(p) for p in self.masks]
+        if self.labels is not None:
+            self.labels = [fn(p) for p in self.labels]
+        if self.csv:
+            self.csv = fn(self.csv)
+
     def resolve_paths(self, base: Path) -> None:
         """Make every relative path absolute with respect to ``base``."""
 
@@ -253,13 +264,7 @@ class SourceConfig:
             q = Path(str(p)).expanduser()
             return str(q if q.is_absolute() else (base / q).resolve())
 
-        self.images = [res(p) for p in self.images]
-        if self.masks is not None:
-            self.masks = [res(p) for p in self.masks]
-        if self.labels is not None:
-            self.labels = [res(p) for p in self.labels]
-        if self.csv:
-            self.csv = res(self.csv)
+        self.map_paths(res)
 
 
 @dataclass
@@ -311,19 +316,13 @@ class TrainConfig:
                 Model files are shared beyond the machine that trained them, so they record which
                 files were used, not where they lay (checkpoints keep full paths for ``--resume``).
         """
-        d = to_plain({**asdict(self), "network": self.network.to_dict()})
         if file_names_only:
-            def name(path: str) -> str:
-                return Path(path).name
-
-            for src in d["data"]["train"] + d["data"]["validation"]:
-                for key in ("images", "masks", "labels"):
-                    if src[key] is not None:
-                        src[key] = [name(p) for p in src[key]]
-                if src["csv"]:
-                    src["csv"] = name(src["csv"])
-            d["output_dir"] = name(d["output_dir"])
-        return d
+            named = copy.deepcopy(self)
+            for src in named.data.train + named.data.validation:
+                src.map_paths(lambda p: Path(p).name)
+            named.output_dir = Path(named.output_dir).name
+            return named.to_dict()
+        return to_plain({**asdict(self), "network": self.network.to_dict()})
 
 
 def config_from_dict(d: dict, base_dir: str | Path | None = None) -> TrainConfig:

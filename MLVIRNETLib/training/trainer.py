@@ -35,7 +35,7 @@ import torch
 from ..devices import resolve_device
 from ..losses import registration_loss
 from ..model_io import save_model
-from ..networks import MultilevelNet, build_network, freeze_levels, init_level_from
+from ..networks import MultilevelNet, build_network, freeze_levels, init_level_from, parameter_count
 from ..pyramid import build_pyramid
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
@@ -264,7 +264,7 @@ def _train(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _Dist
     val_pairs = build_validation_pairs(config) if dist.main and config.data.validation else []
     log = RunLog(out_dir, resume_step=step if resume else None, tensorboard=config.tensorboard) if dist.main else None
     if log is not None and not resume:
-        log.log(0, 0, levels - 1, "info", {"world_size": dist.world, "parameters": sum(p.numel() for p in net.parameters())}, 0.0)
+        log.log(0, 0, levels - 1, "info", {"world_size": dist.world, "parameters": parameter_count(net)}, 0.0)
     bar = _progress_bar(total, step, quiet or not dist.main)
     last_val: dict[str, float] = dict(ckpt.get("validation", {})) if ckpt is not None else {}
     try:
