@@ -17,10 +17,12 @@ import ctk  # noqa: F401  (the .ui uses ctk widgets)
 import qt
 import slicer
 import vtk
-from slicer import (
+from slicer import (  # since Slicer 5.10 the markups and segmentation nodes are in MRML Core too
     vtkMRMLGridTransformNode,
     vtkMRMLLabelMapVolumeNode,
+    vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
+    vtkMRMLSegmentationNode,
     vtkMRMLTableNode,
     vtkMRMLTransformNode,
 )
@@ -34,8 +36,6 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleWidget,
 )
 from slicer.util import VTKObservationMixin
-from vtkSlicerMarkupsModuleMRMLPython import vtkMRMLMarkupsFiducialNode
-from vtkSlicerSegmentationsModuleMRMLPython import vtkMRMLSegmentationNode
 
 
 def _moduleRoot() -> pathlib.Path:
