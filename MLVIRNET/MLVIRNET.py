@@ -1,6 +1,6 @@
 """3D Slicer module for mlVIRNET deformable lung CT registration.
 
-The module is a thin GUI over :class:`MLVIRNETLib.logic.MLVIRNETLogic`; every computation happens in
+The module is a thin GUI over :class:`MLVIRNETLib.mrml.logic.MLVIRNETLogic`; every computation happens in
 the library. PyTorch is not imported when Slicer loads the module: it is checked (and installed
 after the user agrees) on the first Apply.
 """
@@ -55,8 +55,7 @@ MODULE_ROOT = _moduleRoot()
 if str(MODULE_ROOT) not in sys.path:
     sys.path.insert(0, str(MODULE_ROOT))
 
-from MLVIRNETLib.logic import MOVING_VOLUME_REFERENCE_ROLE  # noqa: E402
-from MLVIRNETLib.logic import MLVIRNETLogic as MLVIRNETCoreLogic  # noqa: E402
+from MLVIRNETLib.mrml.logic import MLVIRNETLogic as MLVIRNETCoreLogic  # noqa: E402
 
 TORCH_VERSION_REQUIREMENT = ">=2.2"
 """PyTorch versions the library supports (as in pyproject.toml)."""
@@ -158,7 +157,7 @@ class MLVIRNETParameterNode:
 # Logic
 #
 class MLVIRNETLogic(ScriptedLoadableModuleLogic, MLVIRNETCoreLogic):
-    """:class:`MLVIRNETLib.logic.MLVIRNETLogic` with Slicer's parameter node handling.
+    """:class:`MLVIRNETLib.mrml.logic.MLVIRNETLogic` with Slicer's parameter node handling.
 
     Usable from the Python console without the GUI (see docs/slicer.md).
     """
@@ -392,7 +391,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         p = self._parameterNode
         moving = p.movingVolume
         parent = moving.GetParentTransformNode()
-        previousResult = parent is not None and parent.GetNodeReferenceID(MOVING_VOLUME_REFERENCE_ROLE) == moving.GetID()
+        previousResult = parent is not None and parent.GetNodeReferenceID(parent.GetMovingNodeReferenceRole()) == moving.GetID()
         if parent is None or parent == transformNode or previousResult:
             moving.SetAndObserveTransformNodeID(transformNode.GetID())
         else:
@@ -483,7 +482,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
     def _obliqueGrid(size=(9, 7, 5)):
         import numpy as np
 
-        from MLVIRNETLib.geometry import ImageGrid
+        from MLVIRNETLib.core.geometry import ImageGrid
 
         a, b = np.deg2rad(20.0), np.deg2rad(-35.0)
         rz = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
@@ -496,7 +495,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         import numpy as np
         import torch
 
-        from MLVIRNETLib.deformation import Deformation
+        from MLVIRNETLib.core.deformation import Deformation
 
         c = torch.as_tensor(grid.index_to_world((np.asarray(grid.size) - 1) / 2), dtype=torch.float64)
         scale = float(np.max(grid.extent))
@@ -523,8 +522,8 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
         import SimpleITK as sitk
 
-        from MLVIRNETLib import logic as L
-        from MLVIRNETLib.geometry import ras_to_lps
+        from MLVIRNETLib import mrml as L
+        from MLVIRNETLib.core.geometry import ras_to_lps
 
         self._requireTorch()
         grid = self._obliqueGrid()
@@ -549,8 +548,8 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         import numpy as np
         import torch
 
-        from MLVIRNETLib import logic as L
-        from MLVIRNETLib.geometry import lps_to_ras, ras_to_lps
+        from MLVIRNETLib import mrml as L
+        from MLVIRNETLib.core.geometry import lps_to_ras, ras_to_lps
 
         self._requireTorch()
         grid = self._obliqueGrid((12, 9, 7))
@@ -572,7 +571,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
         import SimpleITK as sitk
 
-        from MLVIRNETLib import logic as L
+        from MLVIRNETLib import mrml as L
 
         self._requireTorch()
         grid = self._obliqueGrid((11, 8, 6))
@@ -596,10 +595,10 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
         import SimpleITK as sitk
 
-        from MLVIRNETLib import logic as L
-        from MLVIRNETLib import metrics
-        from MLVIRNETLib.geometry import ImageGrid, lps_to_ras, ras_to_lps
-        from MLVIRNETLib.networks import MultilevelNet
+        from MLVIRNETLib import mrml as L
+        from MLVIRNETLib.evaluation import metrics
+        from MLVIRNETLib.core.geometry import ImageGrid, lps_to_ras, ras_to_lps
+        from MLVIRNETLib.networks.cascade import MultilevelNet
         from MLVIRNETLib.paths import bundled_ct_path
         from MLVIRNETLib.registration import RegistrationOptions
 

@@ -7,7 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.paths import shared_data_dir
 
 

@@ -6,16 +6,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from MLVIRNETLib.affine import AffineOptions, affine_register, affine_to_deformation, compose_affine
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.paths import bundled_ct_path
-from MLVIRNETLib.preprocessing import image_to_hu_tensor
-from MLVIRNETLib.refine import RegistrationCancelled
-from MLVIRNETLib.synthetic import random_smooth_deformation, rigid_matrix
-
 from conftest import oblique_grid, rotation_matrix
 
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.progress import RegistrationCancelled
+from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.preprocessing.pair import image_to_hu_tensor
+from MLVIRNETLib.registration.affine import AffineOptions, affine_register, affine_to_deformation, compose_affine
+from MLVIRNETLib.simulation.breathing import random_smooth_deformation, rigid_matrix
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -9,14 +9,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from MLVIRNETLib.cli import main
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.io.fields import read_field
-from MLVIRNETLib.paths import bundled_ct_path
-
 from conftest import rotation_matrix
 
+from MLVIRNETLib.cli import main
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.io.fields import read_field
+from MLVIRNETLib.paths import bundled_ct_path
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

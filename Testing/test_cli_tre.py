@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from MLVIRNETLib.cli import main
-from MLVIRNETLib.deformation import Deformation
-from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.core.deformation import Deformation
+from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.dirlab import dirlab_grid
 from MLVIRNETLib.io.fields import read_field, write_field
 from MLVIRNETLib.io.landmarks import read_landmarks, write_landmarks

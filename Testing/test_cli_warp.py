@@ -9,8 +9,8 @@ import torch
 from conftest import oblique_grid
 
 from MLVIRNETLib.cli import main
-from MLVIRNETLib.deformation import Deformation
-from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.core.deformation import Deformation
+from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.fields import write_field
 
 

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from MLVIRNETLib.deformation import Deformation, compose_all, folding_fraction, jacobian_determinant
-from MLVIRNETLib.geometry import ImageGrid, to_batch_tensor
-
 from conftest import oblique_grid
+
+from MLVIRNETLib.core.deformation import Deformation, compose_all, folding_fraction, jacobian_determinant
+from MLVIRNETLib.core.geometry import ImageGrid, to_batch_tensor
 
 F64 = torch.float64
 

@@ -1,4 +1,4 @@
-"""Tests of MLVIRNETLib.devices, and that every stage keeps its tensors on the input's device.
+"""Tests of MLVIRNETLib.core.devices, and that every stage keeps its tensors on the input's device.
 
 CI has no GPU. PyTorch's ``meta`` device (shapes and dtypes, no data) stands in for one: an
 operation that mixes a meta tensor with a CPU tensor raises, exactly as mixing a CUDA tensor with
@@ -12,23 +12,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import rotation_matrix
 
-from MLVIRNETLib.affine import _AffineModel, _downsample, _Level, _loss
-from MLVIRNETLib.deformation import Deformation
-from MLVIRNETLib.devices import resolve_device, synchronize
-from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.core.deformation import Deformation
+from MLVIRNETLib.core.devices import resolve_device, synchronize
+from MLVIRNETLib.core.filters import resample_antialiased
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.pyramid import build_pyramid
 from MLVIRNETLib.losses import LossWeights, registration_loss
-from MLVIRNETLib.networks import MultilevelNet
-from MLVIRNETLib.preprocessing import PreprocessOptions, normalize_ct, preprocess_pair, resample_antialiased
-from MLVIRNETLib.pyramid import build_pyramid
-from MLVIRNETLib.refine import RefineOptions, refine
-from MLVIRNETLib.registration import _full_field
-from MLVIRNETLib.synthetic import rigid_matrix
+from MLVIRNETLib.networks.cascade import MultilevelNet
+from MLVIRNETLib.preprocessing.pair import PreprocessOptions, normalize_ct, preprocess_pair
+from MLVIRNETLib.registration.affine import _AffineModel, _downsample, _Level, _loss
+from MLVIRNETLib.registration.refine import RefineOptions, refine
+from MLVIRNETLib.registration.warp import _full_field
+from MLVIRNETLib.simulation.breathing import rigid_matrix
 from MLVIRNETLib.training.config import TrainConfig, config_from_dict
 from MLVIRNETLib.training.pairs import TrainingPair
 from MLVIRNETLib.training.trainer import pair_loss
-
-from conftest import rotation_matrix
 
 META = torch.device("meta")
 

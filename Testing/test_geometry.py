@@ -1,4 +1,4 @@
-"""Every coordinate conversion of MLVIRNETLib.geometry, checked analytically and against SimpleITK."""
+"""Every coordinate conversion of MLVIRNETLib.core.geometry, checked analytically and against SimpleITK."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import oblique_grid
 
-from MLVIRNETLib.geometry import (
+from MLVIRNETLib.core.geometry import (
     ImageGrid,
     lps_to_ras,
     matrix_lps_to_ras,
@@ -17,8 +18,6 @@ from MLVIRNETLib.geometry import (
     to_batch_tensor,
     world_transform_lps_to_ras,
 )
-
-from conftest import oblique_grid
 
 GRIDS = [
     oblique_grid(),

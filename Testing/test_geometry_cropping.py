@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from MLVIRNETLib.geometry import resample_to_grid, to_batch_tensor
-
 from conftest import oblique_grid
+
+from MLVIRNETLib.core.geometry import resample_to_grid, to_batch_tensor
 
 
 @pytest.mark.parametrize("flip_z", [False, True])

@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
-from MLVIRNETLib.geometry import apply_affine, sample, sample_on_grid
-
 from conftest import oblique_grid, rotation_matrix
+
+from MLVIRNETLib.core.geometry import apply_affine, sample, sample_on_grid
 
 
 def _affine() -> np.ndarray:

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.evaluation.metrics import TREResult, tre
 from MLVIRNETLib.io.dirlab import (
-    DIRLAB_COPD,
     DIRLAB_4DCT,
+    DIRLAB_COPD,
     apply_dirlab_geometry,
     dirlab_grid,
     find_dirlab_case_files,
@@ -17,7 +18,6 @@ from MLVIRNETLib.io.dirlab import (
     read_dirlab_image,
 )
 from MLVIRNETLib.io.landmarks import read_landmarks
-from MLVIRNETLib.metrics import TREResult, tre
 
 # Table 1 of Hering et al., MICCAI 2019, column "Initial": mean (sd) in mm
 PAPER_INITIAL = {

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 from conftest import oblique_grid
 
-from MLVIRNETLib.deformation import Deformation
+from MLVIRNETLib.core.deformation import Deformation
 from MLVIRNETLib.io.fields import read_field, write_field
 
 FORMATS = ["nii", "nii.gz", "nrrd", "mha", "mhd", "h5", "tfm"]

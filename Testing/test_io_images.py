@@ -8,15 +8,9 @@ import SimpleITK as sitk
 import torch
 from conftest import oblique_grid
 
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.io.images import (
-    atomic_output,
-    image_to_tensor,
-    read_image,
-    read_image_grid,
-    tensor_to_image,
-    write_image,
-)
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.io.atomic import atomic_output
+from MLVIRNETLib.io.images import image_to_tensor, read_image, read_image_grid, tensor_to_image, write_image
 
 
 @pytest.fixture

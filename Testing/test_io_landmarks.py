@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import oblique_grid
 
-from MLVIRNETLib.geometry import lps_to_ras
+from MLVIRNETLib.core.geometry import lps_to_ras
 from MLVIRNETLib.io.dirlab import dirlab_grid
 from MLVIRNETLib.io.landmarks import read_landmarks, write_landmarks
 

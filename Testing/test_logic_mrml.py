@@ -18,11 +18,11 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core (no vtkMRMLScene)", allow_module_level=True)
 vtk = pytest.importorskip("vtk")
 
-from MLVIRNETLib import logic as L  # noqa: E402
-from MLVIRNETLib.deformation import Deformation  # noqa: E402
-from MLVIRNETLib.geometry import ImageGrid, lps_to_ras, ras_to_lps  # noqa: E402
-
 from conftest import oblique_grid  # noqa: E402
+
+from MLVIRNETLib import mrml as L  # noqa: E402
+from MLVIRNETLib.core.deformation import Deformation  # noqa: E402
+from MLVIRNETLib.core.geometry import ImageGrid, lps_to_ras, ras_to_lps  # noqa: E402
 
 F64 = torch.float64
 
@@ -221,7 +221,7 @@ def test_warp_volume_matches_library_warp(scene):
     before = L.arrayFromVolumeNode(moving)
 
     out = L.MLVIRNETLogic(scene).warpVolume(moving, node, fixed)
-    from MLVIRNETLib.geometry import to_batch_tensor
+    from MLVIRNETLib.core.geometry import to_batch_tensor
 
     expected = deformation.warp(to_batch_tensor(moving_array), moving_grid)[0, 0].numpy()
     np.testing.assert_allclose(L.arrayFromVolumeNode(out), expected, atol=1e-4)
@@ -271,7 +271,7 @@ def test_segmentation_mask_is_exported_on_the_reference_grid(scene):
 
 
 def test_compute_tre_through_a_grid_transform_equals_metrics_tre(scene):
-    from MLVIRNETLib import metrics
+    from MLVIRNETLib.evaluation import metrics
 
     grid = oblique_grid(size=(12, 9, 7), flip_z=True)
     deformation = smooth_deformation(grid)
@@ -470,7 +470,7 @@ def ct_pair():
 
 def tiny_setup():
     """A small untrained network and options that keep a registration to a few seconds on a CPU."""
-    from MLVIRNETLib.networks import MultilevelNet
+    from MLVIRNETLib.networks.cascade import MultilevelNet
     from MLVIRNETLib.registration import RegistrationOptions
 
     torch.manual_seed(0)
@@ -480,7 +480,7 @@ def tiny_setup():
 
 
 def test_register_gives_a_grid_transform_equal_to_the_library_deformation(scene, ct_pair):
-    from MLVIRNETLib import metrics
+    from MLVIRNETLib.evaluation import metrics
 
     fixed_image, moving_image, truth = ct_pair
     fixed = L.imageToNewVolumeNode(scene, fixed_image, "fixed")
@@ -495,8 +495,10 @@ def test_register_gives_a_grid_transform_equal_to_the_library_deformation(scene,
     )
     result = logic.lastResult
     assert transform.IsA("vtkMRMLGridTransformNode")
-    assert transform.GetNodeReference(L.FIXED_VOLUME_REFERENCE_ROLE).GetID() == fixed.GetID()
-    assert transform.GetNodeReference(L.MOVING_VOLUME_REFERENCE_ROLE).GetID() == moving.GetID()
+    assert transform.GetFixedNodeReferenceRole() == "spatialRegistrationFixed"
+    assert transform.GetMovingNodeReferenceRole() == "spatialRegistrationMoving"
+    assert transform.GetNodeReference(transform.GetFixedNodeReferenceRole()).GetID() == fixed.GetID()
+    assert transform.GetNodeReference(transform.GetMovingNodeReferenceRole()).GetID() == moving.GetID()
     assert progress[0][0] == 0.0 and progress[-1][0] == 1.0
     assert all(b[0] >= a[0] for a, b in zip(progress, progress[1:]))
     grid = ImageGrid.from_sitk(fixed_image)

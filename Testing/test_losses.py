@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.losses import (
     CurvatureLoss,
     LossWeights,

@@ -1,4 +1,4 @@
-"""Tests of MLVIRNETLib.lungmask: phantoms with known masks, the bundled real CT, bad inputs."""
+"""Tests of MLVIRNETLib.preprocessing.lungmask: phantoms with known masks, the bundled real CT, bad inputs."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import oblique_grid
 
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.lungmask import (
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.evaluation.metrics import dice
+from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.preprocessing.lungmask import (
     LEFT_LUNG,
     RIGHT_LUNG,
     LungMaskOptions,
@@ -16,12 +19,8 @@ from MLVIRNETLib.lungmask import (
     segment_lungs,
     segment_lungs_with_info,
     split_left_right,
-    synthetic_chest_ct,
 )
-from MLVIRNETLib.metrics import dice
-from MLVIRNETLib.paths import bundled_ct_path
-
-from conftest import oblique_grid
+from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
 
 CENTRE = np.array([-20.0, 35.0, 410.0])  # LPS mm, away from the origin on purpose
 LUNG_SEMI_AXES = np.array([38.0, 55.0, 85.0])  # mm (x, y, z)

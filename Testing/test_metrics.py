@@ -7,9 +7,9 @@ import pytest
 import torch
 from conftest import oblique_grid
 
-from MLVIRNETLib.deformation import Deformation
-from MLVIRNETLib.metrics import TREResult, dice, jacobian_stats, snap_to_voxel, tre
-from MLVIRNETLib.reports import tre_table
+from MLVIRNETLib.core.deformation import Deformation
+from MLVIRNETLib.evaluation.metrics import TREResult, dice, jacobian_stats, snap_to_voxel, tre
+from MLVIRNETLib.evaluation.reports import tre_table
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Tests of MLVIRNETLib.model_io: round trip, atomic writing and refusal of every kind of bad file."""
+"""Tests of MLVIRNETLib.networks.model_files: round trip, atomic writing and refusal of every kind of bad file."""
 
 from __future__ import annotations
 
@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from MLVIRNETLib import __version__
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.model_io import load_model, save_model
-from MLVIRNETLib.networks import MultilevelNet, NetworkConfig, UNet3D, build_network
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.networks.cascade import MultilevelNet, NetworkConfig, build_network
+from MLVIRNETLib.networks.model_files import load_model, save_model
+from MLVIRNETLib.networks.unet import UNet3D
 
 CONFIG = NetworkConfig(levels=2, features=4, depth=2, input_size=(16, 16, 8))
 

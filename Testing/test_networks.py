@@ -6,20 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from MLVIRNETLib.deformation import compose_all
-from MLVIRNETLib.geometry import ImageGrid, resample_to_grid
-from MLVIRNETLib.networks import (
+from MLVIRNETLib.core.deformation import compose_all
+from MLVIRNETLib.core.geometry import ImageGrid, resample_to_grid
+from MLVIRNETLib.networks.cascade import (
     MultilevelNet,
     NetworkConfig,
-    UNet3D,
     build_network,
     freeze_levels,
     fuse_batchnorm,
     init_level_from,
     parameter_count,
-    xavier_init,
 )
-
+from MLVIRNETLib.networks.unet import UNet3D, xavier_init
 
 
 def _oblique_grid(size=(32, 32, 16)) -> ImageGrid:

@@ -1,4 +1,4 @@
-"""Tests of MLVIRNETLib.plots: overlay colours, orientation and size; TRE box plots; errors."""
+"""Tests of MLVIRNETLib.evaluation.plots: overlay colours, orientation and size; TRE box plots; errors."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ import SimpleITK as sitk
 import torch
 
 pytest.importorskip("matplotlib", reason="plots need the optional matplotlib (pip install mlvirnet[report])")
+from conftest import oblique_grid  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
-from MLVIRNETLib.geometry import ImageGrid  # noqa: E402
-from MLVIRNETLib.plots import METHOD_COLOURS, overlay_png, overlay_rgb, tre_boxplot  # noqa: E402
-
-from conftest import oblique_grid  # noqa: E402
+from MLVIRNETLib.core.geometry import ImageGrid  # noqa: E402
+from MLVIRNETLib.evaluation.plots import METHOD_COLOURS, overlay_png, overlay_rgb, tre_boxplot  # noqa: E402
 
 CENTRE = np.array([12.0, -30.0, 85.0])  # LPS mm
 RADIUS = 12.0
@@ -179,7 +178,7 @@ def test_missing_matplotlib_message(monkeypatch, tmp_path):
 
 
 def test_mask_overlay_tints_labels_in_place(images, tmp_path):
-    from MLVIRNETLib.plots import LABEL_COLOURS, mask_overlay_png
+    from MLVIRNETLib.evaluation.plots import LABEL_COLOURS, mask_overlay_png
 
     fixed, _ = images
     grid = ImageGrid.from_sitk(fixed)

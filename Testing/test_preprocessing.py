@@ -8,22 +8,18 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import oblique_grid
 
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.preprocessing import (
+from MLVIRNETLib.core.filters import antialias_sigma, box_downsample, gaussian_smooth, resample_antialiased
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.preprocessing.pair import (
     PreprocessOptions,
-    antialias_sigma,
-    box_downsample,
-    gaussian_smooth,
     lung_bounding_box,
     mask_to_tensor,
     network_grid,
     normalize_ct,
     preprocess_pair,
-    resample_antialiased,
 )
-
-from conftest import oblique_grid
 
 GRID = oblique_grid(size=(30, 26, 22), spacing=(0.8, 1.3, 2.5), origin=(-40.0, 25.5, 310.0), angles=(12.0, -8.0, 25.0))
 

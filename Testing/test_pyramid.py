@@ -1,4 +1,4 @@
-"""Tests of MLVIRNETLib.pyramid: exactness on constants and world-linear ramps, masks, input checks."""
+"""Tests of MLVIRNETLib.core.pyramid: exactness on constants and world-linear ramps, masks, input checks."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.pyramid import build_pyramid, downsample2
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.pyramid import build_pyramid, downsample2
 
 
 def _oblique_grid(size=(16, 24, 32)) -> ImageGrid:

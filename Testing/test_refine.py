@@ -6,17 +6,16 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-
-from MLVIRNETLib.deformation import Deformation
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.paths import bundled_ct_path
-from MLVIRNETLib.preprocessing import PreprocessOptions, preprocess_pair
-from MLVIRNETLib.refine import RefineOptions, RegistrationCancelled, refine
-from MLVIRNETLib.lungmask import segment_lungs
-from MLVIRNETLib.synthetic import make_synthetic_pair, random_smooth_deformation, sample_landmarks
-
 from conftest import rotation_matrix
 
+from MLVIRNETLib.core.deformation import Deformation
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.progress import RegistrationCancelled
+from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.preprocessing.lungmask import segment_lungs
+from MLVIRNETLib.preprocessing.pair import PreprocessOptions, preprocess_pair
+from MLVIRNETLib.registration.refine import RefineOptions, refine
+from MLVIRNETLib.simulation.breathing import make_synthetic_pair, random_smooth_deformation, sample_landmarks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

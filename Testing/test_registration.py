@@ -1,4 +1,4 @@
-"""Acceptance tests of MLVIRNETLib.registration.register on real CT with known breathing motion.
+"""Acceptance tests of MLVIRNETLib.registration.pipeline.register on real CT with known breathing motion.
 
 The bundled CT is resampled onto oblique, anisotropic grids (about 3 mm) with non-zero origins;
 the moving scan is generated from the whole bundled CT on its own grid (a different field of view
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import rotation_matrix
 
-from MLVIRNETLib.affine import compose_affine
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.lungmask import segment_lungs
-from MLVIRNETLib.networks import MultilevelNet, NetworkConfig, build_network
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.networks.cascade import MultilevelNet, NetworkConfig, build_network
 from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.preprocessing.lungmask import segment_lungs
 from MLVIRNETLib.registration import (
     RegistrationCancelled,
     RegistrationOptions,
@@ -25,10 +25,8 @@ from MLVIRNETLib.registration import (
     validate_pair,
     warp_image,
 )
-from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, rigid_matrix, sample_landmarks
-
-from conftest import rotation_matrix
-
+from MLVIRNETLib.registration.affine import compose_affine
+from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, rigid_matrix, sample_landmarks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -180,7 +178,7 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
     with pytest.raises(ValueError, match="network_precision"):
         RegistrationOptions(network_precision="half")
 
-    from MLVIRNETLib.model_io import save_model
+    from MLVIRNETLib.networks.model_files import save_model
 
     config = NetworkConfig(levels=2, features=4, depth=2, input_size=(24, 24, 24))
     path = save_model(tmp_path / "tiny.pt", build_network(config), config)

@@ -9,14 +9,14 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from MLVIRNETLib.geometry import ImageGrid
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.evaluation.metrics import jacobian_stats, tre
 from MLVIRNETLib.io.images import read_image
-from MLVIRNETLib.lungmask import segment_lungs
-from MLVIRNETLib.metrics import jacobian_stats, tre
-from MLVIRNETLib.model_io import load_model
+from MLVIRNETLib.networks.model_files import load_model
 from MLVIRNETLib.paths import bundled_ct_path, default_model_path, resource_path
+from MLVIRNETLib.preprocessing.lungmask import segment_lungs
 from MLVIRNETLib.registration import RegistrationOptions, register
-from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, sample_landmarks
+from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
 from MLVIRNETLib.training import load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

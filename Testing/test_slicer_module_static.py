@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODULE = ROOT / "MLVIRNET" / "MLVIRNET.py"
 UI = ROOT / "Resources" / "UI" / "MLVIRNET.ui"
 ICON = ROOT / "Resources" / "Icons" / "MLVIRNET.png"
-LOGIC = ROOT / "MLVIRNETLib" / "logic.py"
+MRML_SIDE = sorted((ROOT / "MLVIRNETLib" / "mrml").glob("*.py"))
 
 
 @pytest.fixture(scope="module")
@@ -210,7 +210,7 @@ def test_test_class_has_test_methods_and_runs_them_all(module_tree):
 def test_widget_calls_only_existing_logic_methods(module_source):
     sys.path.insert(0, str(ROOT))
     try:
-        from MLVIRNETLib.logic import MLVIRNETLogic
+        from MLVIRNETLib.mrml.logic import MLVIRNETLogic
     finally:
         sys.path.remove(str(ROOT))
     used = set(re.findall(r"self\.logic\.(\w+)", module_source))
@@ -221,15 +221,16 @@ def test_widget_calls_only_existing_logic_methods(module_source):
 
 def test_logic_imports_without_slicer_or_torch():
     code = (
-        "import sys, MLVIRNETLib.logic as L; "
+        "import sys, MLVIRNETLib.mrml as L; "
         "bad = [m for m in ('slicer', 'qt', 'ctk', 'vtk', 'torch') if m in sys.modules]; "
         "assert not bad, bad; L.MLVIRNETLogic()"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     # and the module never touches the GUI toolkit, even lazily
-    source = LOGIC.read_text(encoding="utf-8")
-    assert not re.search(r"^\s*(import|from)\s+(qt|ctk)\b", source, flags=re.MULTILINE)
-    assert "slicer.app" not in source and "slicer.util" not in source
+    for path in MRML_SIDE:
+        source = path.read_text(encoding="utf-8")
+        assert not re.search(r"^\s*(import|from)\s+(qt|ctk)\b", source, flags=re.MULTILINE), path
+        assert "slicer.app" not in source and "slicer.util" not in source, path
 
 
 def test_icon_is_a_128_pixel_png():

@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from conftest import oblique_grid
 
-from MLVIRNETLib.deformation import jacobian_determinant
-from MLVIRNETLib.geometry import ImageGrid, sample
-from MLVIRNETLib.preprocessing import image_to_hu_tensor
-from MLVIRNETLib.synthetic import (
+from MLVIRNETLib.core.deformation import jacobian_determinant
+from MLVIRNETLib.core.geometry import ImageGrid, sample
+from MLVIRNETLib.preprocessing.pair import image_to_hu_tensor
+from MLVIRNETLib.simulation.breathing import (
     breathing_deformation,
     invert_deformation,
     make_synthetic_pair,
@@ -18,9 +19,6 @@ from MLVIRNETLib.synthetic import (
     rigid_matrix,
     sample_landmarks,
 )
-
-from conftest import oblique_grid
-
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

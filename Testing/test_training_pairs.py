@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 import torch
+from training_phantom import phantom_grid, write_phantom
 
 from MLVIRNETLib.training.config import SyntheticMotionConfig
 from MLVIRNETLib.training.pairs import ManifestSource, MixedSource, PhaseSource, labels_to_channels
 from MLVIRNETLib.training.synthetic_pairs import SyntheticSource
-
-from training_phantom import phantom_grid, write_phantom
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

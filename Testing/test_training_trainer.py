@@ -14,12 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from training_phantom import write_phantom
 
 from MLVIRNETLib.cli import main as cli_main
-from MLVIRNETLib.model_io import load_model
+from MLVIRNETLib.networks.model_files import load_model
 from MLVIRNETLib.training import load_config, train
-
-from training_phantom import write_phantom
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 ROOT = Path(__file__).resolve().parent.parent

@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.lungmask import synthetic_chest_ct
-
 from conftest import rotation_matrix
+
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
 
 CENTRE = np.array([15.0, -30.0, 250.0])  # LPS mm
 SEMI_AXES = np.array([38.0, 55.0, 80.0])

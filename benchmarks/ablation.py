@@ -17,7 +17,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from MLVIRNETLib.model_io import load_model  # noqa: E402
+from MLVIRNETLib.networks.model_files import load_model  # noqa: E402
 from MLVIRNETLib.training import load_config, train  # noqa: E402
 
 CONFIGS = ("single_level", "multilevel", "no_warm_start")

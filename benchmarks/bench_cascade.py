@@ -30,9 +30,9 @@ import time
 
 import torch
 
-from MLVIRNETLib.devices import synchronize
-from MLVIRNETLib.geometry import ImageGrid
-from MLVIRNETLib.networks import MultilevelNet, fuse_batchnorm, parameter_count
+from MLVIRNETLib.core.devices import synchronize
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.networks.cascade import MultilevelNet, fuse_batchnorm, parameter_count
 
 
 def _peak_rss_mib() -> float:

@@ -34,17 +34,17 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from MLVIRNETLib.lungmask import (
+from MLVIRNETLib.evaluation.metrics import dice
+from MLVIRNETLib.paths import shared_data_dir
+from MLVIRNETLib.preprocessing.lungmask import (
     LEFT_LUNG,
     RIGHT_LUNG,
     LungMaskOptions,
     lung_volume_ml,
     segment_lungs_with_info,
     split_left_right,
-    synthetic_chest_ct,
 )
-from MLVIRNETLib.metrics import dice
-from MLVIRNETLib.paths import shared_data_dir
+from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
 
 REAL_IMAGES = (
     "chest_ct/cptac_c3n00247_chest_ct.nii.gz",
@@ -116,7 +116,7 @@ def bench_real(out: Path | None) -> None:
         print(f"| {rel} | {'x'.join(map(str, image.GetSize()))} | {wall:.2f} | {lung_volume_ml(mask) / 1000:.2f} "
               f"| {right} | {left} | {components} | {info.get('lung_rule')} | {info.get('trachea_found')} |")
         if out is not None:
-            from MLVIRNETLib.plots import mask_overlay_png
+            from MLVIRNETLib.evaluation.plots import mask_overlay_png
 
             name = rel.replace("/", "_").replace(".nii.gz", "")
             mask_overlay_png(image, labels, out / f"lungmask_{name}.png", centre=_centroid(labels, RIGHT_LUNG),
@@ -138,7 +138,7 @@ def bench_copd(out: Path | None, seed: int) -> None:
         print(f"| {name} | {'x'.join(map(str, reference.GetSize()))} | {lung_volume_ml(reference) / 1000:.2f} "
               f"| {wall:.2f} | {score:.4f} | {info.get('trachea_found')} |")
         if out is not None:
-            from MLVIRNETLib.plots import mask_overlay_png
+            from MLVIRNETLib.evaluation.plots import mask_overlay_png
 
             both = sitk.Cast(mask, sitk.sitkUInt8) + 2 * sitk.Cast(reference > 0, sitk.sitkUInt8)
             mask_overlay_png(ct, both, out / f"lungmask_synthetic_{name}.png", centre=_centroid(both, 3),

@@ -1,8 +1,8 @@
-"""Benchmark of ``MLVIRNETLib.registration.register`` on a full chest CT with known breathing motion.
+"""Benchmark of ``MLVIRNETLib.registration.pipeline.register`` on a full chest CT with known breathing motion.
 
 The fixed scan is ``shared/data/chest_ct/cptac_c3n00247_chest_ct.nii.gz`` (512 x 512 x 99,
 0.56 x 0.56 x 3 mm). The moving scan is the same CT deformed by a synthetic breathing motion
-(``MLVIRNETLib.synthetic.breathing_deformation``, 15 mm peak inside the lungs, lung density change
+(``MLVIRNETLib.simulation.breathing.breathing_deformation``, 15 mm peak inside the lungs, lung density change
 and 10 HU noise), so the ground truth is known; TRE is measured at distinctive lung points.
 
 Every configuration runs in a fresh Python process (so its peak RSS is its own), reading the two
@@ -105,12 +105,12 @@ def _prepare(workdir: Path, data: Path, seed: int) -> dict:
     import SimpleITK as sitk
     import torch
 
-    from MLVIRNETLib.geometry import ImageGrid
+    from MLVIRNETLib.core.geometry import ImageGrid
     from MLVIRNETLib.io.images import read_image, write_image
-    from MLVIRNETLib.lungmask import LungMaskOptions, segment_lungs
-    from MLVIRNETLib.model_io import save_model
-    from MLVIRNETLib.networks import NetworkConfig, build_network
-    from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, sample_landmarks
+    from MLVIRNETLib.networks.cascade import NetworkConfig, build_network
+    from MLVIRNETLib.networks.model_files import save_model
+    from MLVIRNETLib.preprocessing.lungmask import LungMaskOptions, segment_lungs
+    from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
 
     fixed = read_image(data)
     mask = segment_lungs(fixed, LungMaskOptions(working_spacing_mm=3.0))
@@ -177,8 +177,8 @@ def _refine_sweep(paths: dict, sweep: list[dict]) -> None:
     import torch
 
     from MLVIRNETLib.io.images import read_image
-    from MLVIRNETLib.preprocessing import PreprocessOptions, preprocess_pair
-    from MLVIRNETLib.refine import RefineOptions, refine
+    from MLVIRNETLib.preprocessing.pair import PreprocessOptions, preprocess_pair
+    from MLVIRNETLib.registration.refine import RefineOptions, refine
 
     pp = preprocess_pair(read_image(paths["fixed"]), read_image(paths["moving"]), read_image(paths["fixed_mask"]),
                          options=PreprocessOptions())

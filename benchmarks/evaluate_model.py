@@ -2,7 +2,7 @@
 
 For every CT (default: the two shared CTs that no shipped model is trained on) and every peak
 diaphragm displacement (default 10, 20, 30 mm), the CT is the fixed image and a synthetic
-breathing version of it (``MLVIRNETLib.synthetic``: breathing model, lung density change, 10 HU
+breathing version of it (``MLVIRNETLib.simulation.breathing``: breathing model, lung density change, 10 HU
 noise) the moving image. ``register`` is run four ways:
 
 * ``initial``: no registration (the identity);
@@ -41,13 +41,13 @@ def main() -> int:
     import SimpleITK as sitk
     import torch
 
-    from MLVIRNETLib.geometry import ImageGrid
+    from MLVIRNETLib.core.geometry import ImageGrid
+    from MLVIRNETLib.evaluation.metrics import jacobian_stats, tre
     from MLVIRNETLib.io.images import read_image
-    from MLVIRNETLib.lungmask import segment_lungs
-    from MLVIRNETLib.metrics import jacobian_stats, tre
     from MLVIRNETLib.paths import default_model_path, shared_data_dir
+    from MLVIRNETLib.preprocessing.lungmask import segment_lungs
     from MLVIRNETLib.registration import NETWORK_PRECISIONS, RegistrationOptions, register
-    from MLVIRNETLib.synthetic import breathing_deformation, make_synthetic_pair, sample_landmarks
+    from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=default_model_path(), help="model file (default: shipped)")

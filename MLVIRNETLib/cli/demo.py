@@ -46,14 +46,16 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..devices import resolve_device
+    from ..core.devices import resolve_device
+    from ..evaluation.metrics import tre
     from ..io.fields import write_field
     from ..io.images import read_image, write_image
-    from ..lungmask import segment_lungs
-    from ..metrics import tre
     from ..paths import bundled_ct_path
-    from ..registration import RegistrationOptions, register, warp_image
-    from ..synthetic import breathing_deformation, make_synthetic_pair, sample_landmarks
+    from ..preprocessing.lungmask import segment_lungs
+    from ..registration.options import RegistrationOptions
+    from ..registration.pipeline import register
+    from ..registration.warp import warp_image
+    from ..simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
     from .progress import progress_bar
 
     if args.peak_mm <= 0:
@@ -72,7 +74,7 @@ def run(args) -> int:
         raise CLIError(f"the output folder {args.output} would overwrite the input {image_path}")
 
     fixed = read_image(image_path)
-    from ..geometry import ImageGrid
+    from ..core.geometry import ImageGrid
 
     grid = ImageGrid.from_sitk(fixed)
     t0 = time.perf_counter()
@@ -104,7 +106,7 @@ def run(args) -> int:
     write_field(result.deformation, out["field.nii.gz"])
     overlay = None
     try:
-        from ..plots import overlay_png
+        from ..evaluation.plots import overlay_png
 
         overlay_png(fixed, moving, warped, out["overlay.png"])
         overlay = str(out["overlay.png"])
@@ -125,7 +127,7 @@ def run(args) -> int:
         "messages": result.messages,
         "outputs": {k: str(v) for k, v in out.items() if k != "overlay.png"} | {"overlay.png": overlay},
     }
-    from ..reports import write_json
+    from ..evaluation.reports import write_json
 
     write_json(report, out["report.json"])
     for msg in result.messages:

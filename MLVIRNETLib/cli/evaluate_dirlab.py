@@ -15,7 +15,9 @@ from pathlib import Path
 
 import torch
 
-from ..deformation import Deformation
+from ..core.deformation import Deformation
+from ..evaluation.metrics import TREResult, tre
+from ..evaluation.reports import tre_markdown, tre_table, write_tre_report
 from ..io.dirlab import (
     DATASETS,
     DirlabCaseFiles,
@@ -28,8 +30,6 @@ from ..io.dirlab import (
 )
 from ..io.fields import IMAGE_SUFFIXES, TRANSFORM_SUFFIXES, read_field, write_field
 from ..io.landmarks import read_landmarks
-from ..metrics import TREResult, tre
-from ..reports import tre_markdown, tre_table, write_tre_report
 from . import CLIError
 
 
@@ -57,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     source.add_argument(
         "--register",
         action="store_true",
-        help="register each case now (raw DIR-LAB .img images below --root) with MLVIRNETLib.registration.register",
+        help="register each case now (raw DIR-LAB .img images below --root) with MLVIRNETLib.registration.pipeline.register",
     )
     p.add_argument(
         "--fixed-phase",
@@ -128,8 +128,9 @@ def find_field(field_dir: Path, case: str) -> Path:
 
 
 def register_case(found: DirlabCaseFiles, fixed_phase: str, args) -> tuple[Deformation, dict]:
-    """Run :func:`MLVIRNETLib.registration.register` on the raw images of one case -> (deformation, details)."""
-    from ..registration import RegistrationOptions, register
+    """Run :func:`MLVIRNETLib.registration.pipeline.register` on the raw images of one case -> (deformation, details)."""
+    from ..registration.options import RegistrationOptions
+    from ..registration.pipeline import register
 
     c = parse_case(found.case)
     phases = ("inhale", "exhale") if fixed_phase == "inhale" else ("exhale", "inhale")

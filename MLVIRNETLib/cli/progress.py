@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Iterator
 
-ProgressFn = Callable[[float, str], None]
+from ..core.progress import ProgressFn
 
 
 @contextmanager

@@ -85,7 +85,9 @@ def _check_inputs(args) -> None:
 def run(args) -> int:
     from ..io.fields import IMAGE_SUFFIXES, field_format, write_field
     from ..io.images import read_image, write_image
-    from ..registration import RegistrationOptions, register, warp_image
+    from ..registration.options import RegistrationOptions
+    from ..registration.pipeline import register
+    from ..registration.warp import warp_image
 
     _check_inputs(args)
     inputs = {"FIXED": args.fixed, "MOVING": args.moving, "fixed mask": args.fixed_mask, "moving mask": args.moving_mask}
@@ -100,7 +102,7 @@ def run(args) -> int:
         if same_file(args.warped, args.output):
             raise CLIError("--warped and -o name the same file")
 
-    from ..devices import resolve_device
+    from ..core.devices import resolve_device
 
     resolve_device(args.device)  # a CUDA request without a GPU fails here, before reading anything
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import torch
 
-from ..geometry import ImageGrid
+from ..core.geometry import ImageGrid
+from ..evaluation.metrics import tre
 from ..io.dirlab import dirlab_grid
 from ..io.fields import read_field
 from ..io.images import read_image_grid
 from ..io.landmarks import landmark_format, read_landmarks
-from ..metrics import tre
 from . import CLIError
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..geometry import ImageGrid
+from ..core.geometry import ImageGrid
 
 PathLike = str | os.PathLike
 

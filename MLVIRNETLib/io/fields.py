@@ -1,6 +1,6 @@
 """Deformation fields on disk: vector images and ITK displacement-field transforms.
 
-Convention (the one of :class:`~MLVIRNETLib.deformation.Deformation`, ITK, ANTs and 3D Slicer):
+Convention (the one of :class:`~MLVIRNETLib.core.deformation.Deformation`, ITK, ANTs and 3D Slicer):
 the file holds the displacement ``u`` in **LPS mm** at the voxel centres of the *fixed* grid, and
 maps fixed points to moving points, ``x_moving = x_fixed + u(x_fixed)``. Warping the moving image
 with it (``M(x + u(x))``) gives the moving image resampled on the fixed grid.
@@ -30,9 +30,9 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..deformation import Deformation
-from ..geometry import ImageGrid
-from .images import atomic_output
+from ..core.deformation import Deformation
+from ..core.geometry import ImageGrid
+from .atomic import atomic_output
 
 PathLike = str | os.PathLike
 

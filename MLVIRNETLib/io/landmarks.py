@@ -31,8 +31,8 @@ from typing import Sequence
 
 import numpy as np
 
-from ..geometry import ImageGrid, lps_to_ras, ras_to_lps
-from .images import atomic_output
+from ..core.geometry import ImageGrid, lps_to_ras, ras_to_lps
+from .atomic import atomic_output
 
 PathLike = str | os.PathLike
 FORMATS = ("dirlab", "mrk.json", "fcsv", "csv")

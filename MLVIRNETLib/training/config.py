@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..losses import LossWeights
-from ..model_io import to_plain
-from ..networks import NetworkConfig
+from ..networks.cascade import NetworkConfig
+from ..networks.model_files import to_plain
 
 __all__ = [
     "ScheduleConfig",

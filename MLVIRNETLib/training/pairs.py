@@ -1,7 +1,7 @@
 """Training pairs and the data sources that produce them.
 
 Every source yields :class:`TrainingPair` objects already on the network grid (the same
-preprocessing as inference: :mod:`MLVIRNETLib.preprocessing`), so the training loop never touches
+preprocessing as inference: :mod:`MLVIRNETLib.preprocessing.pair`), so the training loop never touches
 files or full-resolution images. Sources:
 
 * :class:`~MLVIRNETLib.training.synthetic_pairs.SyntheticSource` -- self-supervised pairs from
@@ -25,16 +25,16 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..deformation import Deformation
-from ..geometry import ImageGrid
-from ..preprocessing import (
+from ..core.deformation import Deformation
+from ..core.filters import resample_antialiased
+from ..core.geometry import ImageGrid
+from ..preprocessing.pair import (
     PreprocessOptions,
     image_to_hu_tensor,
     mask_to_tensor,
     network_grid,
     normalize_ct,
     preprocess_pair,
-    resample_antialiased,
 )
 
 __all__ = ["TrainingPair", "PairSource", "PhaseSource", "ManifestSource", "MixedSource", "labels_to_channels"]
@@ -101,7 +101,7 @@ def _read(path: str) -> sitk.Image:
 
 
 def _auto_mask(image: sitk.Image, what: str) -> sitk.Image | None:
-    from ..lungmask import LungMaskOptions, segment_lungs
+    from ..preprocessing.lungmask import LungMaskOptions, segment_lungs
 
     try:
         return segment_lungs(image, LungMaskOptions(working_spacing_mm=3.0))

@@ -1,6 +1,6 @@
 """Self-supervised training pairs from single CTs: random breathing motion with known truth.
 
-For a CT ``S`` and a random fixed->moving map ``d`` (breathing, :func:`~MLVIRNETLib.synthetic.
+For a CT ``S`` and a random fixed->moving map ``d`` (breathing, :func:`~MLVIRNETLib.simulation.breathing.
 breathing_deformation`, composed with a random smooth field and a small rigid motion that stands
 for what the affine pre-alignment leaves), the pair on the network grid is
 
@@ -15,8 +15,8 @@ costs a few samplings on the network grid.
 
 Every pair goes through the inference preprocessing: the field of view is the lung box plus a
 random margin, resampled to ``input_size`` voxels; intensities use the HU window of
-:func:`~MLVIRNETLib.preprocessing.normalize_ct`. The CT is low-passed once to the network
-resolution (as :func:`~MLVIRNETLib.preprocessing.resample_antialiased` does).
+:func:`~MLVIRNETLib.preprocessing.pair.normalize_ct`. The CT is low-passed once to the network
+resolution (as :func:`~MLVIRNETLib.core.filters.resample_antialiased` does).
 """
 
 from __future__ import annotations
@@ -28,19 +28,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..affine import compose_affine
-from ..deformation import Deformation, jacobian_determinant
-from ..geometry import ImageGrid, check_volume, sample, sample_on_grid
-from ..preprocessing import (
-    AIR_HU,
-    HU_WINDOW,
-    box_downsample,
-    expand_box,
-    image_to_hu_tensor,
-    lowpass,
-    normalize_ct,
-)
-from ..synthetic import breathing_deformation, invert_deformation, random_smooth_deformation, rigid_matrix
+from ..core.deformation import Deformation, jacobian_determinant
+from ..core.filters import box_downsample, lowpass
+from ..core.geometry import ImageGrid, check_volume, sample, sample_on_grid
+from ..preprocessing.pair import AIR_HU, HU_WINDOW, expand_box, image_to_hu_tensor, normalize_ct
+from ..registration.affine import compose_affine
+from ..simulation.breathing import breathing_deformation, invert_deformation, random_smooth_deformation, rigid_matrix
 from .config import SyntheticMotionConfig
 from .pairs import TrainingPair, labels_to_channels
 
@@ -80,14 +73,14 @@ def prepare_ct(image: sitk.Image, size: tuple[int, int, int], mask: sitk.Image |
     Args:
         image: CT in HU.
         size: the network input size ``(nx, ny, nz)``.
-        mask: lung mask on ``image``'s grid; computed with :func:`MLVIRNETLib.lungmask.segment_lungs`
+        mask: lung mask on ``image``'s grid; computed with :func:`MLVIRNETLib.preprocessing.lungmask.segment_lungs`
             when ``None``.
         labels: label map (e.g. lobes) on ``image``'s grid; default: left/right lung from the mask
-            (:func:`MLVIRNETLib.lungmask.split_left_right`, or the whole mask if it cannot be split).
+            (:func:`MLVIRNETLib.preprocessing.lungmask.split_left_right`, or the whole mask if it cannot be split).
         name: for messages.
     """
-    from ..lungmask import LungMaskOptions, segment_lungs, split_left_right
-    from ..preprocessing import lung_bounding_box
+    from ..preprocessing.lungmask import LungMaskOptions, segment_lungs, split_left_right
+    from ..preprocessing.pair import lung_bounding_box
 
     hu, grid = image_to_hu_tensor(image)
     if mask is None:

@@ -32,11 +32,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..devices import resolve_device
+from ..core.devices import resolve_device
+from ..core.pyramid import build_pyramid
 from ..losses import registration_loss
-from ..model_io import save_model
-from ..networks import MultilevelNet, build_network, freeze_levels, init_level_from, parameter_count
-from ..pyramid import build_pyramid
+from ..networks.cascade import MultilevelNet, build_network, freeze_levels, init_level_from, parameter_count
+from ..networks.model_files import save_model
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .pairs import ManifestSource, MixedSource, PhaseSource, TrainingPair
@@ -195,7 +195,7 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False,
     """Run (or with ``resume`` continue) the training described by ``config``.
 
     Writes into ``config.output_dir``: ``checkpoints/last.pt`` (+ ``last.json``), ``stages/stage{s}.pt``
-    (model file after each level), ``model.pt`` (final model, :func:`MLVIRNETLib.model_io.save_model`),
+    (model file after each level), ``model.pt`` (final model, :func:`MLVIRNETLib.networks.model_files.save_model`),
     ``config.yaml``, ``metrics.csv`` and ``tensorboard/``.
 
     Args:

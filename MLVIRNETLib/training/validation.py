@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..networks import MultilevelNet
+from ..networks.cascade import MultilevelNet
 from .pairs import TrainingPair
 
 __all__ = ["validate", "pair_metrics"]

@@ -1,7 +1,7 @@
 """Synthetic breathing motion: known deformations, deformed CT pairs and evaluation landmarks.
 
 The deformations here are ground truth for tests, benchmarks and training data. Every one is a
-fixed->moving map (:class:`~MLVIRNETLib.deformation.Deformation`, ``x_moving = x + u(x)``, LPS mm)
+fixed->moving map (:class:`~MLVIRNETLib.core.deformation.Deformation`, ``x_moving = x + u(x)``, LPS mm)
 built as the exponential of a smooth stationary velocity field (scaling and squaring), so it is
 invertible by construction; :func:`breathing_deformation` still checks ``det J > 0``.
 
@@ -32,9 +32,10 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .deformation import Deformation, jacobian_determinant
-from .geometry import ImageGrid, sample
-from .preprocessing import AIR_HU, box_downsample, gaussian_smooth, image_to_hu_tensor, mask_to_tensor
+from ..core.deformation import Deformation, jacobian_determinant
+from ..core.filters import box_downsample, gaussian_smooth
+from ..core.geometry import ImageGrid, sample
+from ..preprocessing.pair import AIR_HU, image_to_hu_tensor, mask_to_tensor
 
 __all__ = [
     "breathing_deformation",

@@ -27,8 +27,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import ImageGrid
-from .io.images import atomic_output
+from ..core.geometry import ImageGrid
+from ..io.atomic import atomic_output
 
 PathLike = str | os.PathLike
 

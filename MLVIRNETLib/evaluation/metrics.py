@@ -1,7 +1,7 @@
 """Evaluation metrics: target registration error, Dice overlap, Jacobian statistics.
 
 Direction of the TRE: a deformation maps *fixed* points to *moving* points,
-``x_moving = x_fixed + u(x_fixed)`` (see :mod:`MLVIRNETLib.deformation`). The TRE of landmark ``i``
+``x_moving = x_fixed + u(x_fixed)`` (see :mod:`MLVIRNETLib.core.deformation`). The TRE of landmark ``i``
 is ``|y(f_i) - m_i|`` in mm, "fixed -> moving". Without a deformation it is the initial error
 ``|f_i - m_i|``.
 """
@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .deformation import Deformation
-from .geometry import ImageGrid
+from ..core.deformation import Deformation
+from ..core.geometry import ImageGrid
 
 
 @dataclass

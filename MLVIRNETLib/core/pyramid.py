@@ -4,7 +4,7 @@ Each level halves the number of voxels along every axis with the separable binom
 ``[1, 3, 3, 1] / 8`` applied at stride 2. Output voxel ``i`` is the weighted mean of input voxels
 ``2i-1, 2i, 2i+1, 2i+2``: its centre lies midway between input voxels ``2i`` and ``2i+1``, which
 is exactly the voxel centre of :meth:`ImageGrid.downsampled` under the ``align_corners=False``
-geometry of :mod:`MLVIRNETLib.geometry` (the outer voxel faces stay put). The filter is symmetric
+geometry of :mod:`MLVIRNETLib.core.geometry` (the outer voxel faces stay put). The filter is symmetric
 about that centre, so a field that is linear in world coordinates is reproduced exactly at the
 coarse voxel centres. Compared with plain 2x2x2 averaging (``[1, 1] / 2``) it suppresses more of
 the frequencies that would alias.

@@ -21,10 +21,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .deformation import Deformation
-from .geometry import ImageGrid, apply_affine, check_volume, sample
-from .refine import RegistrationCancelled
-from .preprocessing import HU_WINDOW, gaussian_smooth, lowpass, normalize_ct
+from ..core.deformation import Deformation
+from ..core.filters import gaussian_smooth, lowpass
+from ..core.geometry import ImageGrid, apply_affine, check_volume, sample
+from ..core.progress import RegistrationCancelled
+from ..preprocessing.pair import HU_WINDOW, normalize_ct
 
 
 @dataclass
@@ -208,7 +209,7 @@ def affine_register(
             dilated by their smoothing (plus the rest at a lower weight).
         options: see :class:`AffineOptions`.
         progress: called with ``(fraction in [0, 1], message)``.
-        cancel: called between steps; returning True raises :class:`~MLVIRNETLib.refine.RegistrationCancelled`.
+        cancel: called between steps; returning True raises :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`.
 
     Returns:
         ``A`` as a numpy ``(4, 4)`` array.

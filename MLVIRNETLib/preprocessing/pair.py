@@ -16,7 +16,7 @@ functions it is made of), both at inference and in training:
    target to the source spacing (:func:`antialias_sigma`), then sampled trilinearly at the network
    grid points (mapped by an optional affine pre-alignment for the moving image).
 
-All tensors are ``(N, C, D, H, W)``; grids are :class:`~MLVIRNETLib.geometry.ImageGrid`.
+All tensors are ``(N, C, D, H, W)``; grids are :class:`~MLVIRNETLib.core.geometry.ImageGrid`.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 import SimpleITK as sitk
 import torch
-import torch.nn.functional as F
 
-from .geometry import ImageGrid, check_volume, sample_on_grid
+from ..core.filters import resample_antialiased
+from ..core.geometry import ImageGrid, check_volume
 
 HU_WINDOW: tuple[float, float] = (-1000.0, 300.0)
 """Default intensity window in HU, mapped to ``[0, 1]``."""
@@ -108,146 +108,6 @@ def normalize_ct(hu: torch.Tensor, window: Sequence[float] = HU_WINDOW) -> torch
         raise ValueError(f"HU window must have high > low, got {tuple(window)}")
     x = hu if hu.is_floating_point() else hu.float()
     return ((x - lo) / (hi - lo)).clamp(0.0, 1.0)
-
-
-# ----------------------------------------------------------------------------------------------
-# smoothing
-# ----------------------------------------------------------------------------------------------
-def gaussian_kernel1d(sigma: float, truncate: float = 3.0, dtype=torch.float32, device=None) -> torch.Tensor:
-    """Normalised 1-D Gaussian with standard deviation ``sigma`` voxels, radius ``ceil(truncate*sigma)``."""
-    radius = max(1, int(math.ceil(truncate * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
-    k = torch.exp(-0.5 * (x / sigma) ** 2)
-    return (k / k.sum()).to(dtype=dtype, device=device)
-
-
-def gaussian_smooth(volume: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:
-    """Separable Gaussian smoothing of ``(N, C, D, H, W)`` with ``sigma_vox = (sx, sy, sz)`` in voxels.
-
-    Axes with ``sigma <= 0.2`` are left alone. The border is continued by replication, so a
-    constant volume stays constant. Returns a new tensor of the same shape and dtype.
-    """
-    if volume.ndim != 5:
-        raise ValueError(f"volume must have shape (N, C, D, H, W), got {tuple(volume.shape)}")
-    sig = [float(s) for s in sigma_vox]
-    if len(sig) != 3 or not all(math.isfinite(s) and s >= 0 for s in sig):
-        raise ValueError(f"sigma_vox must be 3 finite values >= 0 (x, y, z), got {tuple(sigma_vox)}")
-    n, c = volume.shape[:2]
-    out = volume.reshape(n * c, 1, *volume.shape[2:])
-    compute_dtype = out.dtype if out.is_floating_point() else torch.float32
-    out = out.to(compute_dtype)
-    # x -> W (dim 4), y -> H (dim 3), z -> D (dim 2)
-    for sigma, dim in zip(sig, (4, 3, 2)):
-        if sigma <= 0.2 or out.shape[dim] < 2:
-            continue
-        k = gaussian_kernel1d(sigma, dtype=compute_dtype, device=out.device)
-        r = (k.numel() - 1) // 2
-        shape = [1, 1, 1, 1, 1]
-        shape[dim] = k.numel()
-        pad = [0, 0, 0, 0, 0, 0]  # (W_lo, W_hi, H_lo, H_hi, D_lo, D_hi)
-        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = r
-        out = F.conv3d(F.pad(out, pad, mode="replicate"), k.reshape(shape))
-    return out.reshape(volume.shape).to(volume.dtype if volume.is_floating_point() else compute_dtype)
-
-
-def _target_voxel_length(source: ImageGrid, target_spacing: Sequence[float], target_direction=None) -> np.ndarray:
-    """Length in mm ``(x, y, z)`` of the target voxel box (spacing ``target_spacing`` along the
-    columns of ``target_direction``, default the source direction) along each source index axis."""
-    d_src = source.direction_matrix
-    d_tgt = d_src if target_direction is None else np.asarray(target_direction, dtype=float).reshape(3, 3)
-    return np.abs(d_src.T @ d_tgt) @ np.asarray(target_spacing, dtype=float)
-
-
-def antialias_sigma(source: ImageGrid, target_spacing: Sequence[float], target_direction=None) -> tuple[float, float, float]:
-    """Gaussian sigma in *source* voxels ``(x, y, z)`` for sampling ``source`` at a coarser spacing.
-
-    The target voxel (spacing ``target_spacing`` along the columns of ``target_direction``, default
-    the source direction) is projected onto each source index axis; where that length ``t`` exceeds
-    the source spacing ``s``, ``sigma = 0.5 * sqrt((t/s)^2 - 1)`` voxels (the extra blur that turns
-    a sampling at ``s`` into one at ``t``, with a Gaussian of ``t/2`` mm width per target voxel).
-    """
-    ratio = _target_voxel_length(source, target_spacing, target_direction) / np.asarray(source.spacing)
-    return tuple(float(0.5 * math.sqrt(r * r - 1.0)) if r > 1.0 else 0.0 for r in ratio)  # type: ignore[return-value]
-
-
-def box_downsample(
-    data: torch.Tensor, source: ImageGrid, target_spacing: Sequence[float], target_direction=None
-) -> tuple[torch.Tensor, ImageGrid]:
-    """Average-pool ``data`` by the largest integer factor per axis that keeps it finer than the target.
-
-    The factor along each source axis is ``floor(t / s)`` with ``t`` the target voxel length along
-    that axis (see :func:`antialias_sigma`); the volume is first padded by border replication to a
-    multiple of the factor. The pooled grid is exact: each output voxel centre is the mean of the
-    centres it averages (``ImageGrid.cropped`` then ``ImageGrid.resized``). Cheap pre-filter before
-    the residual Gaussian of :func:`antialias_sigma`.
-
-    Returns:
-        ``(pooled (N, C, D', H', W'), pooled grid)``; unchanged inputs when every factor is 1.
-    """
-    proj = _target_voxel_length(source, target_spacing, target_direction)
-    factor = np.maximum(np.floor(proj / np.asarray(source.spacing) + 1e-6), 1).astype(int)
-    factor = np.minimum(factor, np.asarray(source.size))
-    if np.all(factor == 1):
-        return data, source
-    size = np.asarray(source.size)
-    padded = -(-size // factor) * factor
-    extra = padded - size  # (x, y, z)
-    if np.any(extra):
-        data = F.pad(data, (0, int(extra[0]), 0, int(extra[1]), 0, int(extra[2])), mode="replicate")
-    kernel = (int(factor[2]), int(factor[1]), int(factor[0]))
-    pooled = F.avg_pool3d(data, kernel_size=kernel, stride=kernel)
-    grid = source.cropped((0, 0, 0), tuple(int(v) for v in padded)).resized(tuple(int(v) for v in padded // factor))
-    return pooled, grid
-
-
-def lowpass(
-    data: torch.Tensor, source: ImageGrid, target_spacing: Sequence[float], target_direction=None
-) -> tuple[torch.Tensor, ImageGrid]:
-    """Anti-aliasing for sampling at ``target_spacing``: :func:`box_downsample`, then the residual
-    Gaussian of :func:`antialias_sigma`. Returns ``(filtered data, its grid)``."""
-    data, source = box_downsample(data, source, target_spacing, target_direction)
-    sigma = antialias_sigma(source, target_spacing, target_direction)
-    if max(sigma) > 0.2:
-        data = gaussian_smooth(data, sigma)
-    return data, source
-
-
-def resample_antialiased(
-    data: torch.Tensor,
-    source: ImageGrid,
-    target: ImageGrid,
-    affine: np.ndarray | None = None,
-    antialias: bool = True,
-    padding_value: float | None = None,
-    mode: str = "bilinear",
-) -> torch.Tensor:
-    """Sample ``data`` ``(N, C, D, H, W)`` on ``source`` at ``affine @ x`` for the voxel centres ``x`` of ``target``.
-
-    Args:
-        data: values on ``source``.
-        source: grid of ``data``.
-        target: output grid.
-        affine: optional 4x4 LPS matrix (``x_source = affine @ x_target``); identity if ``None``.
-        antialias: Gaussian low-pass on ``source`` first (see :func:`antialias_sigma`).
-        padding_value: value outside ``source``; ``None`` continues the border.
-        mode: ``"bilinear"`` or ``"nearest"``.
-
-    Returns:
-        ``(N, C, *target.shape_zyx)``.
-    """
-    check_volume(data, source, "data")
-    if antialias and mode == "bilinear":
-        spacing = np.asarray(target.spacing)
-        direction = target.direction_matrix
-        if affine is not None:
-            lin = np.asarray(affine, dtype=float)[:3, :3] @ direction * spacing
-            spacing = np.linalg.norm(lin, axis=0)
-            direction = lin / spacing
-        data, source = lowpass(data, source, spacing, direction)
-    if padding_value is None:
-        return sample_on_grid(data, source, target, matrix=affine, mode=mode, padding_mode="border")
-    shifted = sample_on_grid(data - padding_value, source, target, matrix=affine, mode=mode, padding_mode="zeros")
-    return shifted + padding_value
 
 
 # ----------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .io.images import atomic_output
+from ..io.atomic import atomic_output
 from .metrics import TREResult
 
 PathLike = str | os.PathLike

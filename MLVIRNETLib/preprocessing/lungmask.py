@@ -44,7 +44,22 @@ from dataclasses import dataclass, fields
 import numpy as np
 import SimpleITK as sitk
 
-from .geometry import ImageGrid
+from ..core.geometry import ImageGrid
+from .morphology import (
+    _binary,
+    _border_labels,
+    _bounding_box,
+    _centroid_world,
+    _components,
+    _depth_mm,
+    _dilate,
+    _distance_mm,
+    _erode,
+    _image,
+    _radius_vox,
+    _spacing_zyx,
+    _two_parts,
+)
 
 RIGHT_LUNG = 1
 """Label of the right lung in :func:`split_left_right`."""
@@ -245,106 +260,6 @@ def lung_volume_ml(mask: sitk.Image) -> float:
     """Volume of the non-zero voxels of a mask, ml (cm^3)."""
     voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
     return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * voxel_ml
-
-
-def synthetic_chest_ct(lung_mask: sitk.Image, seed: int = 0, vessels_per_litre: float = 15.0) -> sitk.Image:
-    """A CT-like image (float32 HU) built around a lung mask, to check :func:`segment_lungs`.
-
-    Not a realistic CT: lung parenchyma about -850 HU with smooth texture and noise, bright
-    vessel-like balls (+40 HU, radius 1.5-4 mm) inside the lungs, soft tissue +40 HU in a body
-    (an elliptic cylinder around the lungs united with the lungs grown by 15 mm, so that a chest
-    wall always encloses them), air -1000 HU outside it, and an air-filled trachea (radius 8 mm)
-    running from the top of the image to a carina 30 % of the lung height below the apex, with
-    two main bronchi (radius 5 mm) to the nearest point of each lung. The trachea and bronchi are
-    not part of ``lung_mask``, so a segmentation has to remove them to match it.
-
-    Args:
-        lung_mask: 3-D binary image (non-zero = lung), any geometry; "superior" is read from its
-            direction (the index axis closest to LPS +z).
-        seed: random seed (noise, texture, vessel positions).
-        vessels_per_litre: number of vessel balls per litre of lung.
-
-    Returns:
-        float32 image on the grid of ``lung_mask``.
-    """
-    if lung_mask.GetDimension() != 3:
-        raise ValueError(f"expected a 3-D lung mask, got a {lung_mask.GetDimension()}-D image")
-    grid = ImageGrid.from_sitk(lung_mask)
-    spacing = _spacing_zyx(grid)
-    lungs = sitk.GetArrayFromImage(lung_mask) != 0
-    if not lungs.any():
-        raise ValueError("the lung mask is empty")
-    rng = np.random.default_rng(seed)
-    axes = _anatomical_axes(grid)
-    shape = lungs.shape
-
-    # body: elliptic cylinder along the head-foot axis around the lungs, plus a 15 mm chest wall
-    in_plane = [a for a in range(3) if a != axes.si]
-    coords = np.ogrid[: shape[0], : shape[1], : shape[2]]
-    present = np.argwhere(lungs)
-    lo, hi = present.min(axis=0), present.max(axis=0)
-    centre = (lo + hi) / 2.0
-    r2 = np.float32(0.0)
-    for a in in_plane:
-        semi = (hi[a] - lo[a]) / 2.0 * 1.15 + 20.0 / spacing[a]
-        r2 = r2 + ((coords[a].astype(np.float32) - centre[a]) / semi) ** 2
-    body = np.broadcast_to(r2 <= 1.0, shape) | _dilate(lungs, 15.0, spacing)
-
-    # lung texture: smooth noise (sigma 2 mm) plus white noise
-    texture = sitk.GetImageFromArray(rng.normal(size=shape).astype(np.float32))
-    texture.SetSpacing(tuple(float(s) for s in spacing[::-1]))
-    texture = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(texture, 2.0))
-    texture *= 40.0 / max(float(texture.std()), 1e-6)
-    ct = np.where(body, 40.0, -1000.0).astype(np.float32)
-    ct[lungs] = -850.0 + texture[lungs]
-    del texture
-
-    # vessels: balls centred at least 6 mm inside the lung
-    deep = np.argwhere(_depth_mm(lungs, spacing) >= 6.0)
-    n_vessels = int(round(vessels_per_litre * lungs.sum() * float(np.prod(spacing)) / 1e6))
-    if deep.size and n_vessels:
-        for c in deep[rng.integers(0, len(deep), size=n_vessels)]:
-            _paint_segment(ct, c, c, float(rng.uniform(1.5, 4.0)), spacing, 40.0)
-
-    # trachea from the top of the image to the carina, and two main bronchi
-    superior_end = 0 if axes.superior_first else shape[axes.si] - 1
-    apex = lo[axes.si] if axes.superior_first else hi[axes.si]
-    height = hi[axes.si] - lo[axes.si]
-    carina = centre.copy()
-    carina[axes.si] = apex + (0.3 * height if axes.superior_first else -0.3 * height)
-    top = carina.copy()
-    top[axes.si] = superior_end
-    _paint_segment(ct, top, carina, 8.0, spacing, -1000.0)
-    for side in (present[:, axes.lr] < centre[axes.lr], present[:, axes.lr] >= centre[axes.lr]):
-        points = present[side][:: max(1, int(side.sum()) // 200000)]
-        if points.size == 0:
-            continue
-        nearest = points[np.argmin((((points - carina) * spacing) ** 2).sum(axis=1))]
-        _paint_segment(ct, carina, nearest, 5.0, spacing, -1000.0)
-
-    ct += rng.normal(scale=15.0, size=shape).astype(np.float32)
-    out = sitk.GetImageFromArray(ct)
-    out.CopyInformation(lung_mask)
-    return out
-
-
-def _paint_segment(volume: np.ndarray, a: np.ndarray, b: np.ndarray, radius_mm: float,
-                   spacing: np.ndarray, value: float) -> None:
-    """Set ``value`` within ``radius_mm`` of the segment from index ``a`` to ``b`` (``(z, y, x)``)."""
-    a = np.asarray(a, dtype=float)
-    b = np.asarray(b, dtype=float)
-    pad = np.ceil(radius_mm / spacing) + 1
-    lo = np.maximum(np.floor(np.minimum(a, b) - pad), 0).astype(int)
-    hi = np.minimum(np.ceil(np.maximum(a, b) + pad) + 1, volume.shape).astype(int)
-    if np.any(hi <= lo):
-        return
-    idx = np.indices(tuple(hi - lo), dtype=float).reshape(3, -1).T + lo
-    d = (b - a) * spacing
-    p = (idx - a) * spacing
-    t = np.clip(p @ d / max(float(d @ d), 1e-12), 0.0, 1.0)
-    dist2 = ((p - t[:, None] * d) ** 2).sum(axis=1)
-    region = volume[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    region[(dist2 <= radius_mm ** 2).reshape(region.shape)] = value
 
 
 # ----------------------------------------------------------------------------------------------
@@ -687,107 +602,3 @@ def _fill_slice_holes(mask: np.ndarray, axis: int, spacing: np.ndarray, max_area
     small = np.bincount(lab.ravel()) <= max_pixels
     small[0] = False
     return np.moveaxis(stack | small[lab], 0, axis)
-
-
-# ----------------------------------------------------------------------------------------------
-# Small helpers
-# ----------------------------------------------------------------------------------------------
-def _spacing_zyx(grid: ImageGrid) -> np.ndarray:
-    return np.asarray(grid.spacing[::-1], dtype=float)
-
-
-def _image(array: np.ndarray, spacing_zyx: np.ndarray | None) -> sitk.Image:
-    """Array ``(D, H, W)`` -> sitk image in index space (spacing only; bool becomes uint8)."""
-    a = array.astype(np.uint8) if array.dtype == bool else array
-    img = sitk.GetImageFromArray(a)
-    if spacing_zyx is not None:
-        img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
-    return img
-
-
-def _binary(image: sitk.Image) -> np.ndarray:
-    return sitk.GetArrayViewFromImage(image) != 0
-
-
-def _radius_vox(radius_mm: float, spacing_zyx: np.ndarray) -> list[int]:
-    """Kernel radius per index axis ``(x, y, z)`` for a ball of ``radius_mm``."""
-    return [int(max(0, round(radius_mm / s))) for s in spacing_zyx[::-1]]
-
-
-def _components(mask: np.ndarray, spacing_zyx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Face-connected components: label array and voxel count per label (index 0 = background)."""
-    lab = sitk.GetArrayFromImage(sitk.ConnectedComponent(_image(mask, spacing_zyx), False))
-    return lab, np.bincount(lab.ravel())
-
-
-def _border_labels(labels: np.ndarray) -> set[int]:
-    """Labels present on any of the six faces of the array."""
-    faces = [labels[0], labels[-1], labels[:, 0], labels[:, -1], labels[:, :, 0], labels[:, :, -1]]
-    found: set[int] = set()
-    for f in faces:
-        found.update(int(v) for v in np.unique(f))
-    found.discard(0)
-    return found
-
-
-def _two_parts(mask: np.ndarray, spacing: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray] | None:
-    """The two largest components when the second is at least ``min_fraction`` of the first."""
-    if not mask.any():
-        return None
-    labels, counts = _components(mask, spacing)
-    if counts.size < 3:
-        return None
-    order = np.argsort(counts[1:])[::-1] + 1
-    a, b = order[0], order[1]
-    if counts[b] < min_fraction * counts[a]:
-        return None
-    return labels == a, labels == b
-
-
-def _distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance in mm of every voxel to the nearest voxel of ``mask`` (0 inside, inf if empty)."""
-    if not mask.any():
-        return np.full(mask.shape, np.inf)
-    d = sitk.SignedMaurerDistanceMap(_image(mask, spacing), insideIsPositive=False, squaredDistance=False,
-                                     useImageSpacing=True)
-    return np.maximum(sitk.GetArrayFromImage(d), 0.0)
-
-
-def _centroid_world(mask: np.ndarray, grid: ImageGrid, offset_zyx: np.ndarray) -> np.ndarray:
-    """LPS centroid (mm) of a boolean ``(D, H, W)`` crop of ``grid`` starting at ``offset_zyx``."""
-    zyx = np.argwhere(mask).mean(axis=0) + offset_zyx
-    return np.asarray(grid.index_to_world(zyx[::-1].astype(float)))
-
-
-def _bounding_box(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, slice]:
-    """Slices of the bounding box of ``mask`` grown by ``margin`` voxels per array axis (clipped)."""
-    box = []
-    for axis in range(3):
-        present = np.nonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))[0]
-        lo = max(0, int(present.min()) - margin[axis])
-        hi = min(mask.shape[axis], int(present.max()) + 1 + margin[axis])
-        box.append(slice(lo, hi))
-    return tuple(box)  # type: ignore[return-value]
-
-
-def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Dilation by a Euclidean ball of ``radius_mm`` (physical, so exact for any spacing).
-
-    The distance map is computed on the bounding box of ``mask`` grown by the radius only.
-    """
-    out = np.zeros(mask.shape, dtype=bool)
-    if not mask.any():
-        return out
-    box = _bounding_box(mask, [int(np.ceil(radius_mm / s)) + 1 for s in spacing])
-    out[box] = _distance_mm(mask[box], spacing) <= radius_mm
-    return out
-
-
-def _erode(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
-    """Erosion by a Euclidean ball of ``radius_mm``; the image border does not erode."""
-    return ~_dilate(~mask, radius_mm, spacing)
-
-
-def _depth_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """Distance in mm from each voxel of ``mask`` to the nearest voxel outside it (0 outside)."""
-    return np.where(mask, _distance_mm(~mask, spacing), 0.0)

@@ -26,8 +26,8 @@ from typing import Any
 
 import torch
 
-from . import __version__
-from .networks import MultilevelNet, NetworkConfig, build_network
+from .. import __version__
+from .cascade import MultilevelNet, NetworkConfig, build_network
 
 __all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "save_model", "load_model", "to_plain"]
 
@@ -145,7 +145,7 @@ def save_model(path: str | os.PathLike, net: MultilevelNet, config: NetworkConfi
         "metadata": meta,
         "state_dict": {k: v.detach().to("cpu").clone() for k, v in net.state_dict().items()},
     }
-    from .io.images import write_atomically
+    from ..io.atomic import write_atomically
 
     return write_atomically(path, lambda fh: torch.save(payload, fh))
 

@@ -5,7 +5,7 @@ Minimises the mlVIRNET objective (:func:`MLVIRNETLib.losses.registration_loss`)
     J(u) = NGF(F, M∘y) + alpha * curvature(u) + beta * mask_loss(b_F, b_M∘y),   y(x) = x + u(x)
 
 directly over the displacement ``u`` of one image pair, coarse to fine: on each level the
-displacement lives on a pyramid level of the network grid (:func:`MLVIRNETLib.pyramid.build_pyramid`;
+displacement lives on a pyramid level of the network grid (:func:`MLVIRNETLib.core.pyramid.build_pyramid`;
 ``level_factors=(4, 2)`` means 1/4 then 1/2 of the network grid per axis), starts from the
 previous level's result (or from ``initial``: a network output, an affine map, or identity)
 prolongated trilinearly, and is optimised for a fixed number of iterations. The result is
@@ -24,12 +24,11 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .deformation import Deformation
-from .geometry import ImageGrid, check_volume, sample
-from .losses import LossWeights, registration_loss
-from .pyramid import build_pyramid
-
-__all__ = ["RegistrationCancelled", "RefineOptions", "RefineResult", "refine"]
+from ..core.deformation import Deformation
+from ..core.geometry import ImageGrid, check_volume, sample
+from ..core.progress import RegistrationCancelled
+from ..core.pyramid import build_pyramid
+from ..losses import LossWeights, registration_loss
 
 LBFGS_TOLERANCE_GRAD = 1e-5
 """L-BFGS stops when every entry of the gradient of the summed loss (per mm) is below this."""
@@ -42,10 +41,6 @@ FIRST_STEP_VOXELS = 0.5
 
 ADAM_EPS = 1e-4
 """Adam's ``eps`` for the summed loss (gradients of real misalignment are 1e-3..1 per mm)."""
-
-
-class RegistrationCancelled(Exception):
-    """Raised when a ``cancel`` callable returned True; nothing is written and no result exists."""
 
 
 @dataclass

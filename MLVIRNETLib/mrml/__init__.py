@@ -1,0 +1,48 @@
+"""The 3D Slicer side: MRML nodes <-> library objects, and the module's Logic.
+
+Holds:
+    nodes  conversions between MRML nodes (RAS) and library objects (LPS).
+    logic  :class:`MLVIRNETLogic`, everything the Slicer module does, usable without the GUI.
+
+Importing this package needs neither Slicer nor torch (both are imported inside functions), so
+``MLVIRNET/MLVIRNET.py`` can load it before PyTorch is installed.
+
+May import: every subpackage except :mod:`MLVIRNETLib.cli` and :mod:`MLVIRNETLib.training`.
+"""
+
+from .logic import NO_MODEL, MLVIRNETLogic
+from .nodes import (
+    arrayFromVolumeNode,
+    deformationToGridTransform,
+    gridFromVolumeNode,
+    gridTransformToDeformation,
+    imageToNewVolumeNode,
+    markupsToPoints,
+    maskNodeToImage,
+    numpyToVtkMatrix,
+    setMarkupsPoints,
+    transformPointsRas,
+    transformToDeformation,
+    updateVolumeNodeFromImage,
+    volumeNodeToImage,
+    vtkMatrixToNumpy,
+)
+
+__all__ = [
+    "MLVIRNETLogic",
+    "NO_MODEL",
+    "arrayFromVolumeNode",
+    "deformationToGridTransform",
+    "gridFromVolumeNode",
+    "gridTransformToDeformation",
+    "imageToNewVolumeNode",
+    "markupsToPoints",
+    "maskNodeToImage",
+    "numpyToVtkMatrix",
+    "setMarkupsPoints",
+    "transformPointsRas",
+    "transformToDeformation",
+    "updateVolumeNodeFromImage",
+    "volumeNodeToImage",
+    "vtkMatrixToNumpy",
+]

@@ -1,0 +1,28 @@
+"""The registration pipeline: affine pre-alignment, network inference, variational refinement.
+
+Holds:
+    options   :class:`RegistrationOptions`, :class:`RegistrationResult` and the input checks.
+    pipeline  :func:`register`, one function per stage.
+    affine    the affine pre-alignment.
+    refine    the variational multilevel refinement (instance optimisation).
+    warp      the full-resolution field and warped images, in slabs.
+
+May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.preprocessing`,
+:mod:`MLVIRNETLib.networks`, :mod:`MLVIRNETLib.losses`, :mod:`MLVIRNETLib.paths`.
+"""
+
+from ..core.progress import RegistrationCancelled
+from .options import NETWORK_PRECISIONS, RegistrationOptions, RegistrationResult, validate_pair
+from .pipeline import cpu_bf16_supported, register
+from .warp import warp_image
+
+__all__ = [
+    "NETWORK_PRECISIONS",
+    "RegistrationCancelled",
+    "RegistrationOptions",
+    "RegistrationResult",
+    "cpu_bf16_supported",
+    "register",
+    "validate_pair",
+    "warp_image",
+]

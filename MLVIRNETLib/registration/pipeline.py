@@ -1,0 +1,326 @@
+"""The one high-level registration API of MLVIRNET (CLI, Slicer logic, validation, evaluation).
+
+:func:`register` runs, in order (each stage timed in ``RegistrationResult.timings``):
+
+``lung_mask``
+    the fixed lung mask for the crop box (computed with :func:`MLVIRNETLib.preprocessing.lungmask.segment_lungs`
+    on a 3 mm working grid when ``crop_to_lungs`` and no mask was given); the moving mask only
+    when the mask term is on (``beta > 0``).
+``affine``
+    :func:`MLVIRNETLib.registration.affine.affine_register`: ``A`` with ``x_moving = A x_fixed`` (skipped with
+    ``affine=False``).
+``preprocess``
+    :func:`MLVIRNETLib.preprocessing.pair.preprocess_pair`: HU window ``[-1000, 300] -> [0, 1]``, crop to
+    the fixed lung box + margin, anti-aliased resampling to the network grid; the moving image is
+    sampled at ``A x``.
+``network``
+    the mlVIRNET cascade (inference mode; bf16 autocast on CPU if ``use_bf16``, fp16 AMP on CUDA)
+    -> ``phi`` on the network grid.
+``refine``
+    :func:`MLVIRNETLib.registration.refine.refine`: instance optimisation of ``phi`` (or of the identity when
+    there is no model) on 1/4 and 1/2 of the network grid.
+``field``
+    the final map ``y(x) = A (x + u_phi(x))`` evaluated at every voxel of the full-resolution fixed
+    grid, slab by slab (bounded memory). Outside the crop box ``u_phi`` continues its border value.
+
+The returned :class:`RegistrationResult.deformation` therefore lives on the full fixed grid and
+maps fixed to moving points (LPS mm, ``x_moving = x_fixed + u(x_fixed)``): warp the moving image
+with it, or map fixed landmarks to moving ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..core.deformation import Deformation
+from ..core.devices import resolve_device, synchronize
+from ..core.filters import resample_antialiased
+from ..core.progress import CancelFn, Progress, ProgressFn
+from ..preprocessing.pair import image_to_hu_tensor, mask_to_tensor, preprocess_pair
+from .affine import affine_register, compose_affine
+from .options import RegistrationOptions, RegistrationResult, validate_pair
+from .refine import refine
+from .warp import _full_field
+
+if TYPE_CHECKING:
+    from ..networks.cascade import MultilevelNet
+
+
+def _resolve_model(model, device: torch.device, messages: list[str]):
+    """``(net or None, label or None, input_size or None)`` for the ``model`` argument of :func:`register`."""
+    from ..networks.cascade import MultilevelNet
+    from ..paths import default_model_path
+
+    if model is None:
+        return None, None, None
+    if isinstance(model, MultilevelNet):
+        return model.to(device).eval(), "<in-memory>", None
+    if isinstance(model, (str, Path)):
+        from ..networks.model_files import load_model
+
+        if isinstance(model, str) and model == "default":
+            path = default_model_path()
+            if not path.is_file():
+                messages.append(
+                    f"the default model {path} is not installed; registering by refinement alone "
+                    "(variational multilevel registration without a network)"
+                )
+                return None, None, None
+        else:
+            path = Path(model)
+        net, info = load_model(path, map_location=device)
+        size = tuple(info["config"].input_size) if "config" in info else None
+        return net.eval(), str(path), size
+    raise ValueError(f"model must be a MultilevelNet, a path, 'default' or None, got {type(model).__name__}")
+
+
+def cpu_bf16_supported() -> bool:
+    """True when the CPU has native bf16 support for oneDNN convolutions (AVX512-BF16 or AMX).
+
+    Without it, bf16 autocast is emulated and far slower than float32 (measured: > 60 times
+    slower for the default network on a 2-core AVX2 EPYC), so :func:`register` falls back to float32.
+    """
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _elapsed(t0: float, device: torch.device) -> float:
+    """Seconds since ``t0`` once the work queued on ``device`` has finished (honest GPU stage times)."""
+    synchronize(device)
+    return time.perf_counter() - t0
+
+
+def _autocast(device: torch.device, opts: RegistrationOptions, messages: list[str]):
+    if opts.network_precision == "float32":
+        return contextlib.nullcontext()
+    if opts.network_precision in ("bfloat16", "float16"):
+        return torch.autocast(device.type, dtype=getattr(torch, opts.network_precision))
+    if device.type == "cpu" and opts.use_bf16:
+        if not cpu_bf16_supported():
+            messages.append("use_bf16 ignored: this CPU has no native bf16 support; the network runs in float32")
+            return contextlib.nullcontext()
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    if device.type == "cuda" and opts.use_amp:
+        return torch.autocast("cuda", dtype=torch.float16)
+    return contextlib.nullcontext()
+
+
+# ----------------------------------------------------------------------------------------------
+# the registration
+# ----------------------------------------------------------------------------------------------
+def register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_mask: sitk.Image | None = None,
+    moving_mask: sitk.Image | None = None,
+    model: "MultilevelNet | str | Path | None" = "default",
+    device: str | torch.device = "auto",
+    options: RegistrationOptions | None = None,
+    progress: ProgressFn | None = None,
+    cancel: CancelFn | None = None,
+) -> RegistrationResult:
+    """Register ``moving`` to ``fixed`` (CT in HU); see the module docstring for the stages.
+
+    Args:
+        fixed, moving: 3-D scalar CT images in HU, any geometry (grids may differ).
+        fixed_mask, moving_mask: optional lung masks (nonzero = lung) on the grid of their image.
+        model: a ``MultilevelNet``, a model file path, ``"default"`` (the shipped model; when it is
+            not installed a message says so and refinement alone registers) or ``None`` (no network).
+            An in-memory net runs in eval mode on ``device`` and is returned to its own mode and
+            device afterwards.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        options: :class:`RegistrationOptions`.
+        progress: called with ``(fraction in [0, 1], message)``.
+        cancel: polled often; returning True raises :class:`RegistrationCancelled`.
+
+    Returns:
+        :class:`RegistrationResult`.
+
+    Raises:
+        ValueError: bad inputs (see :func:`validate_pair`), a CUDA device without a GPU, an
+            unreadable model.
+        FileNotFoundError: an explicit model path that does not exist.
+        RegistrationCancelled: ``cancel()`` returned True.
+    """
+    opts = options if options is not None else RegistrationOptions()
+    t_start = time.perf_counter()
+    validate_pair(fixed, moving, fixed_mask, moving_mask)
+    dev = resolve_device(device)
+    old_threads = torch.get_num_threads()
+    if opts.num_threads is not None:
+        torch.set_num_threads(int(opts.num_threads))
+    # an in-memory model runs in eval mode on ``dev``; the caller gets it back as it was
+    restore = _ModelState.of(model)
+    try:
+        return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, Progress(progress, cancel), t_start)
+    finally:
+        if opts.num_threads is not None:
+            torch.set_num_threads(old_threads)
+        if restore is not None:
+            restore()
+
+
+@dataclass
+class _ModelState:
+    """The training flag and device of an in-memory model, restorable by calling it."""
+
+    net: torch.nn.Module
+    training: bool
+    device: torch.device | None
+
+    @classmethod
+    def of(cls, model) -> "_ModelState | None":
+        if not isinstance(model, torch.nn.Module):
+            return None
+        first = next(model.parameters(), None)
+        return cls(model, model.training, first.device if first is not None else None)
+
+    def __call__(self) -> None:
+        self.net.train(self.training)
+        if self.device is not None:
+            self.net.to(self.device)
+
+
+def _register(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    model,
+    dev: torch.device,
+    opts: RegistrationOptions,
+    prog: Progress,
+    t_start: float,
+) -> RegistrationResult:
+    messages: list[str] = []
+    timings: dict[str, float] = {}
+    net, model_label, model_size = _resolve_model(model, dev, messages)
+    for msg in messages:
+        prog(0.0, msg)
+    refine_opts = opts.refine_options()
+    n_refine = sum(refine_opts.iterations_per_level())
+    # the grid of preprocessing and refinement: network_size; a model runs at its own input size
+    # (its inputs are resampled from that grid), and without refinement the images are
+    # preprocessed straight to the model's size
+    network_size = tuple(opts.network_size)
+    if model_size is not None and n_refine == 0:
+        network_size = tuple(model_size)
+    if net is None and n_refine == 0:
+        messages.append("no network and refine_iterations=0: the result is the affine pre-alignment only")
+
+    # -- lung masks ------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    prog.stage(0.0, 0.05, "lung masks")
+    need_fixed = fixed_mask is None and (opts.crop_to_lungs or opts.beta > 0)
+    need_moving = moving_mask is None and opts.beta > 0
+    if need_fixed or need_moving:
+        from ..preprocessing.lungmask import LungMaskOptions, segment_lungs
+
+        lm_opts = LungMaskOptions(working_spacing_mm=opts.lung_mask_spacing_mm)
+        if need_fixed:
+            try:
+                fixed_mask = segment_lungs(fixed, lm_opts)
+            except ValueError as exc:
+                messages.append(f"no automatic fixed lung mask ({exc}); using the whole fixed field of view")
+                prog(0.5, messages[-1])
+        if need_moving:
+            try:
+                moving_mask = segment_lungs(moving, lm_opts)
+            except ValueError as exc:
+                messages.append(f"no automatic moving lung mask ({exc}); mask term off")
+                prog(1.0, messages[-1])
+    timings["lung_mask"] = _elapsed(t0, dev)
+
+    f_hu, f_grid = image_to_hu_tensor(fixed, dev)
+    m_hu, m_grid = image_to_hu_tensor(moving, dev)
+    f_mask_t = mask_to_tensor(fixed_mask, f_grid, "fixed mask").to(dev) if fixed_mask is not None else None
+    m_mask_t = mask_to_tensor(moving_mask, m_grid, "moving mask").to(dev) if moving_mask is not None else None
+
+    # -- affine ------------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    affine: np.ndarray | None = None
+    if opts.affine:
+        prog.stage(0.05, 0.15, "affine pre-alignment")
+        affine = affine_register(
+            f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine_options, progress=prog, cancel=prog.cancel
+        )
+    timings["affine"] = _elapsed(t0, dev)
+
+    # -- preprocessing -----------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    prog.stage(0.20, 0.05, "preprocessing")
+    pp = preprocess_pair(
+        (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.beta > 0 else None,
+        opts.preprocess_options(network_size), affine=affine, device=dev,
+    )
+    del m_hu
+    timings["preprocess"] = _elapsed(t0, dev)
+
+    # -- network -----------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    phi: Deformation | None = None
+    levels: list[Deformation] = []
+    if net is not None:
+        prog.stage(0.25, 0.10, "network")
+        net_grid, net_fixed, net_moving = pp.grid, pp.fixed, pp.moving
+        if model_size is not None and tuple(model_size) != tuple(pp.grid.size):
+            net_grid = pp.grid.resized(model_size)  # same box, the model's input size
+            net_fixed = resample_antialiased(pp.fixed, pp.grid, net_grid)
+            net_moving = resample_antialiased(pp.moving, pp.grid, net_grid)
+        with torch.inference_mode(), _autocast(dev, opts, messages):
+            out = net(net_fixed, net_moving, net_grid)
+        phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())
+        for i in range(len(out.levels)):
+            composed = out.composed(i)
+            levels.append(Deformation(composed.grid, composed.displacement.float().clone()))
+        del out
+    timings["network"] = _elapsed(t0, dev)
+
+    # -- refinement --------------------------------------------------------------------------------
+    t0 = time.perf_counter()
+    if n_refine > 0:
+        prog.stage(0.35, 0.55, "refinement")
+        r = refine(
+            pp.fixed, pp.moving, pp.grid, initial=phi, options=refine_opts,
+            fixed_mask=pp.fixed_mask, moving_mask=pp.moving_mask, progress=prog, cancel=prog.cancel,
+            moving_valid=pp.moving_valid if pp.moving_valid is not None and bool((pp.moving_valid < 0.999).any()) else None,
+        )
+        phi = r.deformation
+        levels.extend(r.levels)
+    if phi is None:
+        phi = Deformation.identity(pp.grid, device=dev)
+    timings["refine"] = _elapsed(t0, dev)
+
+    # -- full-resolution field -----------------------------------------------------------------------
+    t0 = time.perf_counter()
+    prog.stage(0.90, 0.10, "full-resolution field")
+    total_net = compose_affine(affine, phi) if affine is not None else phi
+    folding = float(total_net.folding_fraction()[0])
+    if affine is not None:
+        levels = [compose_affine(affine, lv) for lv in levels]
+    deformation = _full_field(phi, affine, f_grid, opts.slab_voxels, dev)
+    timings["field"] = _elapsed(t0, dev)
+    timings["total"] = _elapsed(t_start, dev)
+    prog(1.0, "registration done")
+    if folding > 0:
+        messages.append(f"{100 * folding:.3f} % of the network-grid voxels fold (det J <= 0)")
+    return RegistrationResult(
+        deformation=deformation,
+        level_deformations=levels,
+        affine=affine,
+        timings=timings,
+        folding_fraction=folding,
+        model_used=model_label,
+        messages=messages,
+        network_grid=pp.grid,
+    )

@@ -1,0 +1,12 @@
+"""Synthetic motion and phantoms with known ground truth.
+
+Holds:
+    breathing  smooth random and breathing-like deformations, synthetic pairs, landmarks.
+    phantoms   CT-like phantoms around a lung mask (to test the lung mask).
+
+May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.preprocessing`.
+"""
+
+from .breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
+
+__all__ = ["breathing_deformation", "make_synthetic_pair", "sample_landmarks"]
