@@ -451,7 +451,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 class MLVIRNETTest(ScriptedLoadableModuleTest):
     """Self-test run from Slicer (Reload and Test, or ctest in a built extension).
 
-    The same checks as ``Testing/test_logic_mrml.py``, inside the application and its scene.
+    The same checks as ``Testing/mrml/test_logic_mrml.py``, inside the application and its scene.
     """
 
     def setUp(self) -> None:

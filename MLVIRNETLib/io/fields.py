@@ -13,7 +13,7 @@ Formats (from the suffix):
     tools disagree on the frame of *vector components* (NiftyReg and FSL write RAS). We write, and
     expect, **LPS components**, as ITK/SimpleITK and ANTs do (intent code 1007 = vector); with
     SimpleITK 2.5 the components are stored on disk exactly as given and read back unchanged
-    (checked by ``Testing/test_io_fields.py``). A NIfTI field from NiftyReg/FSL needs its x and y
+    (checked by ``Testing/io/test_io_fields.py``). A NIfTI field from NiftyReg/FSL needs its x and y
     components negated (``geometry.ras_to_lps``) before use.
 ``.h5``, ``.hdf5``, ``.tfm``, ``.txt``
     A ``SimpleITK.DisplacementFieldTransform`` written with ``sitk.WriteTransform`` (float64).

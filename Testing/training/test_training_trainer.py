@@ -21,7 +21,7 @@ from MLVIRNETLib.networks.model_files import load_model
 from MLVIRNETLib.training import load_config, train
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 MODULE = ROOT / "MLVIRNET" / "MLVIRNET.py"
 UI = ROOT / "Resources" / "UI" / "MLVIRNET.ui"
 ICON = ROOT / "Resources" / "Icons" / "MLVIRNET.png"
