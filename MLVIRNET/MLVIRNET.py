@@ -99,7 +99,11 @@ class MLVIRNET(ScriptedLoadableModule):
             "the fixed volume, and optionally the warped moving volume. The Evaluation section measures the "
             "target registration error between landmark lists; the Data section loads DIR-LAB cases. "
             "Every node is used in its own coordinates: harden parent transforms first. "
-            "Requires PyTorch (installed on first use)."
+            "Requires PyTorch (installed on first use, after asking). "
+            "To try it: in Sample Data, under MLVIRNET, load the breathing pair (the bundled CT and a 15 mm "
+            "synthetic-breathing partner with 60 landmarks each; made on first use in about 10 s), choose "
+            "'MLVIRNET sample fixed' and 'MLVIRNET sample moving' here and press Apply; then compute the TRE "
+            "with the two sample landmark lists in the Evaluation section."
         )
         self.parent.acknowledgementText = _(
             "MLVIRNET implements the method of: Hering A, van Ginneken B, Heldmann S. mlVIRNET: Multilevel "
@@ -110,6 +114,7 @@ class MLVIRNET(ScriptedLoadableModule):
         iconPath = pathlib.Path(resourcePath("Icons/MLVIRNET.png"))
         if iconPath.is_file():
             self.parent.icon = qt.QIcon(str(iconPath))
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 #
@@ -171,8 +176,46 @@ class MLVIRNETLogic(ScriptedLoadableModuleLogic, MLVIRNETCoreLogic):
 
 
 #
-# PyTorch
+# Dependencies
 #
+def pyprojectPath() -> pathlib.Path:
+    """The library's ``pyproject.toml`` (installed beside ``MLVIRNETLib/`` by the extension)."""
+    return MODULE_ROOT / "pyproject.toml"
+
+
+def ensureLibraryDependencies() -> bool:
+    """Install the library's dependencies other than PyTorch, after the user agrees; True when done.
+
+    Slicer 5.11 and later: ``slicer.packaging.pip_ensure`` with the ``pyproject.toml`` dependencies
+    (it asks before installing and does nothing when all are present). Older Slicer: the missing
+    distributions are installed with ``slicer.util.pip_install`` after a confirmation.
+    """
+    from MLVIRNETLib.mrml.dependencies import TORCH, missing_distributions, pyproject_requirements
+
+    try:
+        from slicer import packaging
+    except ImportError:  # Slicer before 5.11
+        packaging = None
+    if packaging is not None:
+        requirements = [r for r in packaging.load_pyproject_dependencies(pyprojectPath()) if r.name != TORCH]
+        try:
+            packaging.pip_ensure(requirements, requester="MLVIRNET")
+        except RuntimeError as error:  # the user declined
+            slicer.util.warningDisplay(_("MLVIRNET cannot run without its Python packages ({error}).").format(error=error))
+            return False
+        return True
+    missing = missing_distributions(pyproject_requirements(pyprojectPath()))
+    if not missing:
+        return True
+    if not slicer.util.confirmOkCancelDisplay(
+        _("MLVIRNET needs these Python packages: {names}. Install them now with pip?").format(names=", ".join(missing)),
+        windowTitle=_("Install Python packages"),
+    ):
+        return False
+    slicer.util.pip_install(missing)
+    return True
+
+
 def ensurePyTorch() -> bool:
     """Make ``import torch`` work; True when it does.
 
@@ -182,12 +225,15 @@ def ensurePyTorch() -> bool:
     Raises:
         RuntimeError: the installation failed (with what to do instead).
     """
+    from MLVIRNETLib.mrml.dependencies import torch_requirement
+
     try:
         import torch  # noqa: F401
 
         return True
     except ImportError:
         pass
+    versions = torch_requirement(pyprojectPath())
     try:
         import PyTorchUtils  # the "PyTorch" extension
     except ImportError:
@@ -195,9 +241,8 @@ def ensurePyTorch() -> bool:
     if PyTorchUtils is not None:
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
         if not torchLogic.torchInstalled():
-            torch = torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=TORCH_VERSION_REQUIREMENT)
-            if torch is None:
-                slicer.util.warningDisplay(_("MLVIRNET needs PyTorch; registration was not started."))
+            if torchLogic.installTorch(askConfirmation=True, torchVersionRequirement=versions) is None:
+                slicer.util.warningDisplay(_("MLVIRNET needs PyTorch; nothing was started."))
                 return False
         return True
     if not slicer.util.confirmOkCancelDisplay(
@@ -208,10 +253,10 @@ def ensurePyTorch() -> bool:
         ),
         windowTitle=_("Install PyTorch"),
     ):
-        slicer.util.warningDisplay(_("MLVIRNET needs PyTorch; registration was not started."))
+        slicer.util.warningDisplay(_("MLVIRNET needs PyTorch; nothing was started."))
         return False
     try:
-        slicer.util.pip_install(f"torch{TORCH_VERSION_REQUIREMENT}")
+        slicer.util.pip_install(f"torch{versions}")
         import torch  # noqa: F401,F811
     except Exception as error:  # pip or import failure: tell the user what to do instead
         raise RuntimeError(
@@ -219,6 +264,68 @@ def ensurePyTorch() -> bool:
             "Manager, or run slicer.util.pip_install('torch') in the Python console, then restart Slicer."
         ) from error
     return True
+
+
+def ensureDependencies() -> bool:
+    """The library's packages, then PyTorch; True when MLVIRNET can run."""
+    return ensureLibraryDependencies() and ensurePyTorch()
+
+
+#
+# Sample Data
+#
+SAMPLE_CATEGORY = "MLVIRNET"
+SAMPLE_CT = "MLVIRNETChestCT"
+SAMPLE_PAIR = "MLVIRNETBreathingPair"
+
+
+def registerSampleData() -> None:
+    """Offer the bundled chest CT and a breathing pair (with landmarks) in the Sample Data module."""
+    import SampleData
+
+    from MLVIRNETLib.paths import bundled_ct_path
+
+    thumbnail = resourcePath("Icons/MLVIRNETSampleData.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_CATEGORY,
+        sampleName=SAMPLE_CT,
+        uris=[bundled_ct_path().as_uri()],
+        fileNames=[bundled_ct_path().name],
+        nodeNames=["MLVIRNET chest CT"],
+        thumbnailFileName=thumbnail,
+        loadFileType="VolumeFile",
+    )
+    SampleData.SampleDataLogic.registerCustomSampleDataSource(
+        category=SAMPLE_CATEGORY,
+        sampleName=SAMPLE_PAIR,
+        thumbnailFileName=thumbnail,
+        customDownloader=loadSamplePair,
+    )
+
+
+def loadSamplePair(source=None) -> dict:
+    """Load the breathing pair: the bundled CT (fixed), its 15 mm breathing partner (moving) and
+    60 corresponding lung landmarks each. The partner is generated on first use (about 10 s).
+
+    Returns:
+        ``{"fixedVolume", "movingVolume", "fixedLandmarks", "movingLandmarks"}`` nodes.
+    """
+    if not ensureDependencies():
+        return {}
+    from MLVIRNETLib.simulation.cases import sample_pair_files
+
+    cache = pathlib.Path(slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()) / "MLVIRNET"
+    with slicer.util.WaitCursor():
+        files = sample_pair_files(cache)
+    nodes = {
+        "fixedVolume": slicer.util.loadVolume(str(files.fixed), properties={"name": "MLVIRNET sample fixed"}),
+        "movingVolume": slicer.util.loadVolume(str(files.moving), properties={"name": "MLVIRNET sample moving"}),
+        "fixedLandmarks": slicer.util.loadMarkups(str(files.fixed_landmarks)),
+        "movingLandmarks": slicer.util.loadMarkups(str(files.moving_landmarks)),
+    }
+    nodes["fixedLandmarks"].SetName("MLVIRNET sample fixed landmarks")
+    nodes["movingLandmarks"].SetName("MLVIRNET sample moving landmarks")
+    return nodes
 
 
 #
@@ -336,7 +443,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-            if not ensurePyTorch():
+            if not ensureDependencies():
                 return
             from MLVIRNETLib.registration import RegistrationCancelled
 
@@ -402,7 +509,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onComputeTreButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Computing the target registration error failed."), waitCursor=True):
-            if not ensurePyTorch():
+            if not ensureDependencies():
                 return
             if p.treTable is None:
                 p.treTable = slicer.mrmlScene.AddNewNodeByClass(
@@ -416,7 +523,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onLoadDirLabCaseButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Loading the DIR-LAB case failed."), waitCursor=True):
-            if not ensurePyTorch():
+            if not ensureDependencies():
                 return
             nodes = self.logic.loadDirLabCase(p.dirLabRoot, p.dirLabCase)
             p.fixedVolume = nodes["fixedVolume"]
@@ -432,7 +539,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onImportLandmarksButton(self) -> None:
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Importing the landmarks failed."), waitCursor=True):
-            if not ensurePyTorch():
+            if not ensureDependencies():
                 return
             node = self.logic.importLandmarks(p.landmarkFile, p.landmarkReference)
             reference = p.landmarkReference
@@ -463,6 +570,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
             self.test_GridTransformMatchesDeformation,
             self.test_TransformFileMatchesITKField,
             self.test_RegisterAndTRE,
+            self.test_SamplePairRegistration,
             self.test_DirLabLandmarks,
         ):
             self.setUp()
@@ -643,15 +751,28 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         self.assertEqual(table.GetNumberOfRows(), len(points))
         self.delayDisplay(f"Registration passed: {stats['summary']}")
 
+    def test_SamplePairRegistration(self) -> None:
+        """The Sample Data breathing pair registered end to end with the defaults; TRE through fiducials."""
+        self._requireTorch()
+        nodes = loadSamplePair()
+        logic = MLVIRNETLogic()
+        before = logic.computeTRE(nodes["fixedLandmarks"], nodes["movingLandmarks"])
+        transformNode = logic.register(nodes["fixedVolume"], nodes["movingVolume"])
+        after = logic.computeTRE(nodes["fixedLandmarks"], nodes["movingLandmarks"], transformNode)
+        self.assertGreater(before["mean"], 3.0)
+        self.assertLess(after["mean"], 1.0)
+        self.assertLess(after["mean"], 0.25 * before["mean"])
+        role = transformNode.GetFixedNodeReferenceRole()
+        self.assertEqual(transformNode.GetNodeReferenceID(role), nodes["fixedVolume"].GetID())
+        self.delayDisplay(f"Sample pair registered: {after['summary']}")
+
     def test_DirLabLandmarks(self) -> None:
         """DIR-LAB 4D-CT case 1 landmarks land at IJKToRAS @ (index - 1) and give the paper's initial TRE."""
         import numpy as np
 
-        from MLVIRNETLib.paths import shared_data_dir
-
         self._requireTorch()
-        root = shared_data_dir()
-        if root is None or not (root / "dirlab" / "4dct_landmarks").is_dir():
+        root = MODULE_ROOT.parent / "shared" / "data"  # the development data beside a source checkout
+        if not (root / "dirlab" / "4dct_landmarks").is_dir():
             self.skipTest("the shared DIR-LAB landmark files are not available")
         folder = root / "dirlab" / "4dct_landmarks"
         spacing = (0.97, 0.97, 2.5)

@@ -29,8 +29,3 @@ def default_model_path() -> Path:
     """The shipped default model weights (may not exist yet)."""
     return resource_path("Models", "mlvirnet_default.pt")
 
-
-def shared_data_dir() -> Path | None:
-    """``../shared/data`` beside a source checkout, or ``None`` when absent."""
-    p = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
-    return p if p.is_dir() else None

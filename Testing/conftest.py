@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
 
 from MLVIRNETLib.core.geometry import ImageGrid
-from MLVIRNETLib.paths import shared_data_dir
 
 
 def rotation_matrix(angles_deg: tuple[float, float, float]) -> np.ndarray:
@@ -44,13 +45,16 @@ def sitk_image(grid: ImageGrid) -> sitk.Image:
     return sitk.SmoothingRecursiveGaussian(img, 1.5)
 
 
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+"""The development data beside the checkout (``../shared/data``); not in a user's clone."""
+
+
 @pytest.fixture
-def shared_data():
+def shared_data() -> Path:
     """``../shared/data`` or skip."""
-    path = shared_data_dir()
-    if path is None:
+    if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (it is only on the development machines)")
-    return path
+    return SHARED_DATA
 
 
 @pytest.fixture(scope="module")

@@ -33,16 +33,13 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+from shared_data import shared_data_dir
 
 from MLVIRNETLib.evaluation.metrics import dice
-from MLVIRNETLib.paths import shared_data_dir
+from MLVIRNETLib.preprocessing.lung_labels import LEFT_LUNG, RIGHT_LUNG, lung_volume_ml, split_left_right
 from MLVIRNETLib.preprocessing.lungmask import (
-    LEFT_LUNG,
-    RIGHT_LUNG,
     LungMaskOptions,
-    lung_volume_ml,
     segment_lungs_with_info,
-    split_left_right,
 )
 from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
 

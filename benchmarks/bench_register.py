@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     data = args.data
     if data is None:
-        from MLVIRNETLib.paths import shared_data_dir
+        from shared_data import shared_data_dir
 
         shared = shared_data_dir()
         if shared is None:

@@ -40,11 +40,12 @@ VARIANTS = ("model", "model+refine", "refine")
 def main() -> int:
     import SimpleITK as sitk
     import torch
+    from shared_data import shared_data_dir
 
     from MLVIRNETLib.core.geometry import ImageGrid
     from MLVIRNETLib.evaluation.metrics import jacobian_stats, tre
     from MLVIRNETLib.io.images import read_image
-    from MLVIRNETLib.paths import default_model_path, shared_data_dir
+    from MLVIRNETLib.paths import default_model_path
     from MLVIRNETLib.preprocessing.lungmask import segment_lungs
     from MLVIRNETLib.registration import NETWORK_PRECISIONS, RegistrationOptions, register
     from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import ImageGrid, check_volume, sample
+from .geometry import ImageGrid
+from .sampling import check_volume, sample
 
 
 @dataclass

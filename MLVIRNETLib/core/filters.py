@@ -13,7 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import ImageGrid, check_volume, sample_on_grid
+from .geometry import ImageGrid, xyz_to_zyx
+from .sampling import check_volume, sample_on_grid
 
 
 # ----------------------------------------------------------------------------------------------
@@ -100,7 +101,7 @@ def box_downsample(
     extra = padded - size  # (x, y, z)
     if np.any(extra):
         data = F.pad(data, (0, int(extra[0]), 0, int(extra[1]), 0, int(extra[2])), mode="replicate")
-    kernel = (int(factor[2]), int(factor[1]), int(factor[0]))
+    kernel = tuple(int(v) for v in xyz_to_zyx(factor))  # the pooling runs on (D, H, W) arrays
     pooled = F.avg_pool3d(data, kernel_size=kernel, stride=kernel)
     grid = source.cropped((0, 0, 0), tuple(int(v) for v in padded)).resized(tuple(int(v) for v in padded // factor))
     return pooled, grid

@@ -1,7 +1,8 @@
 """Coordinate frames of MLVIRNET and every conversion between them.
 
-This module is the only place in the project that normalises coordinates, flips axes or calls
-``torch.nn.functional.grid_sample``. Everything else goes through the functions here.
+This module is the only place in the project that converts coordinates, normalises them or flips
+axes; :mod:`MLVIRNETLib.core.sampling` is the only one that calls ``grid_sample``, with the
+coordinate maps built here. Everything else goes through these two.
 
 Frames
 ------
@@ -25,16 +26,22 @@ Array layouts
 Image tensors are ``(N, C, D, H, W)`` with ``D = z``, ``H = y``, ``W = x`` (the layout of
 ``sitk.GetArrayFromImage``); grid shapes in that order are called ``shape_zyx``. Point and vector
 arrays end in an axis of length 3 in **(x, y, z)** order; grid sizes in that order are ``size``.
+
+Every change between the two orders goes through this module: :func:`xyz_to_zyx` and
+:func:`zyx_to_xyz` (sizes, spacings, index tuples, index arrays along their last axis),
+:attr:`ImageGrid.shape_zyx` and :attr:`ImageGrid.spacing_zyx`, :meth:`ImageGrid.array_index_to_world`
+and :meth:`ImageGrid.world_to_array_index` (array indices such as the rows of ``np.argwhere``),
+:func:`array_slices` (an index box as array slices) and :func:`index_axis_to_array_axis` /
+:func:`array_axis_to_index_axis` (axis numbers).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence, TypeVar, overload
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ALIGN_CORNERS = False
 """The one ``align_corners`` value used for every ``grid_sample``/``interpolate`` in MLVIRNET."""
@@ -43,6 +50,7 @@ LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 """Linear map between LPS and RAS (its own inverse)."""
 
 Array = np.ndarray | torch.Tensor
+_T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -90,6 +98,102 @@ def world_transform_lps_to_ras(matrix_lps: np.ndarray) -> np.ndarray:
 
 
 world_transform_ras_to_lps = world_transform_lps_to_ras
+
+
+# ----------------------------------------------------------------------------------------------
+# Array-index order: (z, y, x) arrays <-> (x, y, z) ITK indices, sizes and spacings
+# ----------------------------------------------------------------------------------------------
+@overload
+def xyz_to_zyx(values: np.ndarray) -> np.ndarray: ...
+
+
+@overload
+def xyz_to_zyx(values: torch.Tensor) -> torch.Tensor: ...
+
+
+@overload
+def xyz_to_zyx(values: Sequence[_T]) -> tuple[_T, ...]: ...
+
+
+def xyz_to_zyx(values: Any) -> Any:
+    """ITK order ``(x, y, z)`` -> array order ``(z, y, x)``: reverses the last axis (of length 3).
+
+    For sizes, spacings (mm), voxel indices and index arrays ``(..., 3)``, e.g. ``image.GetSize()``
+    -> the shape of ``sitk.GetArrayFromImage(image)``. The order swap is its own inverse;
+    :func:`zyx_to_xyz` is the same operation, named for the other direction.
+
+    Args:
+        values: a sequence of 3 items (any type: numbers, slices, ...), or a numpy array or torch
+            tensor ``(..., 3)``.
+
+    Returns:
+        A tuple for a sequence; a new C-contiguous numpy array (same dtype) for a numpy array; a
+        new tensor (same dtype and device) for a tensor.
+
+    Raises:
+        ValueError: the last axis (or the sequence) does not have length 3.
+    """
+    return _reverse_last_axis(values)
+
+
+@overload
+def zyx_to_xyz(values: np.ndarray) -> np.ndarray: ...
+
+
+@overload
+def zyx_to_xyz(values: torch.Tensor) -> torch.Tensor: ...
+
+
+@overload
+def zyx_to_xyz(values: Sequence[_T]) -> tuple[_T, ...]: ...
+
+
+def zyx_to_xyz(values: Any) -> Any:
+    """Array order ``(z, y, x)`` -> ITK order ``(x, y, z)``: reverses the last axis (of length 3).
+
+    For array shapes, ``(z, y, x)`` spacings (mm), array indices and index arrays ``(..., 3)``, e.g.
+    the rows of ``np.argwhere(mask)`` / ``torch.nonzero(mask)`` of a ``(D, H, W)`` mask -> voxel
+    indices ``(i, j, k)`` for :meth:`ImageGrid.index_to_world`. Same argument and return types
+    as :func:`xyz_to_zyx`.
+    """
+    return _reverse_last_axis(values)
+
+
+def _reverse_last_axis(values: Any) -> Any:
+    if isinstance(values, torch.Tensor):
+        if values.ndim == 0 or values.shape[-1] != 3:
+            raise ValueError(f"expected a last axis of length 3 (x, y, z or z, y, x), got shape {tuple(values.shape)}")
+        return values.flip(-1)
+    if isinstance(values, np.ndarray):
+        if values.ndim == 0 or values.shape[-1] != 3:
+            raise ValueError(f"expected a last axis of length 3 (x, y, z or z, y, x), got shape {values.shape}")
+        return np.ascontiguousarray(values[..., ::-1])
+    items = tuple(values)
+    if len(items) != 3:
+        raise ValueError(f"expected 3 values (x, y, z or z, y, x), got {len(items)}: {items!r}")
+    return items[::-1]
+
+
+def index_axis_to_array_axis(axis: int) -> int:
+    """Array axis (0 = D = z, 1 = H = y, 2 = W = x) of index axis ``axis`` (0 = x, 1 = y, 2 = z)."""
+    if axis not in (0, 1, 2):
+        raise ValueError(f"an index axis must be 0, 1 or 2 (x, y, z), got {axis}")
+    return 2 - int(axis)
+
+
+def array_axis_to_index_axis(axis: int) -> int:
+    """Index axis (0 = x, 1 = y, 2 = z) of array axis ``axis`` (0 = D = z, 1 = H = y, 2 = W = x)."""
+    if axis not in (0, 1, 2):
+        raise ValueError(f"an array axis must be 0, 1 or 2 (z, y, x), got {axis}")
+    return 2 - int(axis)
+
+
+def array_slices(index_lo: Sequence[int], index_hi: Sequence[int]) -> tuple[slice, slice, slice]:
+    """The half-open voxel box ``index_lo <= (i, j, k) < index_hi`` (x, y, z order) as slices of a
+    ``(D, H, W)`` array, i.e. ``(slice(k_lo, k_hi), slice(j_lo, j_hi), slice(i_lo, i_hi))``."""
+    lo = xyz_to_zyx([int(v) for v in index_lo])
+    hi = xyz_to_zyx([int(v) for v in index_hi])
+    return slice(lo[0], hi[0]), slice(lo[1], hi[1]), slice(lo[2], hi[2])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -171,6 +275,11 @@ class ImageGrid:
         return (self.size[2], self.size[1], self.size[0])
 
     @property
+    def spacing_zyx(self) -> tuple[float, float, float]:
+        """Voxel size in mm in array order ``(sz, sy, sx)``: the spacing along ``D``, ``H`` and ``W``."""
+        return xyz_to_zyx(self.spacing)  # type: ignore[return-value]
+
+    @property
     def direction_matrix(self) -> np.ndarray:
         """3x3 direction matrix, columns = LPS unit vectors of the index axes."""
         return np.asarray(self.direction).reshape(3, 3)
@@ -215,6 +324,26 @@ class ImageGrid:
     def world_to_index(self, points: Array) -> Array:
         """LPS mm ``(..., 3)`` -> continuous indices ``(..., 3)`` (x, y, z)."""
         return apply_affine(self.world_to_index_matrix(), points)
+
+    def array_index_to_world(self, index_zyx: Array) -> Array:
+        """Array indices ``(..., 3)`` in **(z, y, x)** order -> LPS mm ``(..., 3)``.
+
+        For positions in a ``(D, H, W)`` array of this grid, e.g. the rows of ``np.argwhere(mask)``
+        or ``torch.nonzero(mask)``, or their mean. numpy (any dtype) in -> float64 numpy out; an
+        integer tensor is converted to float64, a floating tensor keeps its dtype.
+        """
+        if isinstance(index_zyx, torch.Tensor):
+            index = zyx_to_xyz(index_zyx)
+            return self.index_to_world(index if index.is_floating_point() else index.to(torch.float64))
+        return self.index_to_world(zyx_to_xyz(np.asarray(index_zyx)).astype(float))
+
+    def world_to_array_index(self, points: Array) -> Array:
+        """LPS mm ``(..., 3)`` -> continuous array indices ``(..., 3)`` in **(z, y, x)** order.
+
+        The inverse of :meth:`array_index_to_world`; round to index a ``(D, H, W)`` array. numpy in
+        -> float64 numpy out, torch keeps dtype.
+        """
+        return xyz_to_zyx(self.world_to_index(points))
 
     def world_to_normalized(self, points: Array) -> Array:
         """LPS mm ``(..., 3)`` -> normalised ``grid_sample`` coordinates ``(..., 3)`` (x, y, z)."""
@@ -344,64 +473,6 @@ def _check_field(field: torch.Tensor) -> None:
         raise ValueError(f"expected a vector field of shape (N, 3, D, H, W), got {tuple(field.shape)}")
 
 
-def check_volume(data: torch.Tensor, grid: ImageGrid, name: str = "volume") -> None:
-    """Raise ``ValueError`` unless ``data`` is ``(N, C, D, H, W)`` with spatial shape ``grid.shape_zyx``."""
-    if not isinstance(data, torch.Tensor):
-        raise ValueError(f"{name} must be a torch.Tensor of shape (N, C, D, H, W), got {type(data).__name__}")
-    if data.ndim != 5:
-        raise ValueError(f"{name} must have shape (N, C, D, H, W), got {tuple(data.shape)}")
-    if tuple(data.shape[2:]) != grid.shape_zyx:
-        raise ValueError(
-            f"{name} has shape {tuple(data.shape)} (N, C, D, H, W) but its grid expects (D, H, W) = "
-            f"{grid.shape_zyx} (grid {grid.describe()})"
-        )
-
-
-def sample(
-    data: torch.Tensor,
-    grid: ImageGrid,
-    points: torch.Tensor,
-    mode: str = "bilinear",
-    padding_mode: str = "border",
-) -> torch.Tensor:
-    """Sample a volume living on ``grid`` at LPS world points.
-
-    Args:
-        data: ``(N, C, D, H, W)`` values on ``grid``.
-        grid: the grid of ``data``.
-        points: LPS mm, ``(N, d, h, w, 3)`` or ``(d, h, w, 3)`` (shared by the batch), x y z order.
-        mode: ``"bilinear"`` (trilinear in 3-D) or ``"nearest"``.
-        padding_mode: value outside the grid: ``"border"``, ``"zeros"`` or ``"reflection"``.
-
-    Returns:
-        ``(N, C, d, h, w)`` sampled values.
-    """
-    check_volume(data, grid, "data")
-    if points.shape[-1] != 3 or points.ndim not in (4, 5):
-        raise ValueError(f"points must have shape (N, d, h, w, 3) or (d, h, w, 3), got {tuple(points.shape)}")
-    if points.ndim == 4:
-        points = points.unsqueeze(0).expand(data.shape[0], *points.shape)
-    elif points.shape[0] != data.shape[0]:
-        raise ValueError(f"points batch {points.shape[0]} does not match data batch {data.shape[0]}")
-    coords = grid.world_to_normalized(points.to(torch.float32) if points.dtype in (torch.float16, torch.bfloat16) else points)
-    if coords.dtype != data.dtype:
-        coords = coords.to(data.dtype)
-    return F.grid_sample(data, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
-
-
-def resample_to_grid(
-    data: torch.Tensor,
-    source: ImageGrid,
-    target: ImageGrid,
-    mode: str = "bilinear",
-    padding_mode: str = "border",
-) -> torch.Tensor:
-    """Resample ``(N, C, D, H, W)`` values from ``source`` onto ``target`` (identity mapping)."""
-    dtype = data.dtype if data.dtype == torch.float64 else torch.float32
-    pts = target.world_points(device=data.device, dtype=dtype)
-    return sample(data, source, pts, mode=mode, padding_mode=padding_mode)
-
-
 def index_affine_terms(
     matrix: np.ndarray, size: Sequence[int], device=None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -418,95 +489,3 @@ def index_affine_terms(
     j = torch.arange(ny, dtype=torch.float64, device=device)[None, :, None, None] * m[:3, 1]
     k = torch.arange(nz, dtype=torch.float64, device=device)[:, None, None, None] * m[:3, 2]
     return k + m[:3, 3], j, i
-
-
-def sample_on_grid(
-    data: torch.Tensor,
-    source: ImageGrid,
-    target: ImageGrid,
-    matrix: np.ndarray | None = None,
-    offset: torch.Tensor | None = None,
-    mode: str = "bilinear",
-    padding_mode: str = "border",
-) -> torch.Tensor:
-    """Sample ``data`` on ``source`` at ``p(x) = matrix @ x + offset(x)`` for every voxel ``x`` of ``target``.
-
-    Same values as :func:`sample` at those world points, but the sampling coordinates are built by
-    broadcasting (the map index -> normalised coordinates of ``source`` is affine), without any
-    matrix product over all voxels: several times faster and lighter for large grids.
-
-    Args:
-        data: ``(N, C, D, H, W)`` values on ``source``.
-        source: the grid of ``data``.
-        target: where to evaluate.
-        matrix: optional 4x4 LPS affine applied to the target points (identity if ``None``).
-        offset: optional ``(N or 1, 3, d, h, w)`` LPS mm added after ``matrix``, on ``target``
-            (e.g. a displacement, for warping).
-        mode, padding_mode: as in :func:`sample`.
-
-    Returns:
-        ``(N, C, *target.shape_zyx)``.
-    """
-    check_volume(data, source, "data")
-    m = source.world_to_normalized_matrix()
-    if matrix is not None:
-        a = np.asarray(matrix, dtype=float)
-        if a.shape != (4, 4):
-            raise ValueError(f"matrix must be 4x4, got shape {a.shape}")
-        m = m @ a
-    m = m @ target.index_to_world_matrix()  # index of target -> normalised of source
-    dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
-    lin = m[:3, :3]
-    if (offset is None and mode == "bilinear" and padding_mode == "border" and data.is_floating_point()
-            and np.allclose(lin, np.diag(np.diag(lin)), rtol=0, atol=1e-12 * np.abs(lin).max())):
-        return _separable_linear(data, source, np.diag(lin), m[:3, 3], target)
-    k, j, i = index_affine_terms(m, target.size, data.device)
-    coords = ((k.to(dtype) + j.to(dtype)) + i.to(dtype))[None]  # (1, D, H, W, 3)
-    n = data.shape[0]
-    if offset is not None:
-        check_volume(offset, target, "offset")
-        if offset.shape[1] != 3 or offset.shape[0] not in (1, n):
-            raise ValueError(f"offset must have shape ({n} or 1, 3, D, H, W), got {tuple(offset.shape)}")
-        lin = torch.as_tensor(source.world_to_normalized_matrix()[:3, :3], dtype=dtype, device=data.device)
-        o = offset.to(dtype)
-        coords = coords + (lin[:, 0, None, None, None] * o[:, 0:1] + lin[:, 1, None, None, None] * o[:, 1:2]
-                           + lin[:, 2, None, None, None] * o[:, 2:3]).movedim(1, -1)
-    coords = coords.expand(n, *coords.shape[1:]).to(data.dtype if data.is_floating_point() else dtype)
-    return F.grid_sample(data, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
-
-
-def _separable_linear(
-    data: torch.Tensor, source: ImageGrid, scale: np.ndarray, shift: np.ndarray, target: ImageGrid
-) -> torch.Tensor:
-    """Trilinear sampling with border padding when target axis ``a`` maps to source axis ``a`` alone.
-
-    ``normalised_a = scale_a * index_a + shift_a`` (x, y, z); the interpolation is done one axis at
-    a time (z, then y, then x), which equals ``grid_sample`` (``align_corners=False``, border) and
-    is much cheaper for large targets.
-    """
-    out = data
-    # (array dim, index axis): z is dim 2, y dim 3, x dim 4
-    for dim, axis in ((2, 2), (3, 1), (4, 0)):
-        n_src = source.size[axis]
-        n_tgt = target.size[axis]
-        idx = torch.arange(n_tgt, dtype=torch.float64, device=data.device)
-        norm = scale[axis] * idx + shift[axis]
-        pos = ((norm + 1.0) * n_src - 1.0) / 2.0  # unnormalise (align_corners=False)
-        pos = pos.clamp(0.0, n_src - 1.0)  # border padding clips the coordinate
-        lo = pos.floor().long().clamp(max=n_src - 1)
-        hi = (lo + 1).clamp(max=n_src - 1)
-        w = (pos - lo.to(torch.float64)).to(out.dtype)
-        shape = [1] * out.ndim
-        shape[dim] = n_tgt
-        a = out.index_select(dim, lo)
-        b = out.index_select(dim, hi)
-        out = torch.lerp(a, b, w.reshape(shape))
-    return out
-
-
-def to_batch_tensor(array: np.ndarray, device=None, dtype=torch.float32) -> torch.Tensor:
-    """A ``(D, H, W)`` array (SimpleITK layout) -> ``(1, 1, D, H, W)`` tensor."""
-    a = np.asarray(array)
-    if a.ndim != 3:
-        raise ValueError(f"expected a 3-D array (D, H, W), got shape {a.shape}")
-    return torch.as_tensor(np.ascontiguousarray(a), dtype=dtype, device=device)[None, None]

@@ -39,15 +39,23 @@ class Progress:
         fn: the caller's ``progress(fraction, message)``, or None.
         cancel: the caller's ``cancel()``, or None.
         min_interval_s: forward to ``fn`` at most this often (the first and the final report of
-            each stage always pass); ``cancel`` is checked at every report regardless.
+            each stage always pass); ``cancel`` is checked at every report regardless. Default:
+            0.05 s, or 0 when ``fn`` is itself a :class:`Progress` (the outer one throttles).
 
     Use :meth:`of` at the top of a function that accepts ``progress`` and ``cancel``: it also
-    accepts a :class:`Progress` that a caller passed as ``progress``.
+    accepts a :class:`Progress` that a caller passed as ``progress``. A Progress built around
+    another one (``Progress(outer)``) maps its stages into the outer's current stage and shares
+    its ``cancel``.
     """
 
-    def __init__(self, fn: ProgressFn | None = None, cancel: CancelFn | None = None, min_interval_s: float = 0.05):
+    def __init__(
+        self, fn: ProgressFn | None = None, cancel: CancelFn | None = None, min_interval_s: float | None = None
+    ) -> None:
         self.fn = fn
-        self.cancel = cancel
+        # nested in another Progress: its cancel is ours too, checked at every report
+        self.cancel = cancel if cancel is not None or not isinstance(fn, Progress) else fn.cancel
+        if min_interval_s is None:
+            min_interval_s = 0.0 if isinstance(fn, Progress) else 0.05
         self.min_interval_s = float(min_interval_s)
         self.start = 0.0
         self.width = 1.0

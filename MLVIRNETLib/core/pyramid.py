@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from .geometry import ImageGrid, check_volume
+from .geometry import ImageGrid
+from .sampling import check_volume
 
 __all__ = ["BINOMIAL_TAPS", "downsample2", "build_pyramid", "check_pyramid_size"]
 

@@ -1,9 +1,16 @@
-"""Measuring registrations: TRE, Dice, Jacobians, reports, plots.
+"""Measuring registrations: TRE, Dice, Jacobians, reports, plots, and the evaluation workflows.
 
 Holds:
-    metrics  TRE, Dice, folding and Jacobian statistics.
-    reports  TRE tables (CSV, Markdown, JSON).
-    plots    TRE box plots and overlay PNGs.
+    metrics            TRE, Dice, folding and Jacobian statistics.
+    reports            TRE tables (CSV, Markdown, JSON).
+    plots              TRE box plots and overlay PNGs.
+    dirlab_evaluation  the DIR-LAB landmark protocol (cases, fields or registration, per-case TRE,
+                       reports); the work behind ``mlvirnet evaluate-dirlab``.
+    demo               a CT registered against a synthetic-breathing version of itself (TRE,
+                       folding, written outputs); the work behind ``mlvirnet demo``.
 
-May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`.
+May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`; the workflows (``dirlab_evaluation``,
+``demo``) also :mod:`MLVIRNETLib.registration`, :mod:`MLVIRNETLib.preprocessing`,
+:mod:`MLVIRNETLib.simulation` and :mod:`MLVIRNETLib.paths`. Nothing here imports them at package
+import time.
 """

@@ -299,7 +299,7 @@ def mask_overlay_png(
         lab = sitk.GetArrayViewFromImage(labels)
         grid = ImageGrid.from_sitk(labels)
         if lab.any():
-            centre = grid.index_to_world(np.argwhere(lab).mean(axis=0)[::-1].astype(float))
+            centre = grid.array_index_to_world(np.argwhere(lab).mean(axis=0))
         else:
             centre = lo_mm + (size - 1) * pixel_mm / 2.0
     c = _check_centre(centre)
@@ -432,7 +432,7 @@ def _display_plane(image: sitk.Image, view: str, lo_mm: np.ndarray, size: np.nda
     if view == "axial":
         return arr[0]
     plane = arr[:, 0, :] if view == "coronal" else arr[:, :, 0]
-    return plane[::-1]
+    return plane[::-1]  # display rows superior first (z decreasing), not an index-order change
 
 
 def _windowed(plane: np.ndarray, low: float, high: float) -> np.ndarray:

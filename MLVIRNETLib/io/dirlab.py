@@ -152,7 +152,7 @@ def read_dirlab_image(path: PathLike, case: str | DirlabCase) -> sitk.Image:
         raise ValueError(
             f"{p} has {actual} bytes but DIR-LAB case {c.name} ({nx}x{ny}x{nz} int16) needs {expected} bytes{hint}"
         )
-    raw = np.fromfile(p, dtype="<i2").reshape(nz, ny, nx)
+    raw = np.fromfile(p, dtype="<i2").reshape(grid.shape_zyx)
     hu = (raw.astype(np.int32) - HU_OFFSET).astype(np.int16)
     image = sitk.GetImageFromArray(hu)
     grid.copy_to_sitk(image)

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from ..core.progress import ProgressFn
+from ..core.progress import Progress, ProgressFn
 from .nodes import (
     _nodeName,
     _removeNodeAndDisplay,
@@ -65,6 +65,9 @@ ProgressCallback = ProgressFn
 
 DEFAULT_TRANSFORM_NAME = "MLVIRNET transform"
 
+PROGRESS_INTERVAL_S = 0.1
+"""The Logic calls ``progressCallback`` at most this often (each call lets Slicer repaint)."""
+
 NO_MODEL = "none"
 """``model`` value for registering without a network (variational multilevel refinement alone)."""
 
@@ -72,6 +75,33 @@ NO_MODEL = "none"
 # ----------------------------------------------------------------------------------------------
 # Logic
 # ----------------------------------------------------------------------------------------------
+def _checkRegistrationNodes(fixedVolumeNode, movingVolumeNode, outputTransformNode) -> None:
+    """Refuse unusable registration inputs with one clear ValueError (nothing is changed)."""
+    _requireNode(fixedVolumeNode, "vtkMRMLScalarVolumeNode", "fixed volume")
+    _requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
+    if outputTransformNode is not None:
+        _requireNode(outputTransformNode, "vtkMRMLTransformNode", "output transform")
+        if outputTransformNode.GetParentTransformNode() is not None:
+            raise ValueError(
+                f"output transform '{_nodeName(outputTransformNode)}' is itself under a transform; "
+                "choose a transform that is not nested"
+            )
+    _requireNoParentTransform(fixedVolumeNode, "fixed volume")
+    _requireNoParentTransform(movingVolumeNode, "moving volume", outputTransformNode, allowResults=True)
+
+
+def _storeResult(transformNode, gridTransform, fixedVolumeNode, movingVolumeNode, folding: float | None) -> None:
+    """Put a registration result into ``transformNode``, with Slicer's registration references."""
+    wasModifying = transformNode.StartModify()
+    transformNode.SetAndObserveTransformFromParent(gridTransform)
+    # the roles Slicer's registration modules set ("spatialRegistrationFixed" / "...Moving")
+    transformNode.SetNodeReferenceID(transformNode.GetFixedNodeReferenceRole(), fixedVolumeNode.GetID())
+    transformNode.SetNodeReferenceID(transformNode.GetMovingNodeReferenceRole(), movingVolumeNode.GetID())
+    if folding is not None:
+        transformNode.SetAttribute("MLVIRNET.FoldingFraction", f"{float(folding):.6g}")
+    transformNode.EndModify(wasModifying)
+
+
 class MLVIRNETLogic:
     """Everything the MLVIRNET Slicer module does, usable from scripts without the GUI.
 
@@ -144,28 +174,16 @@ class MLVIRNETLogic:
 
         Raises:
             ValueError: unusable inputs (nothing is created or changed).
-            MLVIRNETLib.registration.pipeline.RegistrationCancelled: :meth:`cancel` was called (nothing is
-                created or changed).
+            MLVIRNETLib.core.progress.RegistrationCancelled: :meth:`cancel` was called, in any stage
+                (nothing is created or changed).
         """
         self._cancelRequested = False
-        _requireNode(fixedVolumeNode, "vtkMRMLScalarVolumeNode", "fixed volume")
-        _requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
-        if outputTransformNode is not None:
-            _requireNode(outputTransformNode, "vtkMRMLTransformNode", "output transform")
-            if outputTransformNode.GetParentTransformNode() is not None:
-                raise ValueError(
-                    f"output transform '{_nodeName(outputTransformNode)}' is itself under a transform; "
-                    "choose a transform that is not nested"
-                )
-        _requireNoParentTransform(fixedVolumeNode, "fixed volume")
-        _requireNoParentTransform(movingVolumeNode, "moving volume", outputTransformNode, allowResults=True)
+        _checkRegistrationNodes(fixedVolumeNode, movingVolumeNode, outputTransformNode)
         scene = _sceneOf(fixedVolumeNode, movingVolumeNode)
 
-        def report(fraction: float, message: str) -> None:
-            if progressCallback is not None:
-                progressCallback(float(min(max(fraction, 0.0), 1.0)), message)
-
-        report(0.0, "Reading volumes")
+        # one progress/cancel channel for every stage; nothing touches the scene before the last check
+        prog = Progress(progressCallback, self.isCancelRequested, min_interval_s=PROGRESS_INTERVAL_S)
+        prog.stage(0.0, 0.05, "Reading volumes")
         fixedImage = volumeNodeToImage(fixedVolumeNode)
         movingImage = volumeNodeToImage(movingVolumeNode)
         fixedMask = maskNodeToImage(fixedMaskNode, fixedVolumeNode) if fixedMaskNode is not None else None
@@ -178,6 +196,7 @@ class MLVIRNETLogic:
             model = "default"
         elif isinstance(model, str) and model.lower() == NO_MODEL:
             model = None
+        prog.stage(0.05, 0.85, "Registering")
         result = registration.register(
             fixedImage,
             movingImage,
@@ -186,27 +205,20 @@ class MLVIRNETLogic:
             model=model,
             device=device,
             options=options,
-            progress=lambda f, m: report(0.05 + 0.85 * float(f), m),
-            cancel=self.isCancelRequested,
+            progress=prog,
         )
 
-        report(0.92, "Creating the grid transform")
-        gridTransform = deformationToGridTransform(result.deformation)
+        prog.stage(0.90, 0.08, "Creating the grid transform")
+        gridTransform = deformationToGridTransform(result.deformation, progress=prog)
+        prog.check_cancel()  # the last point where a cancel leaves the scene as it was
         if outputTransformNode is None:
             outputTransformNode = scene.AddNewNodeByClass(
                 "vtkMRMLGridTransformNode", scene.GenerateUniqueName(DEFAULT_TRANSFORM_NAME)
             )
-        wasModifying = outputTransformNode.StartModify()
-        outputTransformNode.SetAndObserveTransformFromParent(gridTransform)
-        # the roles Slicer's registration modules set ("spatialRegistrationFixed" / "...Moving")
-        outputTransformNode.SetNodeReferenceID(outputTransformNode.GetFixedNodeReferenceRole(), fixedVolumeNode.GetID())
-        outputTransformNode.SetNodeReferenceID(outputTransformNode.GetMovingNodeReferenceRole(), movingVolumeNode.GetID())
-        folding = getattr(result, "folding_fraction", None)
-        if folding is not None:
-            outputTransformNode.SetAttribute("MLVIRNET.FoldingFraction", f"{float(folding):.6g}")
-        outputTransformNode.EndModify(wasModifying)
+        _storeResult(outputTransformNode, gridTransform, fixedVolumeNode, movingVolumeNode, result.folding_fraction)
         self.lastResult = result
-        report(1.0, "Done")
+        if progressCallback is not None:
+            progressCallback(1.0, "Done")
         return outputTransformNode
 
     @staticmethod

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
     from ..core.deformation import Deformation
     from ..core.geometry import ImageGrid
+    from ..core.progress import ProgressFn
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,14 +210,14 @@ def maskNodeToImage(maskNode, referenceVolumeNode) -> "sitk.Image":
 # ----------------------------------------------------------------------------------------------
 # Transforms
 # ----------------------------------------------------------------------------------------------
-def deformationToGridTransform(deformation: "Deformation"):
+def deformationToGridTransform(deformation: "Deformation", progress: "ProgressFn | None" = None):
     """A :class:`Deformation` (LPS) -> ``vtkOrientedGridTransform`` (RAS) of the same map.
 
     The displacement grid has the geometry of ``deformation.grid`` (origin and spacing on the
     ``vtkImageData``, the RAS direction as the grid direction matrix) and holds the displacement
     vectors converted to RAS. Used as a transform *from parent*, ``TransformPoint(x_RAS)`` returns
     ``y(x)`` in RAS, trilinear between voxels and continued by the border value outside, like the
-    library.
+    library. ``progress(fraction, message)`` is called after each slab of 16 slices.
     """
     import slicer
     import torch
@@ -240,8 +241,11 @@ def deformationToGridTransform(deformation: "Deformation"):
     displacements.AllocateScalars(vtkType, 3)
     view = numpy_support.vtk_to_numpy(displacements.GetPointData().GetScalars())  # (P, 3), shares memory
     view = view.reshape(*grid.shape_zyx, 3)
-    for z0 in range(0, grid.shape_zyx[0], 16):  # slab by slab: no full-size temporary
+    depth = grid.shape_zyx[0]
+    for z0 in range(0, depth, 16):  # slab by slab: no full-size temporary
         view[z0 : z0 + 16] = lps_to_ras(u[z0 : z0 + 16]).numpy()
+        if progress is not None:
+            progress(min(depth, z0 + 16) / depth, f"grid transform: slices {min(depth, z0 + 16)}/{depth}")
 
     direction = np.eye(4)
     direction[:3, :3] = ijkToRas[:3, :3] / spacing[None, :]

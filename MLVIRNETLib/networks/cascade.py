@@ -19,16 +19,18 @@ composed field from a coarser grid.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from ..core.deformation import Deformation, compose_all
-from ..core.geometry import ImageGrid, check_volume
+from ..core.geometry import ImageGrid
 from ..core.pyramid import build_pyramid
+from ..core.sampling import check_volume
 from .unet import ConvBlock, UNet3D
 
 
@@ -298,3 +300,29 @@ def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
 def level_sizes(input_size: Sequence[int], levels: int) -> list[tuple[int, ...]]:
     """Grid sizes ``(nx, ny, nz)`` of each pyramid level, finest first."""
     return [tuple(int(s) // 2**l for s in input_size) for l in range(levels)]
+
+
+@contextlib.contextmanager
+def convolution_progress(net: nn.Module, progress: Callable[[float, str], None], message: str = "network") -> Iterator[None]:
+    """Call ``progress(fraction, message)`` after each convolution of ``net``'s forward passes.
+
+    ``fraction`` counts the convolutions run so far against all of ``net``'s convolutions, so one
+    full forward pass goes from 0 to 1. The mlVIRNET cascade runs at most a few tenths of a second
+    between two convolutions on a CPU, so a GUI driven by ``progress`` stays responsive, and a
+    ``progress`` that raises (a cancel, :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`)
+    stops the forward pass at the next convolution. The hooks are removed on exit.
+    """
+    convolutions = [m for m in net.modules() if isinstance(m, (nn.Conv3d, nn.ConvTranspose3d))]
+    total = max(1, len(convolutions))
+    done = {"n": 0}
+
+    def after(_module: nn.Module, _inputs, _output) -> None:
+        done["n"] += 1
+        progress(min(1.0, done["n"] / total), f"{message}: convolution {done['n']}/{total}")
+
+    handles = [m.register_forward_hook(after) for m in convolutions]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

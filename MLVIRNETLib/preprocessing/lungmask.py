@@ -33,8 +33,8 @@ slices are those across the index axis closest to LPS z):
    and enclosed 3-D cavities are filled.
 7. The working-grid mask is interpolated back to the input grid (linear, threshold 0.5).
 
-:func:`split_left_right` labels the right lung 1 and the left lung 2 (LPS ``+x`` points to the
-patient's left).
+:func:`MLVIRNETLib.preprocessing.lung_labels.split_left_right` labels the right lung 1 and the
+left lung 2 (LPS ``+x`` points to the patient's left).
 """
 
 from __future__ import annotations
@@ -44,28 +44,20 @@ from dataclasses import dataclass, fields
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.geometry import ImageGrid
+from ..core.geometry import ImageGrid, array_slices, index_axis_to_array_axis, xyz_to_zyx, zyx_to_xyz
+from ..core.progress import ProgressFn
 from .morphology import (
     _binary,
     _border_labels,
     _bounding_box,
-    _centroid_world,
     _components,
     _depth_mm,
     _dilate,
-    _distance_mm,
     _erode,
     _image,
     _radius_vox,
     _spacing_zyx,
-    _two_parts,
 )
-
-RIGHT_LUNG = 1
-"""Label of the right lung in :func:`split_left_right`."""
-
-LEFT_LUNG = 2
-"""Label of the left lung in :func:`split_left_right`."""
 
 _MIN_LEAK_ML = 20.0
 """Airway regions below this volume are never called a leak (the trachea alone is larger)."""
@@ -162,13 +154,16 @@ class LungMaskOptions:
 # ----------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------
-def segment_lungs(image: sitk.Image, options: LungMaskOptions | None = None) -> sitk.Image:
+def segment_lungs(
+    image: sitk.Image, options: LungMaskOptions | None = None, progress: ProgressFn | None = None
+) -> sitk.Image:
     """Lung mask of a chest CT.
 
     Args:
         image: 3-D CT in Hounsfield units (any integer or float pixel type, any spacing, origin
             and direction). The input is not modified.
         options: parameters; defaults to ``LungMaskOptions()``.
+        progress: ``progress(fraction, message)`` between the steps (it may raise to stop).
 
     Returns:
         ``uint8`` image on the grid of ``image`` (same size, spacing, origin, direction):
@@ -178,10 +173,12 @@ def segment_lungs(image: sitk.Image, options: LungMaskOptions | None = None) -> 
         ValueError: not a 3-D scalar image, values that are not HU (e.g. HU + 1024), or no lung
             found.
     """
-    return segment_lungs_with_info(image, options)[0]
+    return segment_lungs_with_info(image, options, progress)[0]
 
 
-def segment_lungs_with_info(image: sitk.Image, options: LungMaskOptions | None = None) -> tuple[sitk.Image, dict]:
+def segment_lungs_with_info(
+    image: sitk.Image, options: LungMaskOptions | None = None, progress: ProgressFn | None = None
+) -> tuple[sitk.Image, dict]:
     """:func:`segment_lungs` plus a dictionary of diagnostics.
 
     Keys: ``working_size`` (x, y, z voxels of the working grid), ``lung_rule`` (how the lungs
@@ -190,76 +187,19 @@ def segment_lungs_with_info(image: sitk.Image, options: LungMaskOptions | None =
     ``airway_volume_ml`` and ``airway_growth_ml`` (threshold, volume) per growing step.
     """
     opts = options if options is not None else LungMaskOptions()
+    report = progress if progress is not None else _no_progress
     info: dict = {}
     hu = _validated_hu(image, opts)
+    report(0.1, "lung mask: working grid")
     work, padded_size = _working_image(hu, opts.working_spacing_mm)
     info["working_size"] = tuple(work.GetSize())
-    mask = _segment_on_grid(work, opts, info)
+    mask = _segment_on_grid(work, opts, info, report)
+    report(0.9, "lung mask: back to the image grid")
     out = _back_to_input_grid(mask, work, hu, padded_size)
+    report(1.0, "lung mask done")
     if not sitk.GetArrayViewFromImage(out).any():
         raise ValueError("no lung found: the lung mask vanished when mapped back to the input grid")
     return out, info
-
-
-def split_left_right(mask: sitk.Image, min_fraction: float = 0.1, max_erosion_mm: float = 20.0) -> sitk.Image:
-    """Label the two lungs of a binary lung mask: 1 = right lung, 2 = left lung.
-
-    When the lungs are separate components, the two largest are taken (the second must hold at
-    least ``min_fraction`` of the first) and the one further to the patient's left (larger LPS
-    ``x`` of its centroid) is labelled 2. When they touch (e.g. at the anterior junction), the
-    mask is eroded by growing radii (mm, up to ``max_erosion_mm``) until it falls apart in two,
-    and every mask voxel is given the label of the nearer eroded part. Other small components get
-    the label of the nearer lung.
-
-    Args:
-        mask: 3-D binary image (non-zero = lung), any geometry.
-
-    Returns:
-        ``uint8`` label image on the grid of ``mask``.
-
-    Raises:
-        ValueError: not a 3-D image, an empty mask, or lungs that cannot be separated (e.g. a
-            crop that shows one lung only).
-    """
-    if not isinstance(mask, sitk.Image):
-        raise ValueError(f"expected a SimpleITK.Image mask, got {type(mask).__name__}")
-    if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
-        raise ValueError(f"expected a 3-D scalar mask, got a {mask.GetDimension()}-D image with "
-                         f"{mask.GetNumberOfComponentsPerPixel()} components of size {mask.GetSize()}")
-    grid = ImageGrid.from_sitk(mask)
-    m = sitk.GetArrayFromImage(mask) != 0
-    if not m.any():
-        raise ValueError("cannot split an empty lung mask")
-    spacing = _spacing_zyx(grid)
-    box = _bounding_box(m, [1, 1, 1])
-    offset = np.array([b.start for b in box])
-    crop = m[box]
-    seeds = _two_parts(crop, spacing, min_fraction)
-    radius = 1.0
-    while seeds is None and radius <= max_erosion_mm:
-        seeds = _two_parts(_erode(crop, radius, spacing), spacing, min_fraction)
-        radius *= 1.5
-    if seeds is None:
-        raise ValueError(
-            f"could not separate the lung mask into two lungs (eroded up to {max_erosion_mm} mm): "
-            "does the image show both lungs?"
-        )
-    first, second = seeds
-    to_first = _distance_mm(first, spacing) <= _distance_mm(second, spacing)
-    x1 = _centroid_world(first, grid, offset)[0]
-    x2 = _centroid_world(second, grid, offset)[0]
-    first_label, second_label = (LEFT_LUNG, RIGHT_LUNG) if x1 > x2 else (RIGHT_LUNG, LEFT_LUNG)
-    labels = np.zeros(m.shape, dtype=np.uint8)
-    labels[box] = np.where(crop & to_first, first_label, np.where(crop, second_label, 0))
-    out = sitk.GetImageFromArray(labels)
-    out.CopyInformation(mask)
-    return out
-
-
-def lung_volume_ml(mask: sitk.Image) -> float:
-    """Volume of the non-zero voxels of a mask, ml (cm^3)."""
-    voxel_ml = float(np.prod(mask.GetSpacing())) / 1000.0
-    return float(np.count_nonzero(sitk.GetArrayViewFromImage(mask))) * voxel_ml
 
 
 # ----------------------------------------------------------------------------------------------
@@ -332,16 +272,17 @@ def _back_to_input_grid(mask: np.ndarray, work: sitk.Image, hu: sitk.Image,
     m = sitk.GetImageFromArray(mask[box].astype(np.float32))
     m.SetSpacing(work.GetSpacing())
     m.SetDirection(work.GetDirection())
-    m.SetOrigin(work.TransformIndexToPhysicalPoint([b.start for b in box[::-1]]))
-    start = np.array([b.start for b in box[::-1]]) * factors
-    stop = np.minimum(np.array([b.stop for b in box[::-1]]) * factors, hu.GetSize())
+    box_xyz = zyx_to_xyz(box)
+    m.SetOrigin(work.TransformIndexToPhysicalPoint([b.start for b in box_xyz]))
+    start = np.array([b.start for b in box_xyz]) * factors
+    stop = np.minimum(np.array([b.stop for b in box_xyz]) * factors, hu.GetSize())
     reference = sitk.Image([int(s) for s in stop - start], sitk.sitkFloat32)
     reference.SetSpacing(hu.GetSpacing())
     reference.SetDirection(hu.GetDirection())
     reference.SetOrigin(hu.TransformIndexToPhysicalPoint([int(s) for s in start]))
     up = sitk.Resample(m, reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
-    full = np.zeros(hu.GetSize()[::-1], dtype=np.uint8)
-    full[start[2]:stop[2], start[1]:stop[1], start[0]:stop[0]] = sitk.GetArrayViewFromImage(up) >= 0.5
+    full = np.zeros(xyz_to_zyx(hu.GetSize()), dtype=np.uint8)
+    full[array_slices(start, stop)] = sitk.GetArrayViewFromImage(up) >= 0.5
     out = sitk.GetImageFromArray(full)
     out.CopyInformation(hu)
     return out
@@ -365,10 +306,15 @@ def _anatomical_axes(grid: ImageGrid) -> _Axes:
     si_index = int(np.argmax(np.abs(d[2])))
     lr_candidates = [i for i in range(3) if i != si_index]
     lr_index = max(lr_candidates, key=lambda i: abs(d[0, i]))
-    return _Axes(si=2 - si_index, superior_first=bool(d[2, si_index] < 0), lr=2 - lr_index)
+    return _Axes(si=index_axis_to_array_axis(si_index), superior_first=bool(d[2, si_index] < 0),
+                 lr=index_axis_to_array_axis(lr_index))
 
 
-def _segment_on_grid(work: sitk.Image, opts: LungMaskOptions, info: dict) -> np.ndarray:
+def _no_progress(fraction: float, message: str) -> None:
+    """The ``progress`` of a caller that wants none."""
+
+
+def _segment_on_grid(work: sitk.Image, opts: LungMaskOptions, info: dict, report: ProgressFn) -> np.ndarray:
     """Boolean lung mask ``(D, H, W)`` on the working grid; ``info`` collects diagnostics."""
     grid = ImageGrid.from_sitk(work)
     spacing = _spacing_zyx(grid)
@@ -376,9 +322,11 @@ def _segment_on_grid(work: sitk.Image, opts: LungMaskOptions, info: dict) -> np.
     hu_full = sitk.GetArrayFromImage(work)
     axes = _anatomical_axes(grid)
 
+    report(0.2, "lung mask: air components")
     lungs_full = _select_lungs(hu_full, hu_full < opts.air_threshold_hu, axes, spacing, voxel_ml, opts, info)
+    report(0.4, "lung mask: airways")
     # the rest works on the bounding box of the lungs plus a margin for the closing
-    margin = _radius_vox(opts.closing_radius_mm, spacing)[::-1]
+    margin = xyz_to_zyx(_radius_vox(opts.closing_radius_mm, spacing))
     box = _bounding_box(lungs_full, [m + 2 for m in margin])
     hu, lungs = hu_full[box], lungs_full[box]
 
@@ -387,15 +335,17 @@ def _segment_on_grid(work: sitk.Image, opts: LungMaskOptions, info: dict) -> np.
         airway = _grow_airways(hu, lungs, axes, spacing, voxel_ml, opts, info)
         if "trachea_seed_zyx" in info:
             seed = np.asarray(info.pop("trachea_seed_zyx")) + [b.start for b in box]
-            info["trachea_seed_lps"] = tuple(float(v) for v in grid.index_to_world(seed[::-1].astype(float)))
+            info["trachea_seed_lps"] = tuple(float(v) for v in grid.array_index_to_world(seed))
         if airway is not None:
             # at least two in-plane voxels: the partial-volume wall would otherwise keep the
             # trachea above the seed attached to the lungs
             in_plane = max(float(spacing[a]) for a in range(3) if a != axes.si)
             airway = _dilate(airway, max(opts.airway_margin_mm, 2.0 * in_plane), spacing)
             lungs = _largest_parts(lungs & ~airway, voxel_ml, opts)
+    report(0.6, "lung mask: holes and closing")
     if opts.fill_holes:
         lungs = _fill_slice_holes(lungs, axes.si, spacing, opts.max_hole_area_mm2)
+    report(0.7, "lung mask: closing")
     if opts.closing_radius_mm > 0:
         lungs = _erode(_dilate(lungs, opts.closing_radius_mm, spacing), opts.closing_radius_mm, spacing)
     if opts.fill_holes:
@@ -467,6 +417,7 @@ def _enclosed_by_body(tissue: np.ndarray, axes: _Axes, spacing: np.ndarray) -> n
     body = labels == int(np.argmax(counts))
     enclosed = np.zeros(tissue.shape, dtype=bool)
     for axis in (a for a in range(3) if a != axes.si):
+        # body somewhere before / after the voxel along the line (the flips accumulate from the far end)
         before = np.logical_or.accumulate(body, axis=axis)
         after = np.flip(np.logical_or.accumulate(np.flip(body, axis=axis), axis=axis), axis=axis)
         enclosed |= before & after
@@ -505,7 +456,7 @@ def _grow_airways(hu: np.ndarray, lungs: np.ndarray, axes: _Axes, spacing: np.nd
     seed, blob = found
     info["trachea_seed_zyx"] = seed
     image = _image(np.where(lungs, hu, np.float32(1000.0)).astype(np.float32), spacing)
-    seed_xyz = [int(seed[2]), int(seed[1]), int(seed[0])]
+    seed_xyz = [int(v) for v in zyx_to_xyz(seed)]
     step = opts.airway_threshold_step_hu
     threshold = float(hu[seed]) + step
     accepted: np.ndarray | None = None
@@ -542,7 +493,7 @@ def _find_trachea(hu: np.ndarray, lungs: np.ndarray, axes: _Axes, spacing: np.nd
     present = np.nonzero(lungs.any(axis=tuple(order)))[0]
     if present.size == 0:
         return None
-    slices = present if axes.superior_first else present[::-1]
+    slices = present if axes.superior_first else present[::-1]  # from the superior end down
     n_search = max(1, int(round(opts.trachea_search_mm / spacing[axes.si])))
     lr_positions = np.nonzero(lungs.any(axis=tuple(a for a in range(3) if a != axes.lr)))[0]
     lr_lo, lr_hi = float(lr_positions.min()), float(lr_positions.max())

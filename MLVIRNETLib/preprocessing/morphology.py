@@ -1,7 +1,8 @@
 """Small array helpers of the lung mask: connected components, distance maps, morphology in mm.
 
 Arrays are ``(D, H, W)`` = ``(z, y, x)`` numpy arrays; spacings are given in the same order
-(:meth:`MLVIRNETLib.core.geometry.ImageGrid.spacing_zyx`).
+(:attr:`MLVIRNETLib.core.geometry.ImageGrid.spacing_zyx`). Conversions to SimpleITK's ``(x, y, z)``
+order go through :mod:`MLVIRNETLib.core.geometry`.
 """
 
 from __future__ import annotations
@@ -9,14 +10,15 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.geometry import ImageGrid
+from ..core.geometry import ImageGrid, zyx_to_xyz
 
 
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
 def _spacing_zyx(grid: ImageGrid) -> np.ndarray:
-    return np.asarray(grid.spacing[::-1], dtype=float)
+    """Voxel size in mm along the array axes ``(D, H, W)``, float64 ``(3,)``."""
+    return np.asarray(grid.spacing_zyx, dtype=float)
 
 
 def _image(array: np.ndarray, spacing_zyx: np.ndarray | None) -> sitk.Image:
@@ -24,7 +26,7 @@ def _image(array: np.ndarray, spacing_zyx: np.ndarray | None) -> sitk.Image:
     a = array.astype(np.uint8) if array.dtype == bool else array
     img = sitk.GetImageFromArray(a)
     if spacing_zyx is not None:
-        img.SetSpacing(tuple(float(s) for s in spacing_zyx[::-1]))
+        img.SetSpacing(tuple(float(s) for s in zyx_to_xyz(spacing_zyx)))
     return img
 
 
@@ -34,7 +36,7 @@ def _binary(image: sitk.Image) -> np.ndarray:
 
 def _radius_vox(radius_mm: float, spacing_zyx: np.ndarray) -> list[int]:
     """Kernel radius per index axis ``(x, y, z)`` for a ball of ``radius_mm``."""
-    return [int(max(0, round(radius_mm / s))) for s in spacing_zyx[::-1]]
+    return [int(max(0, round(radius_mm / s))) for s in zyx_to_xyz(spacing_zyx)]
 
 
 def _components(mask: np.ndarray, spacing_zyx: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +81,7 @@ def _distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
 def _centroid_world(mask: np.ndarray, grid: ImageGrid, offset_zyx: np.ndarray) -> np.ndarray:
     """LPS centroid (mm) of a boolean ``(D, H, W)`` crop of ``grid`` starting at ``offset_zyx``."""
     zyx = np.argwhere(mask).mean(axis=0) + offset_zyx
-    return np.asarray(grid.index_to_world(zyx[::-1].astype(float)))
+    return np.asarray(grid.array_index_to_world(zyx))
 
 
 def _bounding_box(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, slice]:

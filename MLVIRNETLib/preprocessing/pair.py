@@ -30,7 +30,8 @@ import SimpleITK as sitk
 import torch
 
 from ..core.filters import resample_antialiased
-from ..core.geometry import ImageGrid, check_volume
+from ..core.geometry import ImageGrid, zyx_to_xyz
+from ..core.sampling import check_volume
 
 HU_WINDOW: tuple[float, float] = (-1000.0, 300.0)
 """Default intensity window in HU, mapped to ``[0, 1]``."""
@@ -144,9 +145,9 @@ def lung_bounding_box(
     nz = torch.nonzero(t[0, 0] > 0)
     if nz.numel() == 0:
         raise ValueError(f"the lung mask is empty (grid {grid.describe()}): cannot crop to the lungs")
-    kji_lo = nz.min(dim=0).values.tolist()
-    kji_hi = nz.max(dim=0).values.tolist()
-    box = (tuple(int(v) for v in kji_lo[::-1]), tuple(int(v) + 1 for v in kji_hi[::-1]))
+    lo_zyx = nz.min(dim=0).values.tolist()
+    hi_zyx = nz.max(dim=0).values.tolist()
+    box = (tuple(int(v) for v in zyx_to_xyz(lo_zyx)), tuple(int(v) + 1 for v in zyx_to_xyz(hi_zyx)))
     return expand_box(box, grid, margin_mm)  # type: ignore[arg-type]
 
 

@@ -23,8 +23,9 @@ import torch
 
 from ..core.deformation import Deformation
 from ..core.filters import gaussian_smooth, lowpass
-from ..core.geometry import ImageGrid, apply_affine, check_volume, sample
-from ..core.progress import RegistrationCancelled
+from ..core.geometry import ImageGrid, apply_affine
+from ..core.progress import CancelFn, Progress, ProgressFn
+from ..core.sampling import check_volume, sample
 from ..preprocessing.pair import HU_WINDOW, normalize_ct
 
 
@@ -194,8 +195,8 @@ def affine_register(
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
     options: AffineOptions | None = None,
-    progress: Callable[[float, str], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: ProgressFn | Progress | None = None,
+    cancel: CancelFn | None = None,
 ) -> np.ndarray:
     """Affine matrix ``A`` (4x4, LPS, float64) with ``x_moving = A @ x_fixed``.
 
@@ -208,37 +209,102 @@ def affine_register(
             with both, the start uses their centres of mass and the NCC is weighted to the lungs
             dilated by their smoothing (plus the rest at a lower weight).
         options: see :class:`AffineOptions`.
-        progress: called with ``(fraction in [0, 1], message)``.
-        cancel: called between steps; returning True raises :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`.
+        progress: called with ``(fraction in [0, 1], message)`` after every optimiser iteration (at
+            most every ``Progress.min_interval_s``), or a :class:`~MLVIRNETLib.core.progress.Progress`
+            (e.g. a caller's stage), which is then used as it is.
+        cancel: polled before every evaluation of the objective; returning True raises
+            :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`.
 
     Returns:
         ``A`` as a numpy ``(4, 4)`` array.
+
+    Raises:
+        RegistrationCancelled: ``cancel()`` returned True.
     """
+    prog = Progress.of(progress, cancel)
     opts = options if options is not None else AffineOptions()
     check_volume(fixed, fixed_grid, "fixed")
     check_volume(moving, moving_grid, "moving")
+    levels, start_weights = _working_copies(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask, opts, prog)
+    coarse = levels[0]
+    centre, starts = _starting_points(start_weights, coarse)
+    n_start = max(1, opts.rigid_iterations // 2)
+    total_steps = max(1, len(starts) * n_start + len(levels) * (opts.rigid_iterations + opts.affine_iterations))
+    fitter = _Fitter(opts, prog, total_steps)
+
+    # choose the start on the coarsest level with a short rigid fit
+    best: tuple[float, _AffineModel] | None = None
+    start_steps = n_start if opts.rigid_iterations > 0 else 0
+    for translation in starts:
+        model = _AffineModel(centre, translation, opts.max_stretch).to(fixed.device)
+        value = fitter.fit(model, coarse, start_steps, [model.rot, model.trans], "start")
+        if best is None or value < best[0]:
+            best = (value, model)
+    assert best is not None
+    model = best[1]
+    for level in levels:
+        fitter.fit(model, level, opts.rigid_iterations, [model.rot, model.trans], "rigid")
+        fitter.fit(model, level, opts.affine_iterations, [model.rot, model.trans, model.stretch], "affine")
+    prog(1.0, "affine pre-alignment done")
+    with torch.no_grad():
+        return model.matrix().cpu().numpy()
+
+
+def _working_copies(
+    fixed: torch.Tensor,
+    fixed_grid: ImageGrid,
+    moving: torch.Tensor,
+    moving_grid: ImageGrid,
+    fixed_mask: torch.Tensor | None,
+    moving_mask: torch.Tensor | None,
+    options: AffineOptions,
+    prog: Progress,
+) -> tuple[list[_Level], tuple[torch.Tensor, torch.Tensor]]:
+    """The downsampled, normalised copies of every level (``options.levels_mm``, coarse to fine).
+
+    Returns:
+        ``(levels, (fixed_start, moving_start))``: the levels, and on the coarsest level's grids the
+        ``(1, 1, ...)`` weights whose centres of mass give the starting shift (the lung masks when
+        both are given, else the body ``HU > -500``).
+    """
     device = fixed.device
     levels: list[_Level] = []
     start_weights: tuple[torch.Tensor, torch.Tensor] | None = None
-    for s in opts.levels_mm:
-        f, fg = _downsample(fixed.float(), fixed_grid, s)
-        m, mg = _downsample(moving.float().to(device), moving_grid, s)
-        weight = torch.ones_like(f)
-        fm = _downsample(fixed_mask.float().to(device), fixed_grid, s)[0] if fixed_mask is not None else None
-        if fm is not None:
-            weight = 0.25 + gaussian_smooth(fm, [10.0 / sp for sp in fg.spacing]).clamp(0, 1)
+    for spacing in options.levels_mm:
+        fixed_hu, fixed_level_grid = _downsample(fixed.float(), fixed_grid, spacing)
+        moving_hu, moving_level_grid = _downsample(moving.float().to(device), moving_grid, spacing)
+        ncc_weight = torch.ones_like(fixed_hu)
+        lungs = None
+        if fixed_mask is not None:
+            lungs = _downsample(fixed_mask.float().to(device), fixed_grid, spacing)[0]
+            ncc_weight = 0.25 + gaussian_smooth(lungs, [10.0 / sp for sp in fixed_level_grid.spacing]).clamp(0, 1)
         if start_weights is None:
-            if fm is not None and moving_mask is not None:
-                start_weights = (fm, _downsample(moving_mask.float().to(device), moving_grid, s)[0])
+            if lungs is not None and moving_mask is not None:
+                start_weights = (lungs, _downsample(moving_mask.float().to(device), moving_grid, spacing)[0])
             else:
-                start_weights = ((f > -500).float(), (m > -500).float())
-        levels.append(
-            _Level(s, normalize_ct(f, opts.hu_window), fg, fg.world_points(device=device, dtype=torch.float32),
-                   weight, normalize_ct(m, opts.hu_window), mg)
-        )
-    coarse = levels[0]
+                start_weights = ((fixed_hu > -500).float(), (moving_hu > -500).float())
+        levels.append(_Level(
+            spacing=spacing,
+            fixed=normalize_ct(fixed_hu, options.hu_window),
+            fixed_grid=fixed_level_grid,
+            fixed_points=fixed_level_grid.world_points(device=device, dtype=torch.float32),
+            fixed_weight=ncc_weight,
+            moving=normalize_ct(moving_hu, options.hu_window),
+            moving_grid=moving_level_grid,
+        ))
+        prog(0.0, f"affine: working copies at {spacing:g} mm")
     assert start_weights is not None
-    # starting points: identity, and the shift between the centres of mass (lungs, else body)
+    return levels, start_weights
+
+
+def _starting_points(
+    start_weights: tuple[torch.Tensor, torch.Tensor], coarse: _Level
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The centre of rotation and the starting translations, LPS mm.
+
+    The centre is the fixed centre of mass of ``start_weights[0]`` (or the centre of the fixed grid);
+    the starts are the identity and, when it is over 1 mm, the shift between the centres of mass.
+    """
     com_f = _centre_of_mass(start_weights[0], coarse.fixed_grid)
     com_m = _centre_of_mass(start_weights[1], coarse.moving_grid)
     if com_f is None:
@@ -246,65 +312,91 @@ def affine_register(
     starts = [np.zeros(3)]
     if com_m is not None and np.linalg.norm(com_m - com_f) > 1.0:
         starts.append(com_m - com_f)
+    return com_f, starts
 
-    n_start = max(1, opts.rigid_iterations // 2)
-    total_steps = max(1, len(starts) * n_start + len(levels) * (opts.rigid_iterations + opts.affine_iterations))
-    done = 0
 
-    def run(model: _AffineModel, level: _Level, steps: int, params: list[torch.nn.Parameter], stage: str) -> float:
-        nonlocal done
-        if steps > 0:
-            message = f"affine {stage} at {level.spacing:g} mm"
-            if opts.optimizer == "lbfgs":
-                optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=10,
-                                              line_search_fn="strong_wolfe", tolerance_grad=1e-9, tolerance_change=1e-10)
-                calls = {"n": 0}
+@dataclass
+class _Fitter:
+    """Runs the fits of :func:`affine_register` and counts their optimiser steps for the progress.
 
-                def closure() -> torch.Tensor:
-                    if cancel is not None and cancel():
-                        raise RegistrationCancelled("registration cancelled during the affine pre-alignment")
-                    optimiser.zero_grad()
-                    loss = _loss(model, level)
-                    loss.backward()
-                    calls["n"] += 1
-                    if progress is not None:
-                        progress(min(1.0, (done + min(calls["n"], steps)) / total_steps), message)
-                    return loss
+    Attributes:
+        options: the optimiser and its settings.
+        prog: progress and cancel; ``cancel`` is checked before every evaluation of the objective.
+        total_steps: optimiser steps of all fits (``> 0``).
+        done: steps of the fits finished so far.
+    """
 
-                optimiser.step(closure)
-            else:
-                optimiser = torch.optim.Adam(params, lr=opts.learning_rate)
-                sched = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=opts.learning_rate * 0.05)
-                for it in range(steps):
-                    if cancel is not None and cancel():
-                        raise RegistrationCancelled("registration cancelled during the affine pre-alignment")
-                    optimiser.zero_grad()
-                    loss = _loss(model, level)
-                    loss.backward()
-                    optimiser.step()
-                    sched.step()
-                    if progress is not None and it % 10 == 0:
-                        progress(min(1.0, (done + it) / total_steps), message)
-            done += steps
+    options: AffineOptions
+    prog: Progress
+    total_steps: int
+    done: int = 0
+
+    def fit(
+        self, model: _AffineModel, level: _Level, steps: int, params: list[torch.nn.Parameter], stage: str
+    ) -> float:
+        """Optimise ``params`` of ``model`` for ``steps`` iterations on ``level`` (``stage`` names the
+        fit in the progress message).
+
+        Returns:
+            the final loss ``1 - NCC`` (unit-less).
+        """
+        message = f"affine {stage} at {level.spacing:g} mm"
+
+        def objective() -> torch.Tensor:
+            self.prog.check_cancel()
+            return _loss(model, level)
+
+        def report(k: int) -> None:
+            self.prog((self.done + k) / self.total_steps, message)
+
+        if steps > 0 and self.options.optimizer == "lbfgs":
+            _optimise_lbfgs(params, objective, steps, report)
+        elif steps > 0:
+            _optimise_adam(params, objective, steps, self.options.learning_rate, report)
+        self.done += steps
         with torch.no_grad():
-            return float(_loss(model, level))
+            return float(objective())
 
-    # choose the start on the coarsest level with a short rigid fit
-    best: tuple[float, _AffineModel] | None = None
-    for t0 in starts:
-        model = _AffineModel(com_f, t0, opts.max_stretch).to(device)
-        value = run(model, coarse, n_start if opts.rigid_iterations > 0 else 0, [model.rot, model.trans], "start")
-        if best is None or value < best[0]:
-            best = (value, model)
-    assert best is not None
-    model = best[1]
-    for level in levels:
-        run(model, level, opts.rigid_iterations, [model.rot, model.trans], "rigid")
-        run(model, level, opts.affine_iterations, [model.rot, model.trans, model.stretch], "affine")
-    if progress is not None:
-        progress(1.0, "affine pre-alignment done")
-    with torch.no_grad():
-        return model.matrix().cpu().numpy()
+
+def _optimise_lbfgs(
+    params: list[torch.nn.Parameter], objective: Callable[[], torch.Tensor], steps: int, report: Callable[[int], None]
+) -> None:
+    """At most ``steps`` L-BFGS iterations (strong-Wolfe line search) of ``objective()`` (0-dim) over
+    ``params``; ``report(k)`` follows every evaluation, ``k`` = evaluations so far (at most ``steps``)."""
+    optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=10, line_search_fn="strong_wolfe",
+                                  tolerance_grad=1e-9, tolerance_change=1e-10)
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        optimiser.zero_grad()
+        loss = objective()
+        loss.backward()
+        evaluations += 1
+        report(min(evaluations, steps))
+        return loss
+
+    optimiser.step(closure)
+
+
+def _optimise_adam(
+    params: list[torch.nn.Parameter],
+    objective: Callable[[], torch.Tensor],
+    steps: int,
+    learning_rate: float,
+    report: Callable[[int], None],
+) -> None:
+    """``steps`` Adam iterations of ``objective()`` (0-dim) over ``params``, the step size annealed
+    (cosine) from ``learning_rate`` to 5 % of it; ``report(k)`` follows iteration ``k``."""
+    optimiser = torch.optim.Adam(params, lr=learning_rate)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps, eta_min=learning_rate * 0.05)
+    for it in range(steps):
+        optimiser.zero_grad()
+        loss = objective()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        report(it + 1)
 
 
 def _loss(model: _AffineModel, level: _Level) -> torch.Tensor:

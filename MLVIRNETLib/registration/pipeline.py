@@ -34,7 +34,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,9 +42,10 @@ import torch
 
 from ..core.deformation import Deformation
 from ..core.devices import resolve_device, synchronize
+from ..core.geometry import ImageGrid
 from ..core.filters import resample_antialiased
 from ..core.progress import CancelFn, Progress, ProgressFn
-from ..preprocessing.pair import image_to_hu_tensor, mask_to_tensor, preprocess_pair
+from ..preprocessing.pair import PreprocessedPair, image_to_hu_tensor, mask_to_tensor, preprocess_pair
 from .affine import affine_register, compose_affine
 from .options import RegistrationOptions, RegistrationResult, validate_pair
 from .refine import refine
@@ -202,6 +203,7 @@ def _register(
     prog: Progress,
     t_start: float,
 ) -> RegistrationResult:
+    """The stages of :func:`register` in order, each timed (inputs already checked)."""
     messages: list[str] = []
     timings: dict[str, float] = {}
     net, model_label, model_size = _resolve_model(model, dev, messages)
@@ -218,98 +220,51 @@ def _register(
     if net is None and n_refine == 0:
         messages.append("no network and refine_iterations=0: the result is the affine pre-alignment only")
 
-    # -- lung masks ------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    prog.stage(0.0, 0.05, "lung masks")
-    need_fixed = fixed_mask is None and (opts.crop_to_lungs or opts.beta > 0)
-    need_moving = moving_mask is None and opts.beta > 0
-    if need_fixed or need_moving:
-        from ..preprocessing.lungmask import LungMaskOptions, segment_lungs
-
-        lm_opts = LungMaskOptions(working_spacing_mm=opts.lung_mask_spacing_mm)
-        if need_fixed:
-            try:
-                fixed_mask = segment_lungs(fixed, lm_opts)
-            except ValueError as exc:
-                messages.append(f"no automatic fixed lung mask ({exc}); using the whole fixed field of view")
-                prog(0.5, messages[-1])
-        if need_moving:
-            try:
-                moving_mask = segment_lungs(moving, lm_opts)
-            except ValueError as exc:
-                messages.append(f"no automatic moving lung mask ({exc}); mask term off")
-                prog(1.0, messages[-1])
-    timings["lung_mask"] = _elapsed(t0, dev)
-
+    with _timed("lung_mask", timings, dev):
+        prog.stage(0.0, 0.05, "lung masks")
+        fixed_mask, moving_mask = _lung_masks(fixed, moving, fixed_mask, moving_mask, opts, prog, messages)
     f_hu, f_grid = image_to_hu_tensor(fixed, dev)
     m_hu, m_grid = image_to_hu_tensor(moving, dev)
     f_mask_t = mask_to_tensor(fixed_mask, f_grid, "fixed mask").to(dev) if fixed_mask is not None else None
     m_mask_t = mask_to_tensor(moving_mask, m_grid, "moving mask").to(dev) if moving_mask is not None else None
 
-    # -- affine ------------------------------------------------------------------------------------
-    t0 = time.perf_counter()
     affine: np.ndarray | None = None
-    if opts.affine:
-        prog.stage(0.05, 0.15, "affine pre-alignment")
-        affine = affine_register(
-            f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine_options, progress=prog, cancel=prog.cancel
+    with _timed("affine", timings, dev):
+        if opts.affine:
+            prog.stage(0.05, 0.15, "affine pre-alignment")
+            affine = affine_register(f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine_options, progress=prog)
+
+    with _timed("preprocess", timings, dev):
+        prog.stage(0.20, 0.05, "preprocessing")
+        pp = preprocess_pair(
+            (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.beta > 0 else None,
+            opts.preprocess_options(network_size), affine=affine, device=dev,
         )
-    timings["affine"] = _elapsed(t0, dev)
+        del m_hu
 
-    # -- preprocessing -----------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    prog.stage(0.20, 0.05, "preprocessing")
-    pp = preprocess_pair(
-        (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.beta > 0 else None,
-        opts.preprocess_options(network_size), affine=affine, device=dev,
-    )
-    del m_hu
-    timings["preprocess"] = _elapsed(t0, dev)
-
-    # -- network -----------------------------------------------------------------------------------
-    t0 = time.perf_counter()
     phi: Deformation | None = None
     levels: list[Deformation] = []
-    if net is not None:
-        prog.stage(0.25, 0.10, "network")
-        net_grid, net_fixed, net_moving = pp.grid, pp.fixed, pp.moving
-        if model_size is not None and tuple(model_size) != tuple(pp.grid.size):
-            net_grid = pp.grid.resized(model_size)  # same box, the model's input size
-            net_fixed = resample_antialiased(pp.fixed, pp.grid, net_grid)
-            net_moving = resample_antialiased(pp.moving, pp.grid, net_grid)
-        with torch.inference_mode(), _autocast(dev, opts, messages):
-            out = net(net_fixed, net_moving, net_grid)
-        phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())
-        for i in range(len(out.levels)):
-            composed = out.composed(i)
-            levels.append(Deformation(composed.grid, composed.displacement.float().clone()))
-        del out
-    timings["network"] = _elapsed(t0, dev)
+    with _timed("network", timings, dev):
+        if net is not None:
+            prog.stage(0.25, 0.10, "network")
+            phi, levels = _network_stage(net, model_size, pp, dev, opts, prog, messages)
 
-    # -- refinement --------------------------------------------------------------------------------
-    t0 = time.perf_counter()
-    if n_refine > 0:
-        prog.stage(0.35, 0.55, "refinement")
-        r = refine(
-            pp.fixed, pp.moving, pp.grid, initial=phi, options=refine_opts,
-            fixed_mask=pp.fixed_mask, moving_mask=pp.moving_mask, progress=prog, cancel=prog.cancel,
-            moving_valid=pp.moving_valid if pp.moving_valid is not None and bool((pp.moving_valid < 0.999).any()) else None,
-        )
-        phi = r.deformation
-        levels.extend(r.levels)
-    if phi is None:
-        phi = Deformation.identity(pp.grid, device=dev)
-    timings["refine"] = _elapsed(t0, dev)
+    with _timed("refine", timings, dev):
+        if n_refine > 0:
+            prog.stage(0.35, 0.55, "refinement")
+            valid = pp.moving_valid if pp.moving_valid is not None and bool((pp.moving_valid < 0.999).any()) else None
+            r = refine(
+                pp.fixed, pp.moving, pp.grid, initial=phi, options=refine_opts,
+                fixed_mask=pp.fixed_mask, moving_mask=pp.moving_mask, progress=prog, moving_valid=valid,
+            )
+            phi = r.deformation
+            levels.extend(r.levels)
+        if phi is None:
+            phi = Deformation.identity(pp.grid, device=dev)
 
-    # -- full-resolution field -----------------------------------------------------------------------
-    t0 = time.perf_counter()
-    prog.stage(0.90, 0.10, "full-resolution field")
-    total_net = compose_affine(affine, phi) if affine is not None else phi
-    folding = float(total_net.folding_fraction()[0])
-    if affine is not None:
-        levels = [compose_affine(affine, lv) for lv in levels]
-    deformation = _full_field(phi, affine, f_grid, opts.slab_voxels, dev)
-    timings["field"] = _elapsed(t0, dev)
+    with _timed("field", timings, dev):
+        prog.stage(0.90, 0.10, "full-resolution field")
+        deformation, folding, levels = _field_stage(phi, affine, levels, f_grid, opts, dev, prog)
     timings["total"] = _elapsed(t_start, dev)
     prog(1.0, "registration done")
     if folding > 0:
@@ -324,3 +279,91 @@ def _register(
         messages=messages,
         network_grid=pp.grid,
     )
+
+
+def _field_stage(
+    phi: Deformation,
+    affine: np.ndarray | None,
+    levels: list[Deformation],
+    grid: ImageGrid,
+    opts: RegistrationOptions,
+    dev: torch.device,
+    prog: Progress,
+) -> tuple[Deformation, float, list[Deformation]]:
+    """The full-resolution map ``A (x + u_phi(x))`` on the fixed ``grid``, the folding fraction of
+    the network-grid map, and the level deformations with the affine composed in."""
+    total_net = compose_affine(affine, phi) if affine is not None else phi
+    folding = float(total_net.folding_fraction()[0])
+    if affine is not None:
+        levels = [compose_affine(affine, lv) for lv in levels]
+    deformation = _full_field(phi, affine, grid, opts.slab_voxels, dev, progress=prog)
+    return deformation, folding, levels
+
+
+@contextlib.contextmanager
+def _timed(stage: str, timings: dict[str, float], device: torch.device) -> Iterator[None]:
+    """Record the seconds the ``with`` block takes, once ``device`` has finished, as ``timings[stage]``."""
+    t0 = time.perf_counter()
+    yield
+    timings[stage] = _elapsed(t0, device)
+
+
+def _lung_masks(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    fixed_mask: sitk.Image | None,
+    moving_mask: sitk.Image | None,
+    opts: RegistrationOptions,
+    prog: Progress,
+    messages: list[str],
+) -> tuple[sitk.Image | None, sitk.Image | None]:
+    """The masks given, or automatic ones where needed: the fixed one for the crop box (or the mask
+    term), the moving one for the mask term. A scan without detectable lungs gets a message."""
+    need_fixed = fixed_mask is None and (opts.crop_to_lungs or opts.beta > 0)
+    need_moving = moving_mask is None and opts.beta > 0
+    if not (need_fixed or need_moving):
+        return fixed_mask, moving_mask
+    from ..preprocessing.lungmask import LungMaskOptions, segment_lungs
+
+    lm_opts = LungMaskOptions(working_spacing_mm=opts.lung_mask_spacing_mm)
+    if need_fixed:
+        try:
+            fixed_mask = segment_lungs(fixed, lm_opts, progress=prog)
+        except ValueError as exc:
+            messages.append(f"no automatic fixed lung mask ({exc}); using the whole fixed field of view")
+            prog(0.5, messages[-1])
+    if need_moving:
+        try:
+            moving_mask = segment_lungs(moving, lm_opts, progress=prog)
+        except ValueError as exc:
+            messages.append(f"no automatic moving lung mask ({exc}); mask term off")
+            prog(1.0, messages[-1])
+    return fixed_mask, moving_mask
+
+
+def _network_stage(
+    net: "MultilevelNet",
+    model_size: tuple[int, ...] | None,
+    pp: PreprocessedPair,
+    dev: torch.device,
+    opts: RegistrationOptions,
+    prog: Progress,
+    messages: list[str],
+) -> tuple[Deformation, list[Deformation]]:
+    """The cascade on the preprocessed pair (at the model's own input size): ``phi`` on the network
+    grid and the composed deformation of every level, coarse to fine. Reports after every convolution."""
+    from ..networks.cascade import convolution_progress
+
+    net_grid, net_fixed, net_moving = pp.grid, pp.fixed, pp.moving
+    if model_size is not None and tuple(model_size) != tuple(pp.grid.size):
+        net_grid = pp.grid.resized(model_size)  # same box, the model's input size
+        net_fixed = resample_antialiased(pp.fixed, pp.grid, net_grid)
+        net_moving = resample_antialiased(pp.moving, pp.grid, net_grid)
+    with torch.inference_mode(), _autocast(dev, opts, messages), convolution_progress(net, prog):
+        out = net(net_fixed, net_moving, net_grid)
+    phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())
+    levels = []
+    for i in range(len(out.levels)):
+        composed = out.composed(i)
+        levels.append(Deformation(composed.grid, composed.displacement.float().clone()))
+    return phi, levels

@@ -25,9 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from ..core.deformation import Deformation
-from ..core.geometry import ImageGrid, check_volume, sample
-from ..core.progress import RegistrationCancelled
+from ..core.geometry import ImageGrid
+from ..core.progress import CancelFn, Progress, ProgressFn
 from ..core.pyramid import build_pyramid
+from ..core.sampling import check_volume, sample
 from ..losses import LossWeights, registration_loss
 
 LBFGS_TOLERANCE_GRAD = 1e-5
@@ -41,6 +42,13 @@ FIRST_STEP_VOXELS = 0.5
 
 ADAM_EPS = 1e-4
 """Adam's ``eps`` for the summed loss (gradients of real misalignment are 1e-3..1 per mm)."""
+
+_Objective = Callable[[], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+"""``objective() -> (loss, terms)`` of one level: the mean loss (0-dim) and its terms, see
+:func:`MLVIRNETLib.losses.registration_loss`."""
+
+_Report = Callable[[int, torch.Tensor | None], None]
+"""``report(iterations_done, loss or None)`` after each iteration of one level's optimiser."""
 
 
 @dataclass
@@ -115,8 +123,8 @@ def refine(
     options: RefineOptions | None = None,
     fixed_mask: torch.Tensor | None = None,
     moving_mask: torch.Tensor | None = None,
-    progress: Callable[[float, str], None] | None = None,
-    cancel: Callable[[], bool] | None = None,
+    progress: ProgressFn | Progress | None = None,
+    cancel: CancelFn | None = None,
     ngf_mask: torch.Tensor | None = None,
     moving_valid: torch.Tensor | None = None,
 ) -> RefineResult:
@@ -131,8 +139,11 @@ def refine(
         options: see :class:`RefineOptions`.
         fixed_mask, moving_mask: optional ``(1, 1, D, H, W)`` masks in ``[0, 1]`` on ``grid``; the
             mask term needs both and ``beta > 0``.
-        progress: called with ``(fraction in [0, 1], message)``.
-        cancel: polled every iteration; returning True raises :class:`RegistrationCancelled`.
+        progress: called with ``(fraction in [0, 1], message)`` after every optimiser iteration (at
+            most every ``Progress.min_interval_s``), or a :class:`~MLVIRNETLib.core.progress.Progress`
+            (e.g. a caller's stage), which is then used as it is.
+        cancel: polled before every evaluation of the objective; returning True raises
+            :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`.
         ngf_mask: optional ``(1, 1, D, H, W)`` voxel weights of the NGF term on ``grid`` (e.g. where
             the fixed image has data).
         moving_valid: optional ``(1, 1, D, H, W)`` in ``[0, 1]`` on ``grid``: where the (pre-aligned)
@@ -142,148 +153,283 @@ def refine(
 
     Returns:
         :class:`RefineResult` with the deformation on ``grid``.
+
+    Raises:
+        RegistrationCancelled: ``cancel()`` returned True.
     """
+    prog = Progress.of(progress, cancel)
     opts = options if options is not None else RefineOptions()
     check_volume(fixed, grid, "fixed")
     check_volume(moving, grid, "moving")
     if fixed.shape != moving.shape:
         raise ValueError(f"fixed shape {tuple(fixed.shape)} and moving shape {tuple(moving.shape)} differ")
-    its = opts.iterations_per_level()
-    device = fixed.device
+    iterations = opts.iterations_per_level()
     if initial is None:
-        initial = Deformation.identity(grid, device=device)
-    if sum(its) == 0:
+        initial = Deformation.identity(grid, device=fixed.device)
+    if sum(iterations) == 0:
         return RefineResult(initial.on_grid(grid), [], [])
 
-    max_factor = max(opts.level_factors)
-    n_pyr = int(math.log2(max_factor)) + 1
-    if any(s % max_factor for s in grid.size):
-        raise ValueError(f"grid size {grid.size} must be divisible by the largest level factor {max_factor}")
     use_masks = fixed_mask is not None and moving_mask is not None and opts.beta > 0
-    fixed_pyr = build_pyramid(fixed.float(), grid, n_pyr)
-    moving_pyr = build_pyramid(moving.float(), grid, n_pyr)
-    fmask_pyr = build_pyramid(fixed_mask.float(), grid, n_pyr) if use_masks else None
-    mmask_pyr = build_pyramid(moving_mask.float(), grid, n_pyr) if use_masks else None
-    ngf_pyr = build_pyramid(ngf_mask.float(), grid, n_pyr) if ngf_mask is not None else None
-    valid_pyr = build_pyramid(moving_valid.float(), grid, n_pyr) if moving_valid is not None else None
+    pyramid = _build_levels(
+        fixed, moving, grid, opts.level_factors, fixed_mask if use_masks else None,
+        moving_mask if use_masks else None, ngf_mask, moving_valid,
+    )
     weights = LossWeights(opts.alpha, opts.beta if use_masks else 0.0, opts.ngf_eps)
-
-    total = max(1, sum(its))
+    finest_spacing = min(grid.spacing) * min(opts.level_factors)
+    total = sum(iterations)  # > 0 here
     done = 0
     current = initial
     levels: list[Deformation] = []
     losses: list[dict[str, float]] = []
-    finest_spacing = min(grid.spacing) * min(opts.level_factors)
-    for factor, n_it in zip(opts.level_factors, its):
-        p = int(math.log2(factor))
-        f_l, g_l = fixed_pyr[p]
-        m_l = moving_pyr[p][0]
-        fm_l = fmask_pyr[p][0] if fmask_pyr is not None else None
-        mm_l = mmask_pyr[p][0] if mmask_pyr is not None else None
-        nm_l = ngf_pyr[p][0] if ngf_pyr is not None else None
-        # eroded validity: a min filter of 5 voxels keeps the central differences off the edge
-        valid_l = -F.max_pool3d(-valid_pyr[p][0], 5, stride=1, padding=2) if valid_pyr is not None else None
-        if min(g_l.size) < 3:
-            raise ValueError(f"refinement level grid {g_l.size} needs at least 3 voxels per axis; use smaller level factors")
-        u0 = current.on_grid(g_l).displacement.detach().to(device=device, dtype=torch.float32)
-        # the unknowns are the interior voxels; the outermost layer copies its inner neighbour. The
-        # loss terms only see the interior, so a free outer layer would be unconstrained and fold.
-        u_inner = u0[:, :, 1:-1, 1:-1, 1:-1].clone().requires_grad_(True)
-        x = g_l.world_points(device=device, dtype=torch.float32)[None]
-        spacing = g_l.spacing
-
-        def full() -> torch.Tensor:
-            return F.pad(u_inner, (1, 1, 1, 1, 1, 1), mode="replicate")
-
-        def objective() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            u = full()
-            pts = x + u.movedim(1, -1)
-            warped = sample(m_l, g_l, pts)
-            mw = sample(mm_l, g_l, pts, padding_mode="zeros") if mm_l is not None else None
-            weight = nm_l
-            if valid_l is not None:
-                with torch.no_grad():
-                    inside = sample(valid_l, g_l, pts.detach(), padding_mode="zeros")
-                weight = inside if weight is None else weight * inside
-            return registration_loss(f_l, warped, u, spacing, weights, fm_l, mw, ngf_mask=weight)
-
-        n_vox = float(math.prod(g_l.size))
-        if n_it > 0:
-            lr = opts.learning_rate * min(g_l.spacing) / finest_spacing
-            if opts.optimizer == "adam":
-                # summed loss (see below) and an ``eps`` well above float noise: Adam divides by the
-                # gradient's running RMS, so pure rounding noise would otherwise get full-size steps
-                optimiser = torch.optim.Adam([u_inner], lr=lr, eps=ADAM_EPS)
-                for it in range(n_it):
-                    _check_cancel(cancel)
-                    optimiser.zero_grad(set_to_none=True)
-                    loss, _ = objective()
-                    (loss * n_vox).backward()
-                    optimiser.step()
-                    done += 1
-                    _report(progress, done / total, factor, it, n_it, loss)
-            else:
-                # The loss is a mean over voxels; L-BFGS sees it times the voxel count (a sum), so
-                # that the gradient has a scale: when no entry exceeds ``LBFGS_TOLERANCE_GRAD`` the
-                # level is converged (identical images give pure rounding noise, which L-BFGS would
-                # otherwise amplify into large steps). The unknowns are rescaled, ``u = scale * v``,
-                # so that torch's first trial step (``1 / |g|_1``) moves the fastest voxel by
-                # ``FIRST_STEP_VOXELS`` of the level's voxel size; unscaled, it is a tiny step into
-                # the kink that trilinear interpolation has at voxel centres, which the line search
-                # accepts and the optimisation stalls.
-                loss0, _ = objective()
-                (loss0 * n_vox).backward()
-                g = u_inner.grad.detach()
-                g_max, g_sum = float(g.abs().max()), float(g.abs().sum())
-                u_inner.grad = None
-                if g_max > LBFGS_TOLERANCE_GRAD:
-                    step = FIRST_STEP_VOXELS * min(g_l.spacing)
-                    scale = step * g_sum / g_max  # first step min(1, 1/|g_v|_1) * g_v moves u by ``step``
-                    if scale * g_sum < 1.0:
-                        scale = math.sqrt(step / g_max)
-                    v = (u_inner.detach() / scale).requires_grad_(True)
-                    optimiser = torch.optim.LBFGS(
-                        [v], lr=1.0, max_iter=n_it, history_size=10, line_search_fn="strong_wolfe",
-                        tolerance_grad=LBFGS_TOLERANCE_GRAD * scale, tolerance_change=LBFGS_TOLERANCE_CHANGE / scale,
-                    )
-                    counter = {"n": 0}
-
-                    def closure() -> torch.Tensor:
-                        _check_cancel(cancel)
-                        optimiser.zero_grad(set_to_none=True)
-                        u_inner.data = v.detach() * scale
-                        u_inner.grad = None
-                        loss, _ = objective()
-                        (loss * n_vox).backward()
-                        v.grad = u_inner.grad * scale
-                        counter["n"] += 1
-                        k = min(counter["n"], n_it)
-                        _report(progress, (done + k) / total, factor, k - 1, n_it, loss)
-                        return loss.detach() * n_vox
-
-                    optimiser.step(closure)
-                    with torch.no_grad():
-                        u_inner.data = v.detach() * scale
-                        u_inner.grad = None
-                done += n_it
-        with torch.no_grad():
-            _, terms = objective()
+    for level, n_it in zip(pyramid, iterations):
+        learning_rate = opts.learning_rate * min(level.grid.spacing) / finest_spacing
+        report = _level_reporter(prog, level.factor, n_it, done, total)
+        displacement, terms = _refine_level(
+            level, current, n_it, opts.optimizer, learning_rate, weights, prog.check_cancel, report
+        )
         losses.append({k: float(v) for k, v in terms.items()})
-        with torch.no_grad():
-            current = Deformation(g_l, full().detach().contiguous())
+        current = Deformation(level.grid, displacement)
         levels.append(current)
-    if progress is not None:
-        progress(1.0, "refinement done")
+        done += n_it
+    prog(1.0, "refinement done")
     return RefineResult(current.on_grid(grid), levels, losses)
 
 
-def _check_cancel(cancel: Callable[[], bool] | None) -> None:
-    if cancel is not None and cancel():
-        raise RegistrationCancelled("registration cancelled")
+def _level_reporter(prog: Progress, factor: int, iterations: int, done: int, total: int) -> _Report:
+    """``report(k, loss)`` for one level: ``prog((done + k) / total, message)``; ``done`` and ``total``
+    count iterations over all levels. The message names the loss only when it is given."""
+
+    def report(k: int, loss: torch.Tensor | None) -> None:
+        text = f"refine 1/{factor}: iteration {k}/{iterations}"
+        prog((done + k) / total, text if loss is None else f"{text}, loss {float(loss.detach()):.4f}")
+
+    return report
 
 
-def _report(
-    progress: Callable[[float, str], None] | None, fraction: float, factor: int, it: int, n_it: int, loss: torch.Tensor
+@dataclass
+class _LevelData:
+    """The inputs of one refinement level, all ``(1, 1, d, h, w)`` on ``grid`` (a pyramid level).
+
+    Attributes:
+        factor: downsampling factor of the level relative to the network grid.
+        grid: the level grid (same box as the network grid, ``factor`` times coarser).
+        fixed, moving: the normalised images.
+        fixed_mask, moving_mask: masks in ``[0, 1]`` of the mask term, or None (term off).
+        ngf_weight: voxel weights of the NGF term, or None.
+        moving_valid: where the moving image has data, eroded by two voxels (``[0, 1]``), or None.
+    """
+
+    factor: int
+    grid: ImageGrid
+    fixed: torch.Tensor
+    moving: torch.Tensor
+    fixed_mask: torch.Tensor | None
+    moving_mask: torch.Tensor | None
+    ngf_weight: torch.Tensor | None
+    moving_valid: torch.Tensor | None
+
+
+def _build_levels(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    grid: ImageGrid,
+    factors: Sequence[int],
+    fixed_mask: torch.Tensor | None,
+    moving_mask: torch.Tensor | None,
+    ngf_mask: torch.Tensor | None,
+    moving_valid: torch.Tensor | None,
+) -> list[_LevelData]:
+    """The data of every level in ``factors`` order from ``(1, 1, D, H, W)`` volumes on ``grid``.
+
+    Raises:
+        ValueError: ``grid`` is not divisible by the largest factor, or a level has fewer than 3
+            voxels along an axis.
+    """
+    max_factor = max(factors)
+    if any(s % max_factor for s in grid.size):
+        raise ValueError(f"grid size {grid.size} must be divisible by the largest level factor {max_factor}")
+    n_pyramid = int(math.log2(max_factor)) + 1
+
+    def pyramid(volume: torch.Tensor | None) -> list[tuple[torch.Tensor, ImageGrid]] | None:
+        return build_pyramid(volume.float(), grid, n_pyramid) if volume is not None else None
+
+    fixed_pyr, moving_pyr = pyramid(fixed), pyramid(moving)
+    fixed_mask_pyr, moving_mask_pyr = pyramid(fixed_mask), pyramid(moving_mask)
+    ngf_pyr, valid_pyr = pyramid(ngf_mask), pyramid(moving_valid)
+    levels = []
+    for factor in factors:
+        p = int(math.log2(factor))
+        level_fixed, level_grid = fixed_pyr[p]
+        if min(level_grid.size) < 3:
+            raise ValueError(
+                f"refinement level grid {level_grid.size} needs at least 3 voxels per axis; use smaller level factors"
+            )
+        levels.append(_LevelData(
+            factor=factor,
+            grid=level_grid,
+            fixed=level_fixed,
+            moving=moving_pyr[p][0],
+            fixed_mask=fixed_mask_pyr[p][0] if fixed_mask_pyr is not None else None,
+            moving_mask=moving_mask_pyr[p][0] if moving_mask_pyr is not None else None,
+            ngf_weight=ngf_pyr[p][0] if ngf_pyr is not None else None,
+            # a min filter of 5 voxels keeps the central differences of NGF off the edge
+            moving_valid=-F.max_pool3d(-valid_pyr[p][0], 5, stride=1, padding=2) if valid_pyr is not None else None,
+        ))
+    return levels
+
+
+def _refine_level(
+    level: _LevelData,
+    start: Deformation,
+    iterations: int,
+    optimizer: str,
+    learning_rate: float,
+    weights: LossWeights,
+    check_cancel: Callable[[], None],
+    report: _Report,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Optimise the displacement of one level, starting from ``start`` sampled on ``level.grid``.
+
+    The unknowns are the interior voxels; the outermost layer copies its inner neighbour. The loss
+    terms only see the interior, so a free outer layer would be unconstrained and fold.
+
+    Args:
+        level: the level's data.
+        start: the starting deformation (any grid).
+        iterations: optimiser iterations (``0``: none, only the final loss is evaluated).
+        optimizer: ``"adam"`` or ``"lbfgs"``.
+        learning_rate: Adam step on this level, mm per iteration.
+        weights: the loss weights.
+        check_cancel: called before every evaluation of the objective; raises to stop.
+        report: called after every iteration.
+
+    Returns:
+        ``(displacement, terms)``: the optimised ``(1, 3, d, h, w)`` displacement (mm, detached) and
+        the loss terms (0-dim tensors) it has.
+    """
+    device = level.fixed.device
+    u0 = start.on_grid(level.grid).displacement.detach().to(device=device, dtype=torch.float32)
+    u_inner = u0[:, :, 1:-1, 1:-1, 1:-1].clone().requires_grad_(True)
+    objective = _level_objective(level, u_inner, weights, check_cancel)
+    n_voxels = float(math.prod(level.grid.size))
+    if iterations > 0 and optimizer == "adam":
+        _optimise_adam(objective, u_inner, iterations, learning_rate, n_voxels, report)
+    elif iterations > 0:
+        _optimise_lbfgs(objective, u_inner, iterations, min(level.grid.spacing), n_voxels, report)
+    with torch.no_grad():
+        _, terms = objective()
+        displacement = _with_outer_layer(u_inner).detach().contiguous()
+    return displacement, terms
+
+
+def _with_outer_layer(u_inner: torch.Tensor) -> torch.Tensor:
+    """``(1, 3, d - 2, h - 2, w - 2)`` interior displacement -> ``(1, 3, d, h, w)``, the outer layer
+    copying its inner neighbour."""
+    return F.pad(u_inner, (1, 1, 1, 1, 1, 1), mode="replicate")
+
+
+def _level_objective(
+    level: _LevelData, u_inner: torch.Tensor, weights: LossWeights, check_cancel: Callable[[], None]
+) -> _Objective:
+    """The mlVIRNET loss of one level as a function of the interior displacement ``u_inner``.
+
+    The returned ``objective()`` first calls ``check_cancel()`` (so a cancel takes effect before the
+    next evaluation, whichever optimiser runs), then evaluates
+    ``registration_loss(F, M∘y, u)`` with ``y(x) = x + u(x)``: the moving mask is warped with zero
+    padding, and with ``level.moving_valid`` the NGF weights are zero where ``y(x)`` is near or
+    outside the moving field of view (not differentiated).
+    """
+    points_x = level.grid.world_points(device=u_inner.device, dtype=torch.float32)[None]  # (1, d, h, w, 3) mm
+
+    def objective() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        check_cancel()
+        u = _with_outer_layer(u_inner)
+        points_y = points_x + u.movedim(1, -1)
+        warped = sample(level.moving, level.grid, points_y)
+        warped_mask = None
+        if level.moving_mask is not None:
+            warped_mask = sample(level.moving_mask, level.grid, points_y, padding_mode="zeros")
+        ngf_weight = level.ngf_weight
+        if level.moving_valid is not None:
+            with torch.no_grad():
+                inside = sample(level.moving_valid, level.grid, points_y.detach(), padding_mode="zeros")
+            ngf_weight = inside if ngf_weight is None else ngf_weight * inside
+        return registration_loss(
+            level.fixed, warped, u, level.grid.spacing, weights, level.fixed_mask, warped_mask, ngf_mask=ngf_weight
+        )
+
+    return objective
+
+
+def _optimise_adam(
+    objective: _Objective,
+    u_inner: torch.Tensor,
+    iterations: int,
+    learning_rate: float,
+    n_voxels: float,
+    report: _Report,
 ) -> None:
-    if progress is not None and (it % 10 == 0 or it == n_it - 1):
-        progress(min(1.0, fraction), f"refine 1/{factor}: iteration {it + 1}/{n_it}, loss {float(loss.detach()):.4f}")
+    """``iterations`` Adam steps on ``u_inner`` (in place) for the summed loss ``loss * n_voxels``.
+
+    The summed loss and an ``eps`` well above float noise (:data:`ADAM_EPS`): Adam divides by the
+    gradient's running RMS, so pure rounding noise would otherwise get full-size steps.
+    ``learning_rate`` is in mm per iteration. ``report(k, None)`` follows iteration ``k`` (the loss
+    is not read, so the device is not synchronised).
+    """
+    optimiser = torch.optim.Adam([u_inner], lr=learning_rate, eps=ADAM_EPS)
+    for it in range(iterations):
+        optimiser.zero_grad(set_to_none=True)
+        loss, _ = objective()
+        (loss * n_voxels).backward()
+        optimiser.step()
+        report(it + 1, None)
+
+
+def _optimise_lbfgs(
+    objective: _Objective, u_inner: torch.Tensor, iterations: int, voxel_mm: float, n_voxels: float, report: _Report
+) -> None:
+    """L-BFGS (strong-Wolfe line search, at most ``iterations`` iterations) on ``u_inner`` in place.
+
+    The loss is a mean over voxels; L-BFGS sees it times the voxel count (a sum), so that the
+    gradient has a scale: when no entry exceeds :data:`LBFGS_TOLERANCE_GRAD` the level is converged
+    (identical images give pure rounding noise, which L-BFGS would otherwise amplify into large
+    steps). The unknowns are rescaled, ``u = scale * v``, so that torch's first trial step
+    (``1 / |g|_1``) moves the fastest voxel by :data:`FIRST_STEP_VOXELS` of the level's smallest
+    voxel size ``voxel_mm``; unscaled, it is a tiny step into the kink that trilinear interpolation
+    has at voxel centres, which the line search accepts and the optimisation stalls.
+    ``report(k, loss)`` follows every evaluation, ``k`` = evaluations so far (at most ``iterations``).
+    """
+    loss0, _ = objective()
+    (loss0 * n_voxels).backward()
+    grad = u_inner.grad.detach()
+    g_max, g_sum = float(grad.abs().max()), float(grad.abs().sum())
+    u_inner.grad = None
+    if g_max <= LBFGS_TOLERANCE_GRAD:
+        return  # converged at the start
+    step = FIRST_STEP_VOXELS * voxel_mm
+    scale = step * g_sum / g_max  # the first step min(1, 1/|g_v|_1) * g_v then moves u by ``step``
+    if scale * g_sum < 1.0:
+        scale = math.sqrt(step / g_max)
+    v = (u_inner.detach() / scale).requires_grad_(True)
+    optimiser = torch.optim.LBFGS(
+        [v], lr=1.0, max_iter=iterations, history_size=10, line_search_fn="strong_wolfe",
+        tolerance_grad=LBFGS_TOLERANCE_GRAD * scale, tolerance_change=LBFGS_TOLERANCE_CHANGE / scale,
+    )
+    evaluations = 0
+
+    def closure() -> torch.Tensor:
+        nonlocal evaluations
+        optimiser.zero_grad(set_to_none=True)
+        u_inner.data = v.detach() * scale
+        u_inner.grad = None
+        loss, _ = objective()
+        (loss * n_voxels).backward()
+        v.grad = u_inner.grad * scale
+        evaluations += 1
+        report(min(evaluations, iterations), loss)
+        return loss.detach() * n_voxels
+
+    optimiser.step(closure)
+    with torch.no_grad():
+        u_inner.data = v.detach() * scale
+        u_inner.grad = None

@@ -3,30 +3,33 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import SimpleITK as sitk
 import torch
 
 from ..core.deformation import Deformation
-from ..core.geometry import ImageGrid, index_affine_terms, sample_on_grid
+from ..core.geometry import ImageGrid, index_affine_terms
+from ..core.progress import ProgressFn
+from ..core.sampling import sample_on_grid
 from ..preprocessing.pair import image_to_hu_tensor
-
-if TYPE_CHECKING:
-    pass
 
 
 def _full_field(
-    phi: Deformation, affine: np.ndarray | None, grid: ImageGrid, slab_voxels: int, device: torch.device
+    phi: Deformation,
+    affine: np.ndarray | None,
+    grid: ImageGrid,
+    slab_voxels: int,
+    device: torch.device,
+    progress: ProgressFn | None = None,
 ) -> Deformation:
     """``u(x) = A (x + u_phi(x)) - x`` at every voxel of ``grid``, computed in z slabs.
 
     With ``A = [L | t]``: ``u = L u_phi(x) + ((L - I) x + t)``; the second term is an affine
-    function of the voxel index, built by broadcasting.
+    function of the voxel index, built by broadcasting. ``progress(fraction, message)`` is called
+    after every slab.
     """
     nx, ny, nz = grid.size
-    out = torch.empty((1, 3, nz, ny, nx), dtype=torch.float32, device=device)
+    out = torch.empty((1, 3, *grid.shape_zyx), dtype=torch.float32, device=device)
     slab = max(1, int(slab_voxels) // max(nx * ny, 1))
     u_phi = phi.displacement.to(device=device, dtype=torch.float32)
     for z0 in range(0, nz, slab):
@@ -38,6 +41,8 @@ def _full_field(
             u = torch.einsum("ck,k...->c...", lin, u)
             u += _affine_of_index((affine - np.eye(4)) @ sgrid.index_to_world_matrix(), sgrid, device)
         out[0, :, z0:z1] = u
+        if progress is not None:
+            progress(z1 / nz, f"full-resolution field: slices {z1}/{nz}")
     return Deformation(grid, out)
 
 
@@ -72,7 +77,7 @@ def warp_image(
     m, m_grid = image_to_hu_tensor(moving, deformation.displacement.device)
     grid = deformation.grid
     nx, ny, nz = grid.size
-    out = torch.empty((1, 1, nz, ny, nx), dtype=torch.float32)
+    out = torch.empty((1, 1, *grid.shape_zyx), dtype=torch.float32)
     slab = max(1, int(slab_voxels) // max(nx * ny, 1))
     for z0 in range(0, nz, slab):
         z1 = min(nz, z0 + slab)

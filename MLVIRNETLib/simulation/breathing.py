@@ -26,6 +26,7 @@ points inside the lungs for TRE.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -34,7 +35,8 @@ import torch
 
 from ..core.deformation import Deformation, jacobian_determinant
 from ..core.filters import box_downsample, gaussian_smooth
-from ..core.geometry import ImageGrid, sample
+from ..core.geometry import ImageGrid
+from ..core.sampling import sample
 from ..preprocessing.pair import AIR_HU, image_to_hu_tensor, mask_to_tensor
 
 __all__ = [
@@ -88,7 +90,7 @@ def _random_velocity(grid: ImageGrid, smoothness_mm: float, generator: torch.Gen
     """Gaussian-smoothed white noise ``(1, 3, D, H, W)`` on ``grid``, scaled to max magnitude 1."""
     # noise on a grid padded by 3 sigma, smoothed, then cropped: every voxel sees a full kernel of
     # independent noise (replicated border noise would make the border much rougher than the inside)
-    pad = [int(math.ceil(3.0 * smoothness_mm / s)) for s in grid.spacing[::-1]]  # z, y, x
+    pad = [int(math.ceil(3.0 * smoothness_mm / s)) for s in grid.spacing_zyx]  # z, y, x
     shape = [n + 2 * p for n, p in zip(grid.shape_zyx, pad)]
     noise = torch.randn((1, 3, *shape), generator=generator, dtype=torch.float32)
     v = _smooth_mm(noise, grid, smoothness_mm)
@@ -211,43 +213,99 @@ def breathing_deformation(
             ``peak_mm`` or widen ``sliding_mm``).
     """
     _check_grid(grid)
+    _check_breathing_arguments(peak_mm, sliding_mm, velocity_spacing_mm, outside_fraction)
+    gen = torch.Generator().manual_seed(int(seed))
+    jitter = 1.0 + 0.4 * (torch.rand(2, generator=gen, dtype=torch.float64) - 0.5)
+    vgrid = _coarse_grid(grid, velocity_spacing_mm)
+    x = vgrid.world_points(dtype=torch.float64)  # (D, H, W, 3)
+    coarse = _mask_on_coarse(lung_mask, min(2.0, velocity_spacing_mm))
+    if coarse is None:
+        lungs = _whole_grid_as_lungs(grid, vgrid)
+    else:
+        lungs = _lungs_on_velocity_grid(*coarse, vgrid, x, sliding_mm, below_base_mm, outside_fraction)
+    v = _breathing_velocity(x, lungs, jitter, ap_fraction, lr_fraction, apex_exponent)
+    if random_fraction > 0:
+        v = v + random_fraction * _random_velocity(vgrid, 40.0, gen).double()
+    v = v * lungs.weight[None, None]
+    v = _smooth_mm(v, vgrid, velocity_spacing_mm).float()
+    d = _scaled_exponential(vgrid, v, float(peak_mm), lungs.region)
+    _check_no_folding(d, vgrid, peak_mm, sliding_mm)
+    return d.on_grid(grid)
+
+
+@dataclass(frozen=True)
+class _Lungs:
+    """The lungs as the breathing model sees them, on the velocity grid ``(D, H, W)``.
+
+    Attributes:
+        lo, hi: LPS bounding box of the lungs, mm, ``(3,)`` float64 (x, y, z).
+        centre: LPS centre of the lungs, mm, ``(3,)`` float64.
+        weight: motion weight ``(D, H, W)`` float64, 1 in the lungs down to ``outside_fraction``.
+        region: bool ``(D, H, W)``, voxels inside the lungs (where ``peak_mm`` is measured), or
+            ``None`` for the whole grid.
+    """
+
+    lo: np.ndarray
+    hi: np.ndarray
+    centre: np.ndarray
+    weight: torch.Tensor
+    region: torch.Tensor | None
+
+
+def _check_breathing_arguments(peak_mm: float, sliding_mm: float, velocity_spacing_mm: float,
+                               outside_fraction: float) -> None:
+    """Raise ``ValueError`` for a negative or non-finite length (mm) or an ``outside_fraction`` outside 0..1."""
     for name, value in (("peak_mm", peak_mm), ("sliding_mm", sliding_mm), ("velocity_spacing_mm", velocity_spacing_mm)):
         if not (math.isfinite(value) and value >= 0):
             raise ValueError(f"{name} must be a finite value >= 0, got {value}")
     if not 0 <= outside_fraction <= 1:
         raise ValueError(f"outside_fraction must lie in [0, 1], got {outside_fraction}")
-    gen = torch.Generator().manual_seed(int(seed))
-    jitter = 1.0 + 0.4 * (torch.rand(2, generator=gen, dtype=torch.float64) - 0.5)
-    vgrid = _coarse_grid(grid, velocity_spacing_mm)
-    x = vgrid.world_points(dtype=torch.float64)  # (D, H, W, 3)
 
-    coarse = _mask_on_coarse(lung_mask, min(2.0, velocity_spacing_mm))
-    if coarse is None:
-        corners = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in grid.size], indexing="ij")).reshape(3, -1).T
-        pts = grid.index_to_world(corners)
-        lo, hi = pts.min(axis=0), pts.max(axis=0)
-        centre = 0.5 * (lo + hi)
-        weight = torch.ones(vgrid.shape_zyx, dtype=torch.float64)
-        region = None
-    else:
-        m, mgrid = coarse
-        lung_pts = mgrid.index_to_world(torch.nonzero(m[0, 0] > 0.5).flip(-1).to(torch.float64)).numpy()
-        if lung_pts.shape[0] == 0:
-            lung_pts = mgrid.index_to_world(torch.nonzero(m[0, 0] > 0).flip(-1).to(torch.float64)).numpy()
-        lo, hi = lung_pts.min(axis=0), lung_pts.max(axis=0)
-        centre = lung_pts.mean(axis=0)
-        smooth = _smooth_mm(m, mgrid, sliding_mm) if sliding_mm > 0 else m
-        # lungs extended inferiorly (S is +z in LPS): max over samples shifted superiorly
-        steps = max(1, int(math.ceil(below_base_mm / 4.0))) if below_base_mm > 0 else 0
-        ext = torch.zeros(vgrid.shape_zyx, dtype=torch.float64)
-        inside = sample(m.double(), mgrid, x, padding_mode="zeros")[0, 0]
-        for k in range(steps + 1):
-            shift = torch.tensor([0.0, 0.0, below_base_mm * k / max(steps, 1)], dtype=torch.float64)
-            val = sample(smooth.double(), mgrid, x + shift, padding_mode="zeros")[0, 0]
-            ext = torch.maximum(ext, val)
-        weight = outside_fraction + (1.0 - outside_fraction) * ext.clamp(0, 1)
-        region = inside > 0.5
 
+def _whole_grid_as_lungs(grid: ImageGrid, vgrid: ImageGrid) -> _Lungs:
+    """No lung mask: the lungs are the box of ``grid``'s outer voxel faces, full weight everywhere on ``vgrid``."""
+    corners = np.array(np.meshgrid(*[[-0.5, s - 0.5] for s in grid.size], indexing="ij")).reshape(3, -1).T
+    pts = grid.index_to_world(corners)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    return _Lungs(lo, hi, 0.5 * (lo + hi), torch.ones(vgrid.shape_zyx, dtype=torch.float64), None)
+
+
+def _lungs_on_velocity_grid(m: torch.Tensor, mgrid: ImageGrid, vgrid: ImageGrid, x: torch.Tensor, sliding_mm: float,
+                            below_base_mm: float, outside_fraction: float) -> _Lungs:
+    """Extent and sliding weight of the lungs from the coarse lung fraction ``m`` ``(1, 1, d, h, w)`` on ``mgrid``.
+
+    The extent is that of the voxels more than half lung (any lung fraction when there are none).
+    The weight is ``m`` smoothed with ``sliding_mm`` and extended ``below_base_mm`` inferiorly,
+    sampled at the velocity grid's points ``x`` (``(D, H, W, 3)`` LPS mm) and blended to
+    ``outside_fraction`` outside; the region is where ``m`` itself exceeds one half.
+    """
+    lung_pts = mgrid.array_index_to_world(torch.nonzero(m[0, 0] > 0.5)).numpy()
+    if lung_pts.shape[0] == 0:
+        lung_pts = mgrid.array_index_to_world(torch.nonzero(m[0, 0] > 0)).numpy()
+    lo, hi = lung_pts.min(axis=0), lung_pts.max(axis=0)
+    centre = lung_pts.mean(axis=0)
+    smooth = _smooth_mm(m, mgrid, sliding_mm) if sliding_mm > 0 else m
+    # lungs extended inferiorly (S is +z in LPS): max over samples shifted superiorly
+    steps = max(1, int(math.ceil(below_base_mm / 4.0))) if below_base_mm > 0 else 0
+    ext = torch.zeros(vgrid.shape_zyx, dtype=torch.float64)
+    inside = sample(m.double(), mgrid, x, padding_mode="zeros")[0, 0]
+    for k in range(steps + 1):
+        shift = torch.tensor([0.0, 0.0, below_base_mm * k / max(steps, 1)], dtype=torch.float64)
+        val = sample(smooth.double(), mgrid, x + shift, padding_mode="zeros")[0, 0]
+        ext = torch.maximum(ext, val)
+    weight = outside_fraction + (1.0 - outside_fraction) * ext.clamp(0, 1)
+    return _Lungs(lo, hi, centre, weight, inside > 0.5)
+
+
+def _breathing_velocity(x: torch.Tensor, lungs: _Lungs, jitter: torch.Tensor, ap_fraction: float,
+                        lr_fraction: float, apex_exponent: float) -> torch.Tensor:
+    """The deterministic breathing velocity ``(1, 3, D, H, W)`` float64 (LPS, unit peak SI) at points ``x``.
+
+    ``x`` is ``(D, H, W, 3)`` LPS mm; ``jitter`` ``(2,)`` scales the AP (``[0]``) and LR (``[1]``)
+    fractions. Superior-inferior: ``-prof`` with ``prof`` 0 at the apex, 1 at the base;
+    anterior-posterior and left-right grow with ``prof`` from 0.4 to 1.
+    """
+    lo, hi, centre = lungs.lo, lungs.hi, lungs.centre
     z_apex, z_base = hi[2], lo[2]
     y_ant, y_post = lo[1], hi[1]
     half_width = max(0.5 * (hi[0] - lo[0]), 1.0)
@@ -255,7 +313,7 @@ def breathing_deformation(
     a = ((y_post - x[..., 1]) / max(y_post - y_ant, 1.0)).clamp(0, 1)
     lateral = ((x[..., 0] - centre[0]) / half_width).clamp(-1, 1)
     grow = 0.4 + 0.6 * prof
-    v = torch.stack(
+    return torch.stack(
         [
             lr_fraction * float(jitter[1]) * lateral * grow,
             -ap_fraction * float(jitter[0]) * a * grow,
@@ -263,18 +321,16 @@ def breathing_deformation(
         ],
         dim=0,
     )[None]
-    if random_fraction > 0:
-        v = v + random_fraction * _random_velocity(vgrid, 40.0, gen).double()
-    v = v * weight[None, None]
-    v = _smooth_mm(v, vgrid, velocity_spacing_mm).float()
-    d = _scaled_exponential(vgrid, v, float(peak_mm), region)
+
+
+def _check_no_folding(d: Deformation, vgrid: ImageGrid, peak_mm: float, sliding_mm: float) -> None:
+    """Raise ``ValueError`` when ``det J <= 0`` anywhere on ``vgrid`` (the field folds)."""
     det = jacobian_determinant(d.displacement, vgrid)
     if float(det.min()) <= 0:
         raise ValueError(
             f"the breathing deformation folds (min det J = {float(det.min()):.3f}) with peak_mm={peak_mm}, "
             f"sliding_mm={sliding_mm}: lower peak_mm or widen sliding_mm"
         )
-    return d.on_grid(grid)
 
 
 def rigid_matrix(
@@ -434,7 +490,7 @@ def sample_landmarks(
         mask_img = sitk.BinaryErode(mask_img, radius, sitk.sitkBall)
     core = sitk.GetArrayFromImage(mask_img) > 0
     if border_mm > 0:
-        for axis, (n_vox, sp) in enumerate(zip(grid.shape_zyx, grid.spacing[::-1])):
+        for axis, (n_vox, sp) in enumerate(zip(grid.shape_zyx, grid.spacing_zyx)):
             b = min(int(math.ceil(border_mm / sp - 0.5)), n_vox)
             if b > 0:
                 index = [slice(None)] * 3
@@ -453,7 +509,7 @@ def sample_landmarks(
     kji = np.argwhere(core & (grad >= threshold))
     rng = np.random.default_rng(int(seed))
     order = rng.permutation(kji.shape[0])[: max(20 * n, 2000)]
-    pts = grid.index_to_world(kji[order][:, ::-1].astype(float))
+    pts = grid.array_index_to_world(kji[order])
     kept: list[np.ndarray] = []
     for p in pts:
         if len(kept) >= n:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import SimpleITK as sitk
 
-from ..core.geometry import ImageGrid
+from ..core.geometry import ImageGrid, zyx_to_xyz
 from ..preprocessing.lungmask import _anatomical_axes
 from ..preprocessing.morphology import _depth_mm, _dilate, _spacing_zyx
 
@@ -55,7 +55,7 @@ def synthetic_chest_ct(lung_mask: sitk.Image, seed: int = 0, vessels_per_litre: 
 
     # lung texture: smooth noise (sigma 2 mm) plus white noise
     texture = sitk.GetImageFromArray(rng.normal(size=shape).astype(np.float32))
-    texture.SetSpacing(tuple(float(s) for s in spacing[::-1]))
+    texture.SetSpacing(tuple(float(s) for s in zyx_to_xyz(spacing)))
     texture = sitk.GetArrayFromImage(sitk.SmoothingRecursiveGaussian(texture, 2.0))
     texture *= 40.0 / max(float(texture.std()), 1e-6)
     ct = np.where(body, 40.0, -1000.0).astype(np.float32)

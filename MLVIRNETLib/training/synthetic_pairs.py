@@ -30,7 +30,8 @@ import torch
 
 from ..core.deformation import Deformation, jacobian_determinant
 from ..core.filters import box_downsample, lowpass
-from ..core.geometry import ImageGrid, check_volume, sample, sample_on_grid
+from ..core.geometry import ImageGrid
+from ..core.sampling import check_volume, sample, sample_on_grid
 from ..preprocessing.pair import AIR_HU, HU_WINDOW, expand_box, image_to_hu_tensor, normalize_ct
 from ..registration.affine import compose_affine
 from ..simulation.breathing import breathing_deformation, invert_deformation, random_smooth_deformation, rigid_matrix
@@ -76,10 +77,11 @@ def prepare_ct(image: sitk.Image, size: tuple[int, int, int], mask: sitk.Image |
         mask: lung mask on ``image``'s grid; computed with :func:`MLVIRNETLib.preprocessing.lungmask.segment_lungs`
             when ``None``.
         labels: label map (e.g. lobes) on ``image``'s grid; default: left/right lung from the mask
-            (:func:`MLVIRNETLib.preprocessing.lungmask.split_left_right`, or the whole mask if it cannot be split).
+            (:func:`MLVIRNETLib.preprocessing.lung_labels.split_left_right`, or the whole mask if it cannot be split).
         name: for messages.
     """
-    from ..preprocessing.lungmask import LungMaskOptions, segment_lungs, split_left_right
+    from ..preprocessing.lung_labels import split_left_right
+    from ..preprocessing.lungmask import LungMaskOptions, segment_lungs
     from ..preprocessing.pair import lung_bounding_box
 
     hu, grid = image_to_hu_tensor(image)

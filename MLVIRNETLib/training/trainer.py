@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -231,9 +231,55 @@ def train(config: TrainConfig, resume: bool = False, quiet: bool = False,
             tdist.destroy_process_group()
 
 
+@dataclass
+class _Run:
+    """The state of a run shared by its stages and steps (``step`` and ``last_val`` advance)."""
+
+    config: TrainConfig
+    dist: _Dist
+    device: torch.device
+    net: MultilevelNet
+    out_dir: Path
+    ckpt: dict | None
+    step: int
+    total: int
+    elapsed0: float
+    t0: float
+    data: MixedSource
+    val_pairs: list[TrainingPair]
+    log: RunLog | None
+    bar: Any
+    last_val: dict[str, float]
+    progress: Callable[[int, int, dict], None] | None
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / "checkpoints" / "last.pt"
+
+    def elapsed(self) -> float:
+        """Training time so far in s, including that of the run resumed from."""
+        return self.elapsed0 + time.perf_counter() - self.t0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.log is not None:
+            self.log.close()
+
+
 def _train(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _Dist, device: torch.device) -> TrainResult:
-    out_dir = Path(config.output_dir)
-    ckpt_path = out_dir / "checkpoints" / "last.pt"
+    run, bounds = _open_run(config, resume, quiet, progress, dist, device)
+    try:
+        for stage in range(run.net.num_levels):
+            if run.step < bounds[stage + 1]:
+                _train_stage(run, stage, bounds[stage], bounds[stage + 1])
+        return _finish(run)
+    finally:
+        run.close()
+
+
+def _prepare_output(config: TrainConfig, resume: bool, out_dir: Path, ckpt_path: Path, dist: _Dist) -> dict | None:
+    """The checkpoint to resume (``None`` for a new run) after checking ``out_dir``; writes ``config.yaml``."""
     ckpt = None
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location="cpu")
@@ -247,7 +293,15 @@ def _train(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _Dist
         import yaml
 
         (out_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), encoding="utf-8")
+    return ckpt
 
+
+def _open_run(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _Dist,
+              device: torch.device) -> tuple[_Run, list[int]]:
+    """The net (from the checkpoint when resuming), data, log and progress bar of a run, and the
+    step bounds of its stages (``bounds[s] .. bounds[s + 1]`` is stage ``s``)."""
+    out_dir = Path(config.output_dir)
+    ckpt = _prepare_output(config, resume, out_dir, out_dir / "checkpoints" / "last.pt", dist)
     net = initial_network(config)
     if ckpt is not None:
         net.load_state_dict(ckpt["model"])
@@ -267,79 +321,103 @@ def _train(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _Dist
         log.log(0, 0, levels - 1, "info", {"world_size": dist.world, "parameters": parameter_count(net)}, 0.0)
     bar = _progress_bar(total, step, quiet or not dist.main)
     last_val: dict[str, float] = dict(ckpt.get("validation", {})) if ckpt is not None else {}
-    try:
-        for stage in range(levels):
-            start, end = bounds[stage], bounds[stage + 1]
-            if step >= end:
-                continue
-            level, active = levels - 1 - stage, stage + 1
-            if step == start and stage > 0 and config.schedule.warm_start:
-                init_level_from(net, level + 1, level)
-            params = _set_trainable(net, level)
-            net.train()
-            optimizer = torch.optim.Adam(params, lr=config.schedule.learning_rate)
-            if ckpt is not None and step > start and ckpt.get("optimizer_stage") == stage:
-                optimizer.load_state_dict(ckpt["optimizer"])
-            model = net
-            if dist.world > 1:
-                from torch.nn.parallel import DistributedDataParallel
+    run = _Run(config, dist, device, net, out_dir, ckpt, step, total, elapsed0, t0, data, val_pairs, log, bar,
+               last_val, progress)
+    return run, bounds
 
-                model = DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
-            while step < end:
-                lr = _learning_rate(config, step - start, end - start)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                optimizer.zero_grad(set_to_none=True)
-                terms_sum: dict[str, float] = {}
-                b = config.schedule.batch_size
-                for i in range(b):
-                    gen = torch.Generator().manual_seed(step_seed(config.seed, step, dist.rank, i))
-                    pair = data.sample(gen).to(device)
-                    sync = model.no_sync() if (dist.world > 1 and i < b - 1) else contextlib.nullcontext()
-                    with sync:
-                        loss, terms = pair_loss(model, pair, config, active)
-                        (loss / b).backward()
-                    for k, v in terms.items():
-                        terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / b
-                optimizer.step()
-                step += 1
-                elapsed = elapsed0 + time.perf_counter() - t0
-                if log is not None:
-                    log.log(step, stage, level, "train", {**terms_sum, "lr": lr}, elapsed)
-                if bar is not None:
-                    bar.set_postfix_str(f"level {level} loss {terms_sum['total']:.4f}", refresh=False)
-                    bar.update(1)
-                if progress is not None:
-                    progress(step, total, terms_sum)
-                at_end = step == end
-                if dist.main and val_pairs and (step % config.schedule.validate_every == 0 or at_end):
-                    last_val = validate(net, val_pairs, active)
-                    log.log(step, stage, level, "val", last_val, elapsed)
-                if dist.main and (step % config.schedule.checkpoint_every == 0 or at_end):
-                    save_checkpoint(ckpt_path, {
-                        "config": config.to_dict(), "step": step, "stage": stage + 1 if at_end else stage,
-                        "optimizer_stage": stage, "elapsed_s": elapsed,
-                        "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-                        "optimizer": optimizer.state_dict(), "validation": last_val,
-                    })
-                if at_end and dist.main:
-                    (out_dir / "stages").mkdir(exist_ok=True)
-                    save_model(out_dir / "stages" / f"stage{stage}.pt", net, config.network,
-                               _metadata(config, step, elapsed, last_val, dist, device, active))
-            if dist.world > 1:
-                import torch.distributed as tdist
 
-                tdist.barrier()
-        elapsed = elapsed0 + time.perf_counter() - t0
-        model_path = out_dir / "model.pt"
-        if dist.main:
-            save_model(model_path, net, config.network, _metadata(config, step, elapsed, last_val, dist, device, levels))
-        return TrainResult(model_path, out_dir, step, elapsed, last_val)
-    finally:
-        if bar is not None:
-            bar.close()
-        if log is not None:
-            log.close()
+def _train_stage(run: _Run, stage: int, start: int, end: int) -> None:
+    """Steps ``run.step .. end - 1`` of stage ``stage`` (steps ``start .. end - 1``): level
+    ``L-1-stage`` trains with the ``stage + 1`` coarsest levels active."""
+    config, net = run.config, run.net
+    level, active = net.num_levels - 1 - stage, stage + 1
+    if run.step == start and stage > 0 and config.schedule.warm_start:
+        init_level_from(net, level + 1, level)
+    params = _set_trainable(net, level)
+    net.train()
+    optimizer = torch.optim.Adam(params, lr=config.schedule.learning_rate)
+    if run.ckpt is not None and run.step > start and run.ckpt.get("optimizer_stage") == stage:
+        optimizer.load_state_dict(run.ckpt["optimizer"])
+    model = _parallel_model(net, run.dist, run.device)
+    while run.step < end:
+        lr = _learning_rate(config, run.step - start, end - start)
+        terms_sum = _optimizer_step(run, model, optimizer, lr, active)
+        run.step += 1
+        _after_step(run, optimizer, stage, level, active, lr, terms_sum, at_end=run.step == end)
+    if run.dist.world > 1:
+        import torch.distributed as tdist
+
+        tdist.barrier()
+
+
+def _parallel_model(net: MultilevelNet, dist: _Dist, device: torch.device) -> torch.nn.Module:
+    """``net`` itself, or wrapped in ``DistributedDataParallel`` when there are several processes."""
+    if dist.world <= 1:
+        return net
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _optimizer_step(run: _Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
+                    active: int) -> dict[str, float]:
+    """One step of ``optimizer`` at learning rate ``lr`` on the batch of step ``run.step`` (gradients
+    of the batch mean loss); returns the batch means of the loss terms."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    optimizer.zero_grad(set_to_none=True)
+    terms_sum: dict[str, float] = {}
+    b = run.config.schedule.batch_size
+    for i in range(b):
+        gen = torch.Generator().manual_seed(step_seed(run.config.seed, run.step, run.dist.rank, i))
+        pair = run.data.sample(gen).to(run.device)
+        sync = model.no_sync() if (run.dist.world > 1 and i < b - 1) else contextlib.nullcontext()
+        with sync:
+            loss, terms = pair_loss(model, pair, run.config, active)
+            (loss / b).backward()
+        for k, v in terms.items():
+            terms_sum[k] = terms_sum.get(k, 0.0) + float(v) / b
+    optimizer.step()
+    return terms_sum
+
+
+def _after_step(run: _Run, optimizer: torch.optim.Optimizer, stage: int, level: int, active: int, lr: float,
+                terms_sum: dict[str, float], at_end: bool) -> None:
+    """Log and report step ``run.step``; validate, checkpoint and (``at_end`` of a stage) save the
+    stage's model when due (on the main process)."""
+    step, dist, schedule = run.step, run.dist, run.config.schedule
+    elapsed = run.elapsed()
+    if run.log is not None:
+        run.log.log(step, stage, level, "train", {**terms_sum, "lr": lr}, elapsed)
+    if run.bar is not None:
+        run.bar.set_postfix_str(f"level {level} loss {terms_sum['total']:.4f}", refresh=False)
+        run.bar.update(1)
+    if run.progress is not None:
+        run.progress(step, run.total, terms_sum)
+    if dist.main and run.val_pairs and (step % schedule.validate_every == 0 or at_end):
+        run.last_val = validate(run.net, run.val_pairs, active)
+        run.log.log(step, stage, level, "val", run.last_val, elapsed)
+    if dist.main and (step % schedule.checkpoint_every == 0 or at_end):
+        save_checkpoint(run.ckpt_path, {
+            "config": run.config.to_dict(), "step": step, "stage": stage + 1 if at_end else stage,
+            "optimizer_stage": stage, "elapsed_s": elapsed,
+            "model": {k: v.detach().cpu() for k, v in run.net.state_dict().items()},
+            "optimizer": optimizer.state_dict(), "validation": run.last_val,
+        })
+    if at_end and dist.main:
+        (run.out_dir / "stages").mkdir(exist_ok=True)
+        save_model(run.out_dir / "stages" / f"stage{stage}.pt", run.net, run.config.network,
+                   _metadata(run.config, step, elapsed, run.last_val, dist, run.device, active))
+
+
+def _finish(run: _Run) -> TrainResult:
+    """Save the final ``model.pt`` (main process) and summarise the run."""
+    elapsed = run.elapsed()
+    model_path = run.out_dir / "model.pt"
+    if run.dist.main:
+        save_model(model_path, run.net, run.config.network,
+                   _metadata(run.config, run.step, elapsed, run.last_val, run.dist, run.device, run.net.num_levels))
+    return TrainResult(model_path, run.out_dir, run.step, elapsed, run.last_val)
 
 
 def _metadata(config: TrainConfig, step: int, elapsed: float, val: dict, dist: _Dist, device: torch.device,

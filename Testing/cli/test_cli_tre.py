@@ -206,7 +206,6 @@ def test_evaluate_dirlab_register_wiring(tmp_path, shared_data):
     ``register(...).deformation``. With no network, no affine and no refinement that map is the
     identity, so the registered column must equal the initial one; the saved field is on the
     DIR-LAB grid."""
-    pytest.importorskip("MLVIRNETLib.registration")
     root = tmp_path / "Case1Pack"
     root.mkdir()
     for phase in ("T00", "T50"):

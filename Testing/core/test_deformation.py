@@ -9,7 +9,8 @@ import torch
 from conftest import oblique_grid
 
 from MLVIRNETLib.core.deformation import Deformation, compose_all, folding_fraction, jacobian_determinant
-from MLVIRNETLib.core.geometry import ImageGrid, to_batch_tensor
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.sampling import to_batch_tensor
 
 F64 = torch.float64
 

@@ -10,14 +10,17 @@ from conftest import oblique_grid
 
 from MLVIRNETLib.core.geometry import (
     ImageGrid,
+    array_axis_to_index_axis,
+    array_slices,
+    index_axis_to_array_axis,
     lps_to_ras,
     matrix_lps_to_ras,
     ras_to_lps,
-    resample_to_grid,
-    sample,
-    to_batch_tensor,
     world_transform_lps_to_ras,
+    xyz_to_zyx,
+    zyx_to_xyz,
 )
+from MLVIRNETLib.core.sampling import resample_to_grid, sample, to_batch_tensor
 
 GRIDS = [
     oblique_grid(),
@@ -204,3 +207,117 @@ def test_bad_sample_inputs_name_shapes(grid: ImageGrid) -> None:
         sample(data, grid, torch.zeros(4, 2))
     with pytest.raises(ValueError, match="2-D|3-D"):
         ImageGrid.from_sitk(sitk.Image(4, 4, sitk.sitkUInt8))
+
+
+# ----------------------------------------------------------------------------------------------
+# Array-index order (z, y, x) <-> ITK order (x, y, z), against SimpleITK's array layout
+# ----------------------------------------------------------------------------------------------
+def _numbered_image(grid: ImageGrid) -> tuple[sitk.Image, np.ndarray]:
+    """An image on ``grid`` whose voxels hold distinct values, and its ``GetArrayFromImage`` array."""
+    arr = np.arange(int(np.prod(grid.size)), dtype=np.int32).reshape(grid.shape_zyx)
+    img = sitk.GetImageFromArray(arr)
+    grid.copy_to_sitk(img)
+    return img, sitk.GetArrayFromImage(img)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_shape_and_spacing_zyx_follow_sitk_array_layout(grid: ImageGrid) -> None:
+    img, arr = _numbered_image(grid)
+    assert arr.shape == grid.shape_zyx == xyz_to_zyx(img.GetSize())
+    assert zyx_to_xyz(arr.shape) == tuple(img.GetSize()) == grid.size
+    assert grid.spacing_zyx == xyz_to_zyx(img.GetSpacing()) == (grid.spacing[2], grid.spacing[1], grid.spacing[0])
+    assert len(set(grid.spacing_zyx)) == 3  # anisotropic, so a wrong order would show
+    rng = np.random.default_rng(2)
+    for ijk in rng.integers(0, grid.size, size=(10, 3)):
+        index = tuple(int(v) for v in ijk)
+        assert arr[xyz_to_zyx(index)] == img.GetPixel(index)
+    # the spacing of array axis a is the distance between neighbours along it
+    for a in range(3):
+        step = [0, 0, 0]
+        step[a] = 1
+        p0 = np.asarray(img.TransformIndexToPhysicalPoint((0, 0, 0)))
+        p1 = np.asarray(img.TransformIndexToPhysicalPoint(zyx_to_xyz(step)))
+        assert np.linalg.norm(p1 - p0) == pytest.approx(grid.spacing_zyx[a], abs=1e-9)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_array_index_to_world_matches_sitk(grid: ImageGrid) -> None:
+    img, arr = _numbered_image(grid)
+    rng = np.random.default_rng(3)
+    values = rng.choice(arr.size, size=12, replace=False)
+    kji = np.argwhere(np.isin(arr, values))  # (n, 3) array indices (z, y, x)
+    ref = np.array([img.TransformIndexToPhysicalPoint(tuple(int(v) for v in zyx_to_xyz(row))) for row in kji])
+    ours = grid.array_index_to_world(kji)
+    assert ours.dtype == np.float64
+    np.testing.assert_allclose(ours, ref, atol=1e-10)
+    np.testing.assert_allclose(grid.array_index_to_world(kji[0]), ref[0], atol=1e-10)
+    # torch: integer indices (torch.nonzero) become float64, floating ones keep their dtype
+    t = grid.array_index_to_world(torch.as_tensor(kji))
+    assert t.dtype == torch.float64
+    np.testing.assert_allclose(t.numpy(), ref, atol=1e-10)
+    t32 = grid.array_index_to_world(torch.as_tensor(kji, dtype=torch.float32))
+    assert t32.dtype == torch.float32
+    np.testing.assert_allclose(t32.numpy(), ref, atol=1e-3)
+    # a continuous position (e.g. a centroid) matches sitk's continuous index
+    centre_zyx = kji.mean(axis=0)
+    expected = img.TransformContinuousIndexToPhysicalPoint(zyx_to_xyz(centre_zyx).tolist())
+    np.testing.assert_allclose(grid.array_index_to_world(centre_zyx), expected, atol=1e-10)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_world_to_array_index_indexes_the_sitk_array(grid: ImageGrid) -> None:
+    img, arr = _numbered_image(grid)
+    rng = np.random.default_rng(4)
+    ijk = rng.integers(0, grid.size, size=(15, 3))
+    world = np.array([img.TransformIndexToPhysicalPoint(tuple(int(v) for v in row)) for row in ijk])
+    kji = grid.world_to_array_index(world)
+    np.testing.assert_allclose(kji, ijk[:, ::-1], atol=1e-9)  # reference layout written out on purpose
+    for row, p in zip(np.rint(kji).astype(int), world):
+        assert arr[tuple(row)] == img.GetPixel(img.TransformPhysicalPointToIndex(p.tolist()))
+    np.testing.assert_allclose(grid.array_index_to_world(kji), world, atol=1e-9)
+    t = grid.world_to_array_index(torch.as_tensor(world))
+    assert t.dtype == torch.float64
+    np.testing.assert_allclose(t.numpy(), kji, atol=1e-12)
+
+
+def test_index_and_array_axes() -> None:
+    grid = oblique_grid(size=(5, 7, 9))
+    _, arr = _numbered_image(grid)
+    for index_axis in range(3):
+        array_axis = index_axis_to_array_axis(index_axis)
+        assert arr.shape[array_axis] == grid.size[index_axis]
+        assert array_axis_to_index_axis(array_axis) == index_axis
+        assert arr.strides[array_axis] == 4 * int(np.prod(grid.size[:index_axis]))  # sitk: x runs fastest
+    for bad in (-1, 3):
+        with pytest.raises(ValueError, match="axis"):
+            index_axis_to_array_axis(bad)
+        with pytest.raises(ValueError, match="axis"):
+            array_axis_to_index_axis(bad)
+
+
+@pytest.mark.parametrize("grid", GRIDS)
+def test_array_slices_match_sitk_crop_and_cropped_grid(grid: ImageGrid) -> None:
+    img, arr = _numbered_image(grid)
+    lo, hi = (1, 2, 3), (grid.size[0] - 2, grid.size[1] - 1, grid.size[2] - 2)
+    crop = img[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]  # SimpleITK slices in (x, y, z) order
+    np.testing.assert_array_equal(arr[array_slices(lo, hi)], sitk.GetArrayFromImage(crop))
+    sub = grid.cropped(lo, hi)
+    assert sub.shape_zyx == arr[array_slices(lo, hi)].shape
+    np.testing.assert_allclose(sub.origin, crop.GetOrigin(), atol=1e-10)
+
+
+def test_order_helpers_types_copies_and_errors() -> None:
+    assert xyz_to_zyx([1, 2, 3]) == (3, 2, 1) and zyx_to_xyz((4.0, 5.0, 6.0)) == (6.0, 5.0, 4.0)
+    slices = (slice(0, 1), slice(2, 3), slice(4, 5))
+    assert zyx_to_xyz(slices) == slices[::-1]
+    a = np.arange(12).reshape(4, 3)
+    b = zyx_to_xyz(a)
+    np.testing.assert_array_equal(b, a[:, [2, 1, 0]])
+    assert b.flags.c_contiguous and b.dtype == a.dtype
+    b[0, 0] = -1
+    assert a[0, 2] == 2  # a new array, not a view
+    t = torch.arange(6, dtype=torch.float32).reshape(2, 3)
+    torch.testing.assert_close(xyz_to_zyx(t), t[:, [2, 1, 0]])
+    for bad in ([1, 2], np.zeros((4, 2)), torch.zeros(3, 4), np.float64(1.0)):
+        with pytest.raises((ValueError, TypeError)):
+            xyz_to_zyx(bad)

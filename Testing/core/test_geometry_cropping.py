@@ -8,7 +8,7 @@ import SimpleITK as sitk
 import torch
 from conftest import oblique_grid
 
-from MLVIRNETLib.core.geometry import resample_to_grid, to_batch_tensor
+from MLVIRNETLib.core.sampling import resample_to_grid, to_batch_tensor
 
 
 @pytest.mark.parametrize("flip_z", [False, True])

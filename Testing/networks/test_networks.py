@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from MLVIRNETLib.core.deformation import compose_all
-from MLVIRNETLib.core.geometry import ImageGrid, resample_to_grid
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.sampling import resample_to_grid
 from MLVIRNETLib.networks.cascade import (
     MultilevelNet,
     NetworkConfig,

@@ -11,14 +11,11 @@ from conftest import oblique_grid
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.evaluation.metrics import dice
 from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.preprocessing.lung_labels import LEFT_LUNG, RIGHT_LUNG, lung_volume_ml, split_left_right
 from MLVIRNETLib.preprocessing.lungmask import (
-    LEFT_LUNG,
-    RIGHT_LUNG,
     LungMaskOptions,
-    lung_volume_ml,
     segment_lungs,
     segment_lungs_with_info,
-    split_left_right,
 )
 from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
 

@@ -9,7 +9,7 @@ import torch
 from conftest import oblique_grid, rotation_matrix
 
 from MLVIRNETLib.core.geometry import ImageGrid
-from MLVIRNETLib.core.progress import RegistrationCancelled
+from MLVIRNETLib.core.progress import Progress, RegistrationCancelled
 from MLVIRNETLib.paths import bundled_ct_path
 from MLVIRNETLib.preprocessing.pair import image_to_hu_tensor
 from MLVIRNETLib.registration.affine import AffineOptions, affine_register, affine_to_deformation, compose_affine
@@ -103,3 +103,69 @@ def test_affine_options_are_validated() -> None:
         AffineOptions(levels_mm=())
     with pytest.raises(ValueError, match="optimizer"):
         AffineOptions(optimizer="sgd")
+
+
+def _count_evaluations(monkeypatch) -> dict[str, int]:
+    """Count the evaluations of the affine objective (all, and those with gradients) from now on."""
+    from MLVIRNETLib.registration import affine as affine_module
+
+    counts = {"all": 0, "grad": 0}
+    original = affine_module._loss
+
+    def counting(*args, **kwargs):
+        counts["all"] += 1
+        counts["grad"] += int(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(affine_module, "_loss", counting)
+    return counts
+
+
+def _shifted(ct: sitk.Image) -> sitk.Image:
+    grid = ImageGrid.from_sitk(ct)
+    centre = grid.index_to_world((np.asarray(grid.size) - 1) / 2.0)
+    return _moving_by_matrix(ct, rigid_matrix((1.0, -2.0, 1.5), (4.0, -3.0, 5.0), centre), grid)
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_cancel_takes_effect_during_the_affine_optimisation(ct, monkeypatch, optimizer: str) -> None:
+    """A cancel request stops the pre-alignment before the next evaluation of the objective."""
+    f, fg = image_to_hu_tensor(ct)
+    m, mg = image_to_hu_tensor(_shifted(ct))
+    evaluations = _count_evaluations(monkeypatch)
+    requested_at: list[int] = []
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        if calls["n"] >= 12:
+            requested_at.append(evaluations["all"])
+            return True
+        return False
+
+    opts = AffineOptions(levels_mm=(8.0,), rigid_iterations=20, affine_iterations=10, optimizer=optimizer)
+    with pytest.raises(RegistrationCancelled):
+        affine_register(f, fg, m, mg, options=opts, cancel=cancel)
+    assert requested_at and requested_at[0] > 2, "the cancel request came before the optimisation"
+    assert evaluations["all"] - requested_at[0] <= 1
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_affine_progress_is_reported_at_every_iteration(ct, monkeypatch, optimizer: str) -> None:
+    f, fg = image_to_hu_tensor(ct)
+    m, mg = image_to_hu_tensor(_shifted(ct))
+    evaluations = _count_evaluations(monkeypatch)
+    seen: list[tuple[float, str]] = []
+    prog = Progress(lambda p, msg: seen.append((p, msg)), None, min_interval_s=0.0)
+    opts = AffineOptions(levels_mm=(8.0, 6.0), rigid_iterations=4, affine_iterations=3, optimizer=optimizer)
+    affine_register(f, fg, m, mg, options=opts, progress=prog)
+    assert seen[-1] == (1.0, "affine pre-alignment done")
+    fit_reports = [msg for _, msg in seen if msg.startswith(("affine start", "affine rigid", "affine affine"))]
+    if optimizer == "adam":  # every iteration of every fit: 2 per starting point, then 4 rigid + 3 affine per level
+        for stage, n in (("rigid", 4), ("affine", 3)):
+            assert [fit_reports.count(f"affine {stage} at {mm} mm") for mm in (8, 6)] == [n, n]
+        assert fit_reports.count("affine start at 8 mm") in (2, 4)
+    # one report per evaluation with gradients (Adam: per iteration; L-BFGS: per closure call)
+    assert len(fit_reports) == evaluations["grad"] >= 2 + 2 * (4 + 3)
+    fractions = [p for p, _ in seen]
+    assert all(0.0 <= p <= 1.0 for p in fractions) and all(b >= a for a, b in zip(fractions, fractions[1:]))

@@ -10,7 +10,7 @@ from conftest import rotation_matrix
 
 from MLVIRNETLib.core.deformation import Deformation
 from MLVIRNETLib.core.geometry import ImageGrid
-from MLVIRNETLib.core.progress import RegistrationCancelled
+from MLVIRNETLib.core.progress import Progress, RegistrationCancelled
 from MLVIRNETLib.paths import bundled_ct_path
 from MLVIRNETLib.preprocessing.lungmask import segment_lungs
 from MLVIRNETLib.preprocessing.pair import PreprocessOptions, preprocess_pair
@@ -125,3 +125,80 @@ def test_bad_options_and_inputs(pair) -> None:
     img = torch.zeros((1, 1, 30, 30, 30))
     with pytest.raises(ValueError, match="divisible"):
         refine(img, img, odd, options=RefineOptions(iterations=5, level_factors=(4,)))
+
+
+def _count_evaluations(monkeypatch) -> dict[str, int]:
+    """Count the evaluations of the objective (all, and those with gradients) from now on."""
+    from MLVIRNETLib.registration import refine as refine_module
+
+    counts = {"all": 0, "grad": 0}
+    original = refine_module.registration_loss
+
+    def counting(*args, **kwargs):
+        counts["all"] += 1
+        counts["grad"] += int(torch.is_grad_enabled())
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(refine_module, "registration_loss", counting)
+    return counts
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_cancel_takes_effect_during_the_optimisation(pair, monkeypatch, optimizer: str) -> None:
+    """A cancel request stops the refinement before the next evaluation of the objective."""
+    pp, _, _ = pair
+    evaluations = _count_evaluations(monkeypatch)
+    requested_at: list[int] = []
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        if calls["n"] >= 9:
+            requested_at.append(evaluations["all"])
+            return True
+        return False
+
+    opts = RefineOptions(iterations=(20, 10), level_factors=(4, 2), optimizer=optimizer)
+    with pytest.raises(RegistrationCancelled):
+        refine(pp.fixed, pp.moving, pp.grid, options=opts, cancel=cancel)
+    assert requested_at and requested_at[0] > 2, "the cancel request came before the optimisation"
+    assert evaluations["all"] - requested_at[0] <= 1
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_progress_is_reported_at_every_iteration(pair, monkeypatch, optimizer: str) -> None:
+    pp, _, _ = pair
+    evaluations = _count_evaluations(monkeypatch)
+    seen: list[tuple[float, str]] = []
+    prog = Progress(lambda f, m: seen.append((f, m)), None, min_interval_s=0.0)
+    opts = RefineOptions(iterations=(4, 3), level_factors=(4, 2), optimizer=optimizer)
+    refine(pp.fixed, pp.moving, pp.grid, options=opts, progress=prog)
+    assert seen[-1] == (1.0, "refinement done")
+    iteration_reports = [m for _, m in seen[:-1]]
+    assert all(m.startswith(("refine 1/4: iteration ", "refine 1/2: iteration ")) for m in iteration_reports)
+    if optimizer == "adam":
+        assert iteration_reports == [f"refine 1/4: iteration {k}/4" for k in range(1, 5)] + [
+            f"refine 1/2: iteration {k}/3" for k in range(1, 4)
+        ]
+    else:  # one report per closure evaluation: all evaluations with gradients but each level's first
+        assert len(iteration_reports) == evaluations["grad"] - 2 >= 7
+        assert all(", loss " in m for m in iteration_reports)
+    fractions = [f for f, _ in seen]
+    assert all(b >= a for a, b in zip(fractions, fractions[1:]))
+
+
+def test_a_callers_progress_stage_is_used_as_it_is(pair) -> None:
+    """``register`` passes its ``Progress`` with the refinement stage mapped to a sub-range."""
+    pp, _, _ = pair
+    seen: list[float] = []
+    calls = {"n": 0}
+
+    def cancel() -> bool:
+        calls["n"] += 1
+        return False
+
+    prog = Progress(lambda f, m: seen.append(f), cancel, min_interval_s=0.0)
+    prog.stage(0.5, 0.25, "refinement")
+    refine(pp.fixed, pp.moving, pp.grid, options=RefineOptions(iterations=(2, 2), optimizer="adam"), progress=prog)
+    assert seen[0] == 0.5 and seen[-1] == 0.75 and all(0.5 <= f <= 0.75 for f in seen)
+    assert len(seen) == 1 + 4 + 1 and calls["n"] >= 2 * 4  # the stage's cancel is polled too

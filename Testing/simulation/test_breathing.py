@@ -9,7 +9,8 @@ import torch
 from conftest import oblique_grid
 
 from MLVIRNETLib.core.deformation import jacobian_determinant
-from MLVIRNETLib.core.geometry import ImageGrid, sample
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.sampling import sample
 from MLVIRNETLib.preprocessing.pair import image_to_hu_tensor
 from MLVIRNETLib.simulation.breathing import (
     breathing_deformation,

@@ -170,7 +170,29 @@ def test_parameter_bindings_match_the_parameter_node(module_tree, ui_root):
             assert bound[name] == "QSpinBox"
 
 
-def test_module_classes_follow_the_scripted_module_template(module_tree, module_source):
+def method(cls: ast.ClassDef, name: str) -> ast.FunctionDef:
+    for node in cls.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise AssertionError(f"{cls.name}.{name} not found in {MODULE.name}")
+
+
+def function(tree: ast.Module, name: str) -> ast.FunctionDef:
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef) and node.name == name:
+            return node
+    raise AssertionError(f"function {name} not found in {MODULE.name}")
+
+
+def calls(node: ast.AST) -> list[ast.Call]:
+    return [n for n in ast.walk(node) if isinstance(n, ast.Call)]
+
+
+def called_names(node: ast.AST) -> set[str]:
+    return {ast.unparse(c.func) for c in calls(node)}
+
+
+def test_module_classes_follow_the_scripted_module_template(module_tree):
     names = {n.name for n in module_tree.body if isinstance(n, ast.ClassDef)}
     assert {"MLVIRNET", "MLVIRNETWidget", "MLVIRNETLogic", "MLVIRNETTest", "MLVIRNETParameterNode"} <= names
     bases = {n.name: [ast.unparse(b) for b in n.bases] for n in module_tree.body if isinstance(n, ast.ClassDef)}
@@ -180,12 +202,59 @@ def test_module_classes_follow_the_scripted_module_template(module_tree, module_
     assert "ScriptedLoadableModuleLogic" in bases["MLVIRNETLogic"] and "MLVIRNETCoreLogic" in bases["MLVIRNETLogic"]
     decorators = [ast.unparse(d) for d in class_def(module_tree, "MLVIRNETParameterNode").decorator_list]
     assert decorators == ["parameterNodeWrapper"]
-    assert 'loadUI(self.resourcePath("UI/MLVIRNET.ui"))' in module_source
-    assert "connectGui(self.ui)" in module_source
-    assert '"Registration")' in module_source
-    assert "Hering A, van Ginneken B, Heldmann S. mlVIRNET: Multilevel" in module_source
-    assert "MICCAI) 2019" in module_source
-    # PyTorch only on demand: no top-level torch import, installation through PyTorchUtils or pip
+    widget = class_def(module_tree, "MLVIRNETWidget")
+    assert "slicer.util.loadUI" in called_names(method(widget, "setup"))
+    assert "self._parameterNode.connectGui" in called_names(method(widget, "setParameterNode"))
+
+
+def test_every_resource_the_module_names_exists(module_tree):
+    named = {
+        c.args[0].value
+        for c in calls(module_tree)
+        if ast.unparse(c.func) in ("resourcePath", "self.resourcePath") and c.args and isinstance(c.args[0], ast.Constant)
+    }
+    assert {"UI/MLVIRNET.ui", "Icons/MLVIRNET.png", "Icons/MLVIRNETSampleData.png"} <= named
+    missing = [name for name in named if not (ROOT / "Resources" / name).is_file()]
+    assert not missing, f"MLVIRNET.py names resources that do not exist: {missing}"
+
+
+def test_every_action_installs_the_dependencies_first(module_tree):
+    """Each button that runs library code first ensures the packages and PyTorch (and stops if not)."""
+    widget = class_def(module_tree, "MLVIRNETWidget")
+    actions = [n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name.startswith("on") and n.name.endswith("Button")]
+    assert {a.name for a in actions} >= {"onApplyButton", "onComputeTreButton", "onLoadDirLabCaseButton"}
+    for action in actions:
+        if action.name == "onCancelButton":
+            assert called_names(action) - {"_"} == {"self.logic.cancel"}, "Cancel must only ask the logic to stop"
+            continue
+        block = next(n for n in action.body if isinstance(n, ast.With))
+        assert ast.unparse(block.items[0].context_expr).startswith("slicer.util.tryWithErrorDisplay"), action.name
+        first = block.body[0]
+        assert ast.unparse(first).startswith("if not ensureDependencies():\n    return"), action.name
+    # the sample pair (Sample Data) as well, and ensureDependencies covers the packages, then torch
+    assert ast.unparse(function(module_tree, "loadSamplePair").body[1]).startswith("if not ensureDependencies()")
+    order = [c.func.id for c in calls(function(module_tree, "ensureDependencies")) if isinstance(c.func, ast.Name)]
+    assert order == ["ensureLibraryDependencies", "ensurePyTorch"]
+
+
+def test_sample_data_is_registered_at_startup_with_keywords_only(module_tree):
+    init = method(class_def(module_tree, "MLVIRNET"), "__init__")
+    connects = [ast.unparse(c) for c in calls(init) if ast.unparse(c.func) == "slicer.app.connect"]
+    assert connects == ["slicer.app.connect('startupCompleted()', registerSampleData)"]
+    registrations = [c for c in calls(function(module_tree, "registerSampleData"))
+                     if ast.unparse(c.func).endswith("registerCustomSampleDataSource")]
+    assert len(registrations) == 2
+    defined = {n.name for n in module_tree.body if isinstance(n, ast.FunctionDef)}
+    for call in registrations:
+        # the positional order changed between Slicer versions: keywords only
+        assert not call.args
+        keywords = {k.arg: k.value for k in call.keywords}
+        assert {"category", "sampleName", "thumbnailFileName"} <= set(keywords)
+        if "customDownloader" in keywords:
+            assert ast.unparse(keywords["customDownloader"]) in defined
+
+
+def test_torch_is_imported_only_on_demand(module_tree):
     top_imports = {
         alias.name.split(".")[0]
         for node in module_tree.body
@@ -193,8 +262,12 @@ def test_module_classes_follow_the_scripted_module_template(module_tree, module_
         for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or "")])
     }
     assert "torch" not in top_imports
-    assert "PyTorchUtilsLogic" in module_source and "pip_install" in module_source
-    assert "confirmOkCancelDisplay" in module_source
+
+
+def test_the_module_cites_the_paper(module_tree):
+    init = method(class_def(module_tree, "MLVIRNET"), "__init__")
+    texts = " ".join(n.value for n in ast.walk(init) if isinstance(n, ast.Constant) and isinstance(n.value, str))
+    assert "Hering A, van Ginneken B, Heldmann S. mlVIRNET: Multilevel" in texts and "MICCAI) 2019" in texts
 
 
 def test_test_class_has_test_methods_and_runs_them_all(module_tree):
@@ -255,6 +328,7 @@ def test_extension_files():
         "MLVIRNETLib/*.py",
         "Resources/*",
         "NO_INSTALL_SUBDIR",
+        "list(APPEND MLVIRNET_RESOURCES pyproject.toml)",
     ):
         assert needle in top, f"top-level CMakeLists.txt lacks {needle!r}"
     module_cmake = (ROOT / "MLVIRNET" / "CMakeLists.txt").read_text(encoding="utf-8")

@@ -1,4 +1,4 @@
-"""geometry.sample_on_grid: the broadcast sampler equals sample() at the mapped world points."""
+"""sampling.sample_on_grid: the broadcast sampler equals sample() at the mapped world points."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import pytest
 import torch
 from conftest import oblique_grid, rotation_matrix
 
-from MLVIRNETLib.core.geometry import apply_affine, sample, sample_on_grid
+from MLVIRNETLib.core.geometry import apply_affine
+from MLVIRNETLib.core.sampling import sample, sample_on_grid
 
 
 def _affine() -> np.ndarray:

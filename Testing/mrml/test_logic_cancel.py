@@ -1,0 +1,132 @@
+"""Cancel through the Slicer Logic in every stage, on real MRML: it stops there and the scene stays as it was."""
+
+from __future__ import annotations
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e '.[slicer]')")
+if not hasattr(slicer, "vtkMRMLScene"):
+    pytest.skip("the installed 'slicer' package is not slicer-core (no vtkMRMLScene)", allow_module_level=True)
+
+from MLVIRNETLib import mrml as L  # noqa: E402
+from MLVIRNETLib.core.geometry import ImageGrid  # noqa: E402
+from MLVIRNETLib.core.progress import RegistrationCancelled  # noqa: E402
+from MLVIRNETLib.networks import MultilevelNet  # noqa: E402
+from MLVIRNETLib.paths import bundled_ct_path  # noqa: E402
+from MLVIRNETLib.registration import RegistrationOptions  # noqa: E402
+from MLVIRNETLib.simulation.cases import synthetic_breathing_case  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+STAGES = [
+    "Reading volumes",
+    "lung masks",
+    "affine pre-alignment",
+    "preprocessing",
+    "network",
+    "refinement",
+    "full-resolution field",
+    "Creating the grid transform",
+]
+"""Every stage of ``MLVIRNETLogic.register`` (the Logic's own first and last, ``register()``'s between)."""
+
+INNER = {
+    "affine pre-alignment": "affine",
+    "network": "network: convolution",
+    "refinement": "refine 1/",
+    "full-resolution field": "full-resolution field",
+    "Creating the grid transform": "grid transform",
+}
+"""Stages that report from inside their work, and the start of those messages."""
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The bundled CT at about 3 mm and a 10 mm synthetic-breathing partner."""
+    ct = sitk.ReadImage(str(bundled_ct_path()))
+    grid = ImageGrid.from_sitk(ct).resized((60, 63, 82))
+    reference = sitk.Image(list(grid.size), sitk.sitkInt16)
+    grid.copy_to_sitk(reference)
+    fixed = sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+    case = synthetic_breathing_case(fixed, peak_mm=10.0, n_landmarks=10)
+    return fixed, case.moving
+
+
+def snapshot(scene) -> list[tuple[str, str, int]]:
+    nodes = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+    return [(n.GetID(), n.GetClassName(), n.GetMTime()) for n in nodes]
+
+
+def run(pair, on_progress, monkeypatch):
+    """Register through the Logic with every report forwarded (no throttling); returns what it needs."""
+    monkeypatch.setattr("MLVIRNETLib.mrml.logic.PROGRESS_INTERVAL_S", 0.0)
+    scene = slicer.vtkMRMLScene()
+    logic = L.MLVIRNETLogic(scene)
+    fixed = L.imageToNewVolumeNode(scene, pair[0], "fixed")
+    moving = L.imageToNewVolumeNode(scene, pair[1], "moving")
+    torch.manual_seed(0)
+    net = MultilevelNet(levels=2, features=4, depth=2)
+    # small slabs, as a 512 x 512 scan gets with the default slab size
+    options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=(6, 4), num_threads=1, slab_voxels=60 * 63 * 16)
+    # an earlier result in the output transform: a cancelled run must leave it as it is
+    output = logic.register(fixed, moving, model=net, device="cpu", options=options)
+    before = L.gridTransformToDeformation(output.GetTransformFromParent()).displacement.clone()
+    state = snapshot(scene)
+
+    def call():
+        return logic.register(fixed, moving, output, model=net, device="cpu", options=options,
+                              progressCallback=lambda f, m: on_progress(logic, f, m))
+
+    return scene, output, before, state, call
+
+
+def test_every_stage_reports_and_inner_stages_report_often(pair, monkeypatch):
+    messages = []
+    _, _, _, _, call = run(pair, lambda logic, f, m: messages.append((f, m)), monkeypatch)
+    call()
+    texts = [m for _, m in messages]
+    starts = [m for m in texts if m in STAGES]
+    assert starts == STAGES
+    fractions = [f for f, _ in messages]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    for stage, prefix in INNER.items():
+        assert sum(m.startswith(prefix) and m != stage for m in texts) >= 2, f"{stage} does not report from inside"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_cancel_at_the_start_of_a_stage_stops_there_and_changes_nothing(pair, monkeypatch, stage):
+    seen = []
+
+    def on_progress(logic, fraction, message):
+        seen.append(message)
+        if message == stage:
+            logic.cancel()
+
+    scene, output, before, state, call = run(pair, on_progress, monkeypatch)
+    with pytest.raises(RegistrationCancelled):
+        call()
+    assert seen[-1] == stage, f"reports went on after the cancel: {seen[seen.index(stage):]}"
+    assert snapshot(scene) == state
+    torch.testing.assert_close(L.gridTransformToDeformation(output.GetTransformFromParent()).displacement, before,
+                               rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("stage", sorted(INNER))
+def test_cancel_inside_a_stage_stops_before_the_stage_ends(pair, monkeypatch, stage):
+    seen = []
+    inside = {"n": 0}
+
+    def on_progress(logic, fraction, message):
+        seen.append(message)
+        if message.startswith(INNER[stage]) and message != stage:
+            inside["n"] += 1
+            if inside["n"] == 2:
+                logic.cancel()
+
+    scene, _, _, state, call = run(pair, on_progress, monkeypatch)
+    with pytest.raises(RegistrationCancelled):
+        call()
+    assert inside["n"] == 2 and seen[-1].startswith(INNER[stage])
+    assert snapshot(scene) == state
