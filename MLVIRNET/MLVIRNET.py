@@ -57,9 +57,6 @@ if str(MODULE_ROOT) not in sys.path:
 
 from MLVIRNETLib.mrml.logic import MLVIRNETLogic as MLVIRNETCoreLogic  # noqa: E402
 
-TORCH_VERSION_REQUIREMENT = ">=2.2"
-"""PyTorch versions the library supports (as in pyproject.toml)."""
-
 DEFAULT_ITERATIONS = -1
 """``refineIterations`` value meaning "the library's default" (shown as "default" in the spin box)."""
 
@@ -101,7 +98,7 @@ class MLVIRNET(ScriptedLoadableModule):
             "Every node is used in its own coordinates: harden parent transforms first. "
             "Requires PyTorch (installed on first use, after asking). "
             "To try it: in Sample Data, under MLVIRNET, load the breathing pair (the bundled CT and a 15 mm "
-            "synthetic-breathing partner with 60 landmarks each; made on first use in about 10 s), choose "
+            "synthetic-breathing partner with 60 landmarks each; made on first use in about 20 s), choose "
             "'MLVIRNET sample fixed' and 'MLVIRNET sample moving' here and press Apply; then compute the TRE "
             "with the two sample landmark lists in the Evaluation section."
         )
@@ -197,7 +194,7 @@ def ensureLibraryDependencies() -> bool:
     except ImportError:  # Slicer before 5.11
         packaging = None
     if packaging is not None:
-        requirements = [r for r in packaging.load_pyproject_dependencies(pyprojectPath()) if r.name != TORCH]
+        requirements = [r for r in packaging.load_pyproject_dependencies(pyprojectPath()) if r.name.lower() != TORCH]
         try:
             packaging.pip_ensure(requirements, requester="MLVIRNET")
         except RuntimeError as error:  # the user declined
@@ -303,12 +300,18 @@ def registerSampleData() -> None:
     )
 
 
-def loadSamplePair(source=None) -> dict:
+def loadSamplePair(source=None) -> list:
+    """The Sample Data module's loader of the breathing pair (``customDownloader``): the loaded nodes."""
+    return list(samplePairNodes().values())
+
+
+def samplePairNodes() -> dict:
     """Load the breathing pair: the bundled CT (fixed), its 15 mm breathing partner (moving) and
-    60 corresponding lung landmarks each. The partner is generated on first use (about 10 s).
+    60 corresponding lung landmarks each. The partner is generated on first use (about 20 s).
 
     Returns:
-        ``{"fixedVolume", "movingVolume", "fixedLandmarks", "movingLandmarks"}`` nodes.
+        ``{"fixedVolume", "movingVolume", "fixedLandmarks", "movingLandmarks"}`` nodes (empty when the
+        user declined to install the dependencies).
     """
     if not ensureDependencies():
         return {}
@@ -754,7 +757,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
     def test_SamplePairRegistration(self) -> None:
         """The Sample Data breathing pair registered end to end with the defaults; TRE through fiducials."""
         self._requireTorch()
-        nodes = loadSamplePair()
+        nodes = samplePairNodes()
         logic = MLVIRNETLogic()
         before = logic.computeTRE(nodes["fixedLandmarks"], nodes["movingLandmarks"])
         transformNode = logic.register(nodes["fixedVolume"], nodes["movingVolume"])

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import ImageGrid
+from .geometry import ImageGrid, index_axis_to_array_axis
+from .progress import ProgressFn
 from .sampling import check_volume, sample
 
 
@@ -150,16 +151,17 @@ class Deformation:
         return probs.argmax(dim=1, keepdim=True).to(labels.dtype)
 
     # -- regularity -----------------------------------------------------------------------------
-    def jacobian_determinant(self) -> torch.Tensor:
+    def jacobian_determinant(self, progress: ProgressFn | None = None) -> torch.Tensor:
         """``det(I + du/dx)`` at every voxel, ``(N, 1, D, H, W)``, derivatives in world mm.
 
-        Central differences inside, one-sided at the border.
+        Central differences inside, one-sided at the border. ``progress(fraction, message)`` is
+        called after each of 8 z slabs.
         """
-        return jacobian_determinant(self.displacement, self.grid)
+        return jacobian_determinant(self.displacement, self.grid, progress)
 
-    def folding_fraction(self, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def folding_fraction(self, mask: torch.Tensor | None = None, progress: ProgressFn | None = None) -> torch.Tensor:
         """Fraction of voxels (inside ``mask`` if given, ``(N, 1, D, H, W)``) with ``det J <= 0``; ``(N,)``."""
-        return folding_fraction(self.jacobian_determinant(), mask)
+        return folding_fraction(self.jacobian_determinant(progress), mask)
 
 
 def spatial_gradient(field: torch.Tensor, grid: ImageGrid) -> torch.Tensor:
@@ -173,9 +175,10 @@ def spatial_gradient(field: torch.Tensor, grid: ImageGrid) -> torch.Tensor:
         ``(N, D, H, W, 3, 3)`` with ``[..., c, a] = d field_c / d x_a`` (x_a LPS mm).
     """
     check_volume(field, grid, "field")
-    # d/d index along x, y, z (array dims 4, 3, 2); edge_order 1 at the border
+    # d/d index along x, y, z (tensor dims 2 + their array axis); edge_order 1 at the border
     grads = []
-    for dim, n in zip((4, 3, 2), grid.size):
+    for axis, n in enumerate(grid.size):
+        dim = 2 + index_axis_to_array_axis(axis)
         if n < 2:
             grads.append(torch.zeros_like(field))
         else:
@@ -186,10 +189,25 @@ def spatial_gradient(field: torch.Tensor, grid: ImageGrid) -> torch.Tensor:
     return g_index @ inv
 
 
-def jacobian_determinant(displacement: torch.Tensor, grid: ImageGrid) -> torch.Tensor:
-    """``det(I + grad u)`` for ``u`` ``(N, 3, D, H, W)`` in mm on ``grid`` -> ``(N, 1, D, H, W)``."""
+def jacobian_determinant(
+    displacement: torch.Tensor, grid: ImageGrid, progress: ProgressFn | None = None
+) -> torch.Tensor:
+    """``det(I + grad u)`` for ``u`` ``(N, 3, D, H, W)`` in mm on ``grid`` -> ``(N, 1, D, H, W)``.
+
+    The determinants are taken in 8 z slabs (each matrix on its own: the same values as at once),
+    with ``progress(fraction, message)`` after each.
+    """
     jac = spatial_gradient(displacement, grid) + torch.eye(3, dtype=displacement.dtype, device=displacement.device)
-    return torch.linalg.det(jac.float() if jac.dtype in (torch.float16, torch.bfloat16) else jac)[:, None]
+    if jac.dtype in (torch.float16, torch.bfloat16):
+        jac = jac.float()
+    depth = jac.shape[1]
+    out = torch.empty(jac.shape[:4], dtype=jac.dtype, device=jac.device)
+    step = max(1, -(-depth // 8))
+    for z0 in range(0, depth, step):
+        out[:, z0 : z0 + step] = torch.linalg.det(jac[:, z0 : z0 + step])
+        if progress is not None:
+            progress(min(depth, z0 + step) / depth, "Jacobian determinant")
+    return out[:, None]
 
 
 def folding_fraction(det: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

@@ -83,11 +83,13 @@ class Progress:
         """Start a stage that covers ``[start, start + width]`` of the overall progress."""
         self.check_cancel()
         self.start, self.width = float(start), float(width)
-        self._last_sent = -float("inf")
-        self(0.0, message)
+        self(0.0, message, force=True)
 
-    def __call__(self, fraction: float, message: str) -> None:
+    def __call__(self, fraction: float, message: str, force: bool = False) -> None:
         """Report ``fraction`` of the current stage; checks ``cancel`` first.
+
+        ``force`` (a stage's start) and the end of a stage (``fraction >= 1``) always pass, also
+        through an outer :class:`Progress`.
 
         Raises:
             RegistrationCancelled: the caller asked to stop.
@@ -99,6 +101,10 @@ class Progress:
         if self.fn is None:
             return
         now = time.perf_counter()
-        if local >= 1.0 or now - self._last_sent >= self.min_interval_s:
+        force = force or local >= 1.0
+        if force or now - self._last_sent >= self.min_interval_s:
             self._last_sent = now
-            self.fn(value, message)
+            if isinstance(self.fn, Progress):
+                self.fn(value, message, force=force)
+            else:
+                self.fn(value, message)

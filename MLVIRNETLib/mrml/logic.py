@@ -29,8 +29,10 @@ fixed volume, and saving the node (``.h5``) writes the same ITK displacement fie
 
 from __future__ import annotations
 
+import collections
+import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -63,10 +65,63 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 ProgressCallback = ProgressFn
 """``progress(fraction in [0, 1], message)``."""
 
+T = TypeVar("T")
+
 DEFAULT_TRANSFORM_NAME = "MLVIRNET transform"
 
 PROGRESS_INTERVAL_S = 0.1
-"""The Logic calls ``progressCallback`` at most this often (each call lets Slicer repaint)."""
+"""The Logic calls ``progressCallback`` this often while the library works (each call lets Slicer
+repaint and read the Cancel button); the library's reports are passed on at most this often."""
+
+POLL_INTERVAL_S = 0.1
+"""How often the calling thread looks for the worker's reports (:func:`runInWorkerThread`)."""
+
+
+def runInWorkerThread(
+    work: Callable[[ProgressFn], T], progressCallback: ProgressFn, stop: Callable[[], None] | None = None
+) -> T:
+    """``work(progress)`` in a worker thread; its reports reach ``progressCallback`` in this thread.
+
+    The worker's reports are queued (at most one every :data:`PROGRESS_INTERVAL_S` seconds, stage
+    starts and ends always) and passed on in order; when there is none, the latest is passed on
+    again, so ``progressCallback`` runs every :data:`PROGRESS_INTERVAL_S` seconds whatever the
+    worker does (while the worker holds Python's GIL, as long as that takes). ``work`` must not
+    touch MRML nodes: only this thread does. When ``progressCallback`` raises, ``stop()`` asks the
+    worker to end (``work`` must then return or raise soon) and the error is re-raised once it has.
+
+    Returns:
+        What ``work`` returned.
+
+    Raises:
+        What ``work`` raised (e.g. :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`), or what
+        ``progressCallback`` raised, after the worker has stopped.
+    """
+    reports: collections.deque = collections.deque()  # appended by the worker, emptied here
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["result"] = work(Progress(lambda f, m: reports.append((f, m)), min_interval_s=PROGRESS_INTERVAL_S))
+        except BaseException as error:  # noqa: BLE001 - handed to the calling thread, which re-raises it
+            outcome["error"] = error
+
+    thread = threading.Thread(target=target, name="MLVIRNET registration", daemon=True)
+    thread.start()
+    latest = None
+    try:
+        while thread.is_alive() or reports:
+            thread.join(POLL_INTERVAL_S)
+            pending = [reports.popleft() for _ in range(len(reports))]
+            for latest in pending or ([latest] if latest is not None else []):
+                progressCallback(*latest)
+    except BaseException:
+        if stop is not None:
+            stop()
+        thread.join()
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 NO_MODEL = "none"
 """``model`` value for registering without a network (variational multilevel refinement alone)."""
@@ -196,16 +251,18 @@ class MLVIRNETLogic:
             model = "default"
         elif isinstance(model, str) and model.lower() == NO_MODEL:
             model = None
-        prog.stage(0.05, 0.85, "Registering")
-        result = registration.register(
-            fixedImage,
-            movingImage,
-            fixed_mask=fixedMask,
-            moving_mask=movingMask,
-            model=model,
-            device=device,
-            options=options,
-            progress=prog,
+        prog.check_cancel()
+
+        def work(progress: ProgressFn):
+            return registration.register(
+                fixedImage, movingImage, fixed_mask=fixedMask, moving_mask=movingMask, model=model, device=device,
+                options=options, progress=progress, cancel=self.isCancelRequested,
+            )
+
+        # the library works in a thread of its own; this thread passes its reports on and keeps
+        # calling progressCallback, so a GUI repaints and reads its Cancel button while it runs
+        result = runInWorkerThread(
+            work, lambda f, m: progressCallback(0.05 + 0.85 * f, m) if progressCallback else None, stop=self.cancel
         )
 
         prog.stage(0.90, 0.08, "Creating the grid transform")

@@ -48,7 +48,8 @@ class RegistrationOptions:
         hu_window: intensity window mapped to ``[0, 1]``.
         lung_mask_spacing_mm: working voxel size of the automatic lung mask.
         affine_options: settings of the affine stage.
-        slab_voxels: voxels per slab when evaluating the full-resolution field.
+        slab_voxels: voxels per slab when evaluating the full-resolution field (the result does not
+            depend on it; smaller slabs use less memory and report progress, and check a cancel, more often).
         num_threads: torch CPU threads during the call (restored afterwards); ``None`` leaves them.
     """
 
@@ -68,7 +69,7 @@ class RegistrationOptions:
     hu_window: tuple[float, float] = HU_WINDOW
     lung_mask_spacing_mm: float = 3.0
     affine_options: AffineOptions = field(default_factory=AffineOptions)
-    slab_voxels: int = 4_000_000
+    slab_voxels: int = 1_000_000
     num_threads: int | None = None
 
     def __post_init__(self) -> None:

@@ -292,11 +292,14 @@ def _field_stage(
 ) -> tuple[Deformation, float, list[Deformation]]:
     """The full-resolution map ``A (x + u_phi(x))`` on the fixed ``grid``, the folding fraction of
     the network-grid map, and the level deformations with the affine composed in."""
+    # sub-steps of under a second each on a CPU (a cancel is checked between them)
     total_net = compose_affine(affine, phi) if affine is not None else phi
-    folding = float(total_net.folding_fraction()[0])
+    prog(0.1, "folding")
+    folding = float(total_net.folding_fraction(progress=lambda f, m: prog(0.1 + 0.3 * f, m))[0])
     if affine is not None:
         levels = [compose_affine(affine, lv) for lv in levels]
-    deformation = _full_field(phi, affine, grid, opts.slab_voxels, dev, progress=prog)
+    prog(0.5, "full-resolution field: slabs")
+    deformation = _full_field(phi, affine, grid, opts.slab_voxels, dev, progress=lambda f, m: prog(0.5 + 0.5 * f, m))
     return deformation, folding, levels
 
 

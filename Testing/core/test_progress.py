@@ -88,3 +88,15 @@ def test_of_reuses_a_progress_and_wraps_callables():
     wrapped = Progress.of(lambda f, m: None, lambda: True)
     with pytest.raises(RegistrationCancelled):
         wrapped(0.0, "x")
+
+
+def test_stage_starts_and_ends_pass_through_a_throttling_outer_progress(clock):
+    seen = []
+    outer = Progress(lambda f, m: seen.append(m), min_interval_s=10.0)
+    outer.stage(0.0, 1.0, "outer")
+    inner = Progress(outer)
+    inner.stage(0.0, 0.5, "first")
+    inner(0.5, "inside first")  # throttled by the outer
+    inner(1.0, "first done")
+    inner.stage(0.5, 0.5, "second")
+    assert seen == ["outer", "first", "first done", "second"]

@@ -62,6 +62,7 @@ def snapshot(scene) -> list[tuple[str, str, int]]:
 def run(pair, on_progress, monkeypatch):
     """Register through the Logic with every report forwarded (no throttling); returns what it needs."""
     monkeypatch.setattr("MLVIRNETLib.mrml.logic.PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr("MLVIRNETLib.mrml.logic.POLL_INTERVAL_S", 0.01)
     scene = slicer.vtkMRMLScene()
     logic = L.MLVIRNETLogic(scene)
     fixed = L.imageToNewVolumeNode(scene, pair[0], "fixed")
@@ -82,12 +83,18 @@ def run(pair, on_progress, monkeypatch):
     return scene, output, before, state, call
 
 
+def later_stages(seen: list[str], stage: str) -> list[str]:
+    """Stage starts after the first report of ``stage``."""
+    after = seen[seen.index(stage) + 1:] if stage in seen else []
+    return [m for m in after if m in STAGES and STAGES.index(m) > STAGES.index(stage)]
+
+
 def test_every_stage_reports_and_inner_stages_report_often(pair, monkeypatch):
     messages = []
     _, _, _, _, call = run(pair, lambda logic, f, m: messages.append((f, m)), monkeypatch)
     call()
     texts = [m for _, m in messages]
-    starts = [m for m in texts if m in STAGES]
+    starts = [m for i, m in enumerate(texts) if m in STAGES and (i == 0 or texts[i - 1] != m)]
     assert starts == STAGES
     fractions = [f for f, _ in messages]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
@@ -107,7 +114,7 @@ def test_cancel_at_the_start_of_a_stage_stops_there_and_changes_nothing(pair, mo
     scene, output, before, state, call = run(pair, on_progress, monkeypatch)
     with pytest.raises(RegistrationCancelled):
         call()
-    assert seen[-1] == stage, f"reports went on after the cancel: {seen[seen.index(stage):]}"
+    assert not later_stages(seen, stage), f"the run went on after the cancel: {seen[seen.index(stage):]}"
     assert snapshot(scene) == state
     torch.testing.assert_close(L.gridTransformToDeformation(output.GetTransformFromParent()).displacement, before,
                                rtol=0, atol=0)
@@ -123,10 +130,10 @@ def test_cancel_inside_a_stage_stops_before_the_stage_ends(pair, monkeypatch, st
         if message.startswith(INNER[stage]) and message != stage:
             inside["n"] += 1
             if inside["n"] == 2:
-                logic.cancel()
+                logic.cancel()  # from the calling thread, as the Cancel button does
 
     scene, _, _, state, call = run(pair, on_progress, monkeypatch)
     with pytest.raises(RegistrationCancelled):
         call()
-    assert inside["n"] == 2 and seen[-1].startswith(INNER[stage])
+    assert inside["n"] >= 2 and not later_stages(seen, stage)
     assert snapshot(scene) == state

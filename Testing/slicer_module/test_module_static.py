@@ -232,7 +232,8 @@ def test_every_action_installs_the_dependencies_first(module_tree):
         first = block.body[0]
         assert ast.unparse(first).startswith("if not ensureDependencies():\n    return"), action.name
     # the sample pair (Sample Data) as well, and ensureDependencies covers the packages, then torch
-    assert ast.unparse(function(module_tree, "loadSamplePair").body[1]).startswith("if not ensureDependencies()")
+    assert ast.unparse(function(module_tree, "samplePairNodes").body[1]).startswith("if not ensureDependencies()")
+    assert "samplePairNodes" in called_names(function(module_tree, "loadSamplePair"))
     order = [c.func.id for c in calls(function(module_tree, "ensureDependencies")) if isinstance(c.func, ast.Name)]
     assert order == ["ensureLibraryDependencies", "ensurePyTorch"]
 
