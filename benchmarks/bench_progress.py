@@ -152,9 +152,8 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
 
-    import torch
-
     import SimpleITK as sitk
+    import torch
 
     from MLVIRNETLib.simulation.cases import sample_pair_files, synthetic_breathing_case
 

@@ -1,4 +1,9 @@
-"""The ``mlvirnet`` command line: one module per sub-command, each with ``add_parser`` and ``run``."""
+"""The ``mlvirnet`` command line: one module per sub-command, each with ``add_parser`` and ``run``.
+
+Every command reports a problem the user can fix as one line ``mlvirnet CMD: error: ...`` (exit 2),
+and Ctrl-C as one line ``mlvirnet CMD: interrupted`` (exit 130); outputs are written atomically by
+the library, so neither leaves a partial file behind.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import argparse
 import importlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from .. import __version__
@@ -14,11 +20,17 @@ from .. import __version__
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "register": "register",
+    "batch": "batch",
     "warp": "warp",
     "tre": "tre",
     "evaluate-dirlab": "evaluate_dirlab",
     "train": "train",
 }
+
+EXIT_ERROR = 2
+"""Exit status of a usage or input error (as argparse's)."""
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT, the shell convention)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -47,14 +59,53 @@ def same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def check_output(path: Path, inputs: dict[str, Path | None], name: str) -> None:
+    """Raise a ``CLIError``/``FileNotFoundError`` unless ``path`` can be written without harming an input.
+
+    Checks, before any work: ``path`` is not one of ``inputs`` (label -> path), not a folder, its
+    folder exists and a file can be created there (a probe file is created and removed at once).
+    """
+    for label, src in inputs.items():
+        if src is not None and same_file(path, src):
+            raise CLIError(f"{name} {path} is the same file as the {label} input; refusing to overwrite an input")
+    if path.is_dir():
+        raise CLIError(f"{name} {path} is a folder; give a file name such as out.nii.gz")
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{name} folder does not exist: {folder}")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise CLIError(f"{name} {path} exists and is not writable")
     try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+    except OSError as exc:
+        raise CLIError(f"{name} folder {folder} is not writable: {exc.strerror or exc}") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (an ``OSError`` as ``reason: file``)."""
+    if isinstance(exc, OSError) and exc.strerror and not isinstance(exc, (FileNotFoundError, PermissionError)):
+        text = f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    else:
+        text = str(exc)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one ``mlvirnet`` command; returns its exit status (0 ok, 2 error, 130 interrupted)."""
+    command = ""
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        command = args.command
         return int(args._run(args) or 0)
-    except (CLIError, ValueError, FileNotFoundError, PermissionError, RuntimeError) as exc:
-        print(f"mlvirnet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"mlvirnet{' ' + command if command else ''}: interrupted", file=sys.stderr, flush=True)
+        return EXIT_INTERRUPTED
+    except (CLIError, ValueError, OSError, RuntimeError) as exc:
+        print(f"mlvirnet {command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -1,37 +1,129 @@
-"""A tqdm progress bar on stderr driven by the library's ``progress(fraction, message)`` callbacks."""
+"""Progress on stderr driven by the library's ``progress(fraction, message)`` callbacks.
+
+On a terminal: a tqdm bar (tqdm is an optional dependency). When stderr is not a terminal (a log
+file, a pipe, a cluster job's output): plain lines such as ``register: 42% refine 1/2: iteration
+10/60 (12 s)``, the first at once, then at most one every :data:`LOG_INTERVAL_S` seconds (or
+``$MLVIRNET_PROGRESS_INTERVAL``), and a final line when the work ends. ``--quiet``: nothing.
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, TextIO
 
 from ..core.progress import ProgressFn
 
+LOG_INTERVAL_S = 5.0
+"""Seconds between two plain progress lines when stderr is not a terminal."""
+INTERVAL_ENV = "MLVIRNET_PROGRESS_INTERVAL"
+"""Environment variable that overrides :data:`LOG_INTERVAL_S` (seconds, >= 0)."""
+MESSAGE_CHARS = 100
+"""Longest stage message shown (longer ones are cut), so that a line stays short."""
+
+
+def log_interval_s() -> float:
+    """:data:`LOG_INTERVAL_S`, or ``$MLVIRNET_PROGRESS_INTERVAL`` when set.
+
+    Raises:
+        ValueError: the variable is not a number >= 0.
+    """
+    text = os.environ.get(INTERVAL_ENV, "").strip()
+    if not text:
+        return LOG_INTERVAL_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0.0:
+        raise ValueError(f"{INTERVAL_ENV} must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+
+
+def _tqdm_bar(desc: str, stream: TextIO):
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=100, file=stream, desc=desc, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+
+
+class LogLines:
+    """A ``progress(fraction, message)`` callback that prints at most one plain line every ``interval_s``.
+
+    The first report is printed at once; :meth:`finish` prints the last state when it was not
+    printed yet, with the elapsed time.
+    """
+
+    def __init__(self, desc: str, stream: TextIO, interval_s: float) -> None:
+        self.desc = desc
+        self.stream = stream
+        self.interval_s = float(interval_s)
+        self.start = time.monotonic()
+        self.last_print = -float("inf")
+        self.state: tuple[int, str] | None = None
+        self.printed: tuple[int, str] | None = None
+
+    def _line(self, state: tuple[int, str]) -> str:
+        percent, message = state
+        return f"{self.desc}: {percent}% {message} ({time.monotonic() - self.start:.0f} s)"
+
+    def _print(self, state: tuple[int, str]) -> None:
+        print(self._line(state), file=self.stream, flush=True)
+        self.printed = state
+        self.last_print = time.monotonic()
+
+    def __call__(self, fraction: float, message: str) -> None:
+        text = " ".join(str(message).split())
+        if len(text) > MESSAGE_CHARS:
+            text = text[: MESSAGE_CHARS - 3] + "..."
+        self.state = (int(100 * min(max(float(fraction), 0.0), 1.0)), text)
+        if time.monotonic() - self.last_print >= self.interval_s:
+            self._print(self.state)
+
+    def finish(self) -> None:
+        """Print the final state (when there was one and it was not the last line printed)."""
+        if self.state is not None and self.state != self.printed:
+            self._print(self.state)
+
 
 @contextmanager
-def progress_bar(desc: str, quiet: bool = False) -> Iterator[ProgressFn]:
-    """Yield a ``progress(fraction in [0, 1], message)`` callback that drives a tqdm bar on stderr.
+def progress_bar(desc: str, quiet: bool = False, stream: TextIO | None = None) -> Iterator[ProgressFn]:
+    """Yield a ``progress(fraction in [0, 1], message)`` callback that shows progress on ``stream`` (stderr).
 
-    With ``quiet`` (or without tqdm installed, an optional dependency) the callback does nothing.
+    A tqdm bar on a terminal; plain lines (:class:`LogLines`) when ``stream`` is not a terminal or
+    tqdm is not installed; nothing with ``quiet``. The final line is printed only when the work
+    ends normally (an error or Ctrl-C is reported by the caller in one line).
+
+    Raises:
+        ValueError: ``$MLVIRNET_PROGRESS_INTERVAL`` is set but not a number >= 0.
     """
-    bar = None
-    if not quiet:
-        try:
-            from tqdm import tqdm
-        except ImportError:
-            tqdm = None
-        if tqdm is not None:
-            bar = tqdm(total=100, file=sys.stderr, desc=desc, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+    out = stream if stream is not None else sys.stderr
+    if quiet:
+        yield lambda fraction, message: None
+        return
+    bar = _tqdm_bar(desc, out) if _is_terminal(out) else None
+    if bar is None:
+        lines = LogLines(desc, out, log_interval_s())
+        yield lines
+        lines.finish()
+        return
 
     def progress(fraction: float, message: str) -> None:
-        if bar is not None:
-            bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
-            bar.set_postfix_str(message[:60], refresh=False)
-            bar.refresh()
+        bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
+        bar.set_postfix_str(str(message)[:60], refresh=False)
+        bar.refresh()
 
     try:
         yield progress
     finally:
-        if bar is not None:
-            bar.close()
+        bar.close()

@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import CLIError, same_file
+from . import CLIError, check_output, same_file
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from ..registration.options import RegistrationOptions
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -32,9 +34,23 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("moving", type=Path, metavar="MOVING", help="moving CT in HU (file or DICOM folder)")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="FIELD",
                    help="output displacement field (.nii.gz, .nrrd, .mha, .h5, .tfm)")
-    p.add_argument("--warped", type=Path, metavar="OUT", help="also write the moving image warped onto the fixed grid")
+    p.add_argument("--warped", type=Path, metavar="OUT",
+                   help="also write the moving image warped onto the fixed grid, in MOVING's pixel type (an "
+                        "integer CT is rounded to whole HU and clipped to the type's range); see --warped-float32")
+    p.add_argument("--warped-float32", action="store_true",
+                   help="write --warped as float32 (no rounding) instead of in MOVING's pixel type")
     p.add_argument("--fixed-mask", type=Path, metavar="M", help="lung mask of FIXED (same grid); default: automatic")
     p.add_argument("--moving-mask", type=Path, metavar="M", help="lung mask of MOVING (same grid)")
+    add_registration_arguments(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object with timings and diagnostics on stdout")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (default: a bar on a terminal, else a line every 5 s)")
+    return p
+
+
+def add_registration_arguments(p: argparse.ArgumentParser) -> None:
+    """The registration settings shared by ``register`` and ``batch``: --model, --device, --refine,
+    --no-affine, --network-size (read back with :func:`registration_settings`)."""
     p.add_argument("--model", default="default", metavar="PATH",
                    help="model file, 'default' (the shipped model) or 'none' (refinement only); default: default")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device (default auto)")
@@ -43,29 +59,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
     p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
                    help="network grid size without a model (default 160 160 160; a model's own size wins)")
-    p.add_argument("--json", action="store_true", help="print one JSON object with timings and diagnostics on stdout")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    return p
 
 
-def _check_output(path: Path, inputs: dict[str, Path], name: str) -> None:
-    """Raise a ``CLIError``/``FileNotFoundError`` unless ``path`` can be written without harming an input."""
-    for label, src in inputs.items():
-        if src is not None and same_file(path, src):
-            raise CLIError(f"{name} {path} is the same file as the {label} input; refusing to overwrite an input")
-    if path.is_dir():
-        raise CLIError(f"{name} {path} is a folder; give a file name such as out.nii.gz")
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{name} folder does not exist: {folder}")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise CLIError(f"{name} {path} exists and is not writable")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
-    except OSError as exc:
-        raise CLIError(f"{name} folder {folder} is not writable: {exc.strerror or exc}") from None
-    os.close(fd)
-    os.unlink(probe)
+def check_registration_arguments(args) -> None:
+    """Raise one clear error for a bad value of the arguments of :func:`add_registration_arguments`."""
+    if args.model not in ("default", "none"):
+        model = Path(args.model)
+        if model.is_dir():
+            raise CLIError(f"--model {model} is a folder, not a model file")
+        if not model.exists():
+            raise FileNotFoundError(f"model file not found: {model}")
+    if args.refine is not None and args.refine < 0:
+        raise CLIError(f"--refine must be >= 0, got {args.refine}")
+    if args.network_size is not None and (min(args.network_size) < 4 or any(s % 4 for s in args.network_size)):
+        raise CLIError(f"--network-size must be 3 multiples of 4 (>= 4), got {args.network_size}")
+
+
+def registration_settings(args) -> tuple["RegistrationOptions", str | Path | None]:
+    """``(RegistrationOptions, model)`` from the arguments of :func:`add_registration_arguments`;
+    ``model`` is ``"default"``, ``None`` (no network) or a ``Path``."""
+    from ..registration.options import RegistrationOptions
+
+    values: dict = {"affine": not args.no_affine}
+    if args.network_size is not None:
+        values["network_size"] = tuple(args.network_size)
+    if args.refine is not None:
+        values["refine_iterations"] = int(args.refine)
+    options = RegistrationOptions(**values)  # validates the combination (ValueError)
+    model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
+    return options, model
 
 
 def _check_inputs(args) -> None:
@@ -73,57 +95,50 @@ def _check_inputs(args) -> None:
         p = getattr(args, label)
         if p is not None and not p.exists():
             raise FileNotFoundError(f"{label.replace('_', ' ')} not found: {p}")
-    if args.model not in ("default", "none"):
-        if not Path(args.model).is_file():
-            raise FileNotFoundError(f"model file not found: {args.model}")
-    if args.refine is not None and args.refine < 0:
-        raise CLIError(f"--refine must be >= 0, got {args.refine}")
-    if args.network_size is not None and (min(args.network_size) < 4 or any(s % 4 for s in args.network_size)):
-        raise CLIError(f"--network-size must be 3 multiples of 4 (>= 4), got {args.network_size}")
+    check_registration_arguments(args)
+    if args.warped_float32 and args.warped is None:
+        raise CLIError("--warped-float32 needs --warped")
 
 
 def run(args) -> int:
+    import SimpleITK as sitk
+
     from ..io.fields import IMAGE_SUFFIXES, field_format, write_field
     from ..io.images import read_image, write_image
-    from ..registration.options import RegistrationOptions
     from ..registration.pipeline import register
     from ..registration.warp import warp_image
 
     _check_inputs(args)
-    inputs = {"FIXED": args.fixed, "MOVING": args.moving, "fixed mask": args.fixed_mask, "moving mask": args.moving_mask}
+    inputs = {"FIXED": args.fixed, "MOVING": args.moving, "fixed mask": args.fixed_mask,
+              "moving mask": args.moving_mask}
     if args.model not in ("default", "none"):
         inputs["model"] = Path(args.model)
-    _check_output(args.output, inputs, "output field")
+    check_output(args.output, inputs, "output field")
     field_format(args.output)  # ValueError for an unsupported suffix, before any work
     if args.warped is not None:
         if not str(args.warped.name).lower().endswith(IMAGE_SUFFIXES):
             raise CLIError(f"--warped {args.warped}: use an image suffix ({', '.join(IMAGE_SUFFIXES)})")
-        _check_output(args.warped, {**inputs, "output field": args.output}, "warped output")
+        check_output(args.warped, {**inputs, "output field": args.output}, "warped output")
         if same_file(args.warped, args.output):
             raise CLIError("--warped and -o name the same file")
 
     from ..core.devices import resolve_device
 
     resolve_device(args.device)  # a CUDA request without a GPU fails here, before reading anything
+    options, model = registration_settings(args)
 
     fixed = read_image(args.fixed)
     moving = read_image(args.moving)
     fixed_mask = read_image(args.fixed_mask) if args.fixed_mask is not None else None
     moving_mask = read_image(args.moving_mask) if args.moving_mask is not None else None
 
-    options = RegistrationOptions(affine=not args.no_affine)
-    if args.network_size is not None:
-        options.network_size = tuple(args.network_size)
-    if args.refine is not None:
-        options.refine_iterations = int(args.refine)
-    model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
-
     with progress_bar("register", quiet=args.quiet) as progress:
         result = register(fixed, moving, fixed_mask, moving_mask, model=model, device=args.device,
                           options=options, progress=progress)
     write_field(result.deformation, args.output)
     if args.warped is not None:
-        write_image(warp_image(moving, result.deformation, padding_value=-1024.0), args.warped)
+        pixel_type = sitk.sitkFloat32 if args.warped_float32 else None  # None: MOVING's pixel type
+        write_image(warp_image(moving, result.deformation, padding_value=-1024.0, pixel_type=pixel_type), args.warped)
     for msg in result.messages:
         print(f"mlvirnet register: {msg}", file=sys.stderr)
     if args.json:

@@ -30,7 +30,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     )
     p.add_argument("--fixed-landmarks", required=True, type=Path, metavar="FILE", help="landmarks in the fixed image")
     p.add_argument("--moving-landmarks", required=True, type=Path, metavar="FILE", help="corresponding landmarks in the moving image")
-    p.add_argument("--field", type=Path, metavar="FILE", help="deformation field on the fixed grid (fixed -> moving)")
+    p.add_argument("--field", type=Path, nargs="+", metavar="FILE",
+                   help="deformation field on the fixed grid (fixed -> moving), or several transforms in "
+                        "antsApplyTransforms -t order (e.g. 1Warp.nii.gz 0GenericAffine.mat)")
     p.add_argument("--dirlab-case", metavar="CASE", help="DIR-LAB case ('4dct:N' or 'copd:N') giving the geometry of voxel-index files")
     p.add_argument("--fixed-image", type=Path, metavar="IMAGE", help="fixed image (its grid converts voxel-index landmarks)")
     p.add_argument("--moving-image", type=Path, metavar="IMAGE", help="moving image (its grid converts voxel-index landmarks and is the snap grid)")
@@ -70,17 +72,18 @@ def run(args) -> int:
         raise CLIError("--snap-to-voxel needs the moving grid: give --dirlab-case or --moving-image")
     fixed = read_landmarks(args.fixed_landmarks, fixed_grid)
     moving = read_landmarks(args.moving_landmarks, moving_grid)
-    deformation = read_field(args.field, dtype=torch.float64) if args.field is not None else None
+    fields = args.field[0] if args.field is not None and len(args.field) == 1 else args.field
+    deformation = read_field(fields, dtype=torch.float64) if fields is not None else None
     result = tre(fixed, moving, deformation, snap_grid=moving_grid if args.snap_to_voxel else None)
     kind = "registered" if deformation is not None else "initial"
     if args.json:
         doc = {"kind": kind, **result.to_dict(include_points=args.per_point), "units": "mm", "std_definition": "population"}
         doc["fixed_landmarks"] = str(args.fixed_landmarks)
         doc["moving_landmarks"] = str(args.moving_landmarks)
-        doc["field"] = str(args.field) if args.field is not None else None
+        doc["field"] = None if fields is None else str(fields) if len(args.field) == 1 else [str(f) for f in fields]
         print(json.dumps(doc))
     else:
-        what = f"through {args.field}" if deformation is not None else "initial (no field)"
+        what = f"through {' + '.join(str(f) for f in args.field)}" if deformation is not None else "initial (no field)"
         print(f"TRE {what}, direction fixed -> moving ({args.fixed_landmarks.name} -> {args.moving_landmarks.name})")
         print(f"  n = {result.n} landmarks{', snapped to moving voxels' if result.snapped else ''}")
         print(f"  mean {result.mean:.2f} mm, sd {result.std:.2f} mm (population), p95 {result.p95:.2f} mm, max {result.max:.2f} mm")

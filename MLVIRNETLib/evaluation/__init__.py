@@ -8,9 +8,11 @@ Holds:
                        reports); the work behind ``mlvirnet evaluate-dirlab``.
     demo               a CT registered against a synthetic-breathing version of itself (TRE,
                        folding, written outputs); the work behind ``mlvirnet demo``.
+    cohort             many pairs from a manifest: sharding, resume, per-pair failures, summary;
+                       the work behind ``mlvirnet batch``.
 
 May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`; the workflows (``dirlab_evaluation``,
-``demo``) also :mod:`MLVIRNETLib.registration`, :mod:`MLVIRNETLib.preprocessing`,
+``demo``, ``cohort``) also :mod:`MLVIRNETLib.registration`, :mod:`MLVIRNETLib.preprocessing`,
 :mod:`MLVIRNETLib.simulation` and :mod:`MLVIRNETLib.paths`. Nothing here imports them at package
 import time.
 """

@@ -1,29 +1,57 @@
-"""Deformation fields on disk: vector images and ITK displacement-field transforms.
+"""Deformation fields on disk: vector images, ITK displacement-field transforms, ANTs/ITK transform lists.
 
 Convention (the one of :class:`~MLVIRNETLib.core.deformation.Deformation`, ITK, ANTs and 3D Slicer):
 the file holds the displacement ``u`` in **LPS mm** at the voxel centres of the *fixed* grid, and
 maps fixed points to moving points, ``x_moving = x_fixed + u(x_fixed)``. Warping the moving image
 with it (``M(x + u(x))``) gives the moving image resampled on the fixed grid.
 
-Formats (from the suffix):
+Formats written (from the suffix):
 
-``.nii``, ``.nii.gz``, ``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``
-    A 3-component float vector image (float32 unless ``dtype`` says otherwise) with the fixed
-    grid's size, spacing, origin and direction. NIfTI note: NIfTI's own world frame is RAS, and
-    tools disagree on the frame of *vector components* (NiftyReg and FSL write RAS). We write, and
-    expect, **LPS components**, as ITK/SimpleITK and ANTs do (intent code 1007 = vector); with
-    SimpleITK 2.5 the components are stored on disk exactly as given and read back unchanged
-    (checked by ``Testing/io/test_io_fields.py``). A NIfTI field from NiftyReg/FSL needs its x and y
-    components negated (``geometry.ras_to_lps``) before use.
+``.nii``, ``.nii.gz``
+    A NIfTI displacement field as 3D Slicer and ITK >= 5.4 expect it: ``dim = (5, X, Y, Z, 1, 3)``,
+    intent code 1006 (``NIFTI_INTENT_DISPVECT``) and, as that intent requires, the vector
+    components stored in **RAS** (x and y negated on disk). ITK >= 5.4 (SimpleITK >= 2.4, Slicer,
+    ANTs built on ITK 5.4) converts them to LPS when reading, so every ITK-based reader gets LPS
+    displacements; the header (geometry) is the one ITK writes. Older ITK readers (SimpleITK <= 2.3)
+    do not convert and would see x and y with the wrong sign: use ``.nrrd``/``.mha``/``.h5`` with them.
+    On reading, intent 1007 (``NIFTI_INTENT_VECTOR``, what ANTs and ITK write by default) means LPS
+    components, 1006 means RAS components (converted by SimpleITK). A NIfTI field from NiftyReg/FSL
+    (RAS components without intent 1006) needs its x and y negated (``geometry.ras_to_lps``).
+``.nrrd``, ``.nhdr``, ``.mha``, ``.mhd``
+    A 3-component float vector image with the fixed grid's geometry, LPS components.
 ``.h5``, ``.hdf5``, ``.tfm``, ``.txt``
     A ``SimpleITK.DisplacementFieldTransform`` written with ``sitk.WriteTransform`` (float64).
-    ``.tfm``/``.txt`` is plain text and large (about 20 bytes per value); prefer ``.h5``. A
-    composite transform holding exactly one displacement field is accepted on reading.
+    ``.tfm``/``.txt`` is plain text and large (about 20 bytes per value); prefer ``.h5``.
+
+Vector images are float32 unless ``dtype="float64"`` (float32 is ample: 1e-7 relative). SimpleITK's
+``DisplacementFieldTransform`` needs float64 vectors: ``sitk.DisplacementFieldTransform(
+sitk.ReadImage(path, sitk.sitkVectorFloat64))`` reads any of them.
+
+Every file is checked before it is published (:mod:`MLVIRNETLib.io.integrity`) and every file read
+is checked for truncation and for NaN/Inf values.
+
+Reading also accepts, wherever a field is read (:func:`read_field`):
+
+* an ITK ``CompositeTransform`` file (ANTs' ``Composite.h5``: affine + displacement field);
+* a list of transform files in the order of ``antsApplyTransforms -t`` options, e.g.
+  ``["out1Warp.nii.gz", "out0GenericAffine.mat"]``. The *first* listed transform acts first on a
+  fixed point, as in ``antsApplyTransforms`` (``-t A -t B`` maps ``x`` to ``B(A(x))``; its
+  documentation's "the last transform is applied first" speaks of moving the image). For
+  ``antsRegistration``'s outputs the point map is ``x -> affine(warp(x))``, the same as ITK's
+  ``CompositeTransform`` ``[affine, warp]`` (its queue applies the last-added transform first).
+
+Lists and composites are evaluated exactly with SimpleITK (``TransformToDisplacementField``) on
+the grid of the displacement field that acts first (for ANTs, the fixed image grid) or on a given
+``reference`` grid.
 """
 
 from __future__ import annotations
 
+import gzip
 import os
+import re
+import struct
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -33,11 +61,18 @@ import torch
 from ..core.deformation import Deformation
 from ..core.geometry import ImageGrid
 from .atomic import atomic_output
+from .images import sitk_error_reason
+from .integrity import check_file, check_input, count_nonfinite
 
 PathLike = str | os.PathLike
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 TRANSFORM_SUFFIXES = (".h5", ".hdf5", ".tfm", ".txt")
+LINEAR_SUFFIXES = (".mat",)
+"""Read-only: ITK/ANTs linear transforms (``0GenericAffine.mat``), accepted in transform lists."""
+
+NIFTI_INTENT_DISPVECT = 1006
+NIFTI_INTENT_VECTOR = 1007
 
 
 def field_format(path: PathLike) -> str:
@@ -53,7 +88,11 @@ def field_format(path: PathLike) -> str:
 
 
 def deformation_to_sitk(deformation: Deformation, pixel_type: int = sitk.sitkVectorFloat64) -> sitk.Image:
-    """A batch-1 :class:`Deformation` -> 3-component vector image of LPS mm on its grid."""
+    """A batch-1 :class:`Deformation` -> 3-component vector image of LPS mm on its grid.
+
+    Raises:
+        ValueError: batch size other than 1.
+    """
     u = deformation.displacement
     if u.shape[0] != 1:
         raise ValueError(f"only a single deformation (batch 1) can be written, got batch {u.shape[0]}")
@@ -67,25 +106,109 @@ def deformation_to_sitk(deformation: Deformation, pixel_type: int = sitk.sitkVec
     return image
 
 
-def sitk_to_deformation(image: sitk.Image, dtype: torch.dtype = torch.float32, device=None) -> Deformation:
-    """A 3-D, 3-component vector image of LPS-mm displacements -> :class:`Deformation` (batch 1)."""
+def sitk_to_deformation(
+    image: sitk.Image, dtype: torch.dtype = torch.float32, device=None, source: PathLike | None = None
+) -> Deformation:
+    """A 3-D, 3-component vector image of LPS-mm displacements -> :class:`Deformation` (batch 1).
+
+    Raises:
+        ValueError: not 3-D, not 3 components, or NaN/infinite values (naming ``source`` and the count).
+    """
+    where = f" in {source}" if source is not None else ""
     if image.GetDimension() != 3:
-        raise ValueError(f"a deformation field must be a 3-D image, got {image.GetDimension()}-D of size {image.GetSize()}")
+        raise ValueError(
+            f"a deformation field must be a 3-D image, got {image.GetDimension()}-D of size {image.GetSize()}{where}"
+        )
     if image.GetNumberOfComponentsPerPixel() != 3:
         raise ValueError(
             f"a deformation field needs 3 components per voxel (x, y, z mm), got "
-            f"{image.GetNumberOfComponentsPerPixel()} ({image.GetPixelIDTypeAsString()})"
+            f"{image.GetNumberOfComponentsPerPixel()} ({image.GetPixelIDTypeAsString()}){where}"
+        )
+    bad = count_nonfinite(image)
+    if bad:
+        raise ValueError(
+            f"the deformation field{where or ''} contains {bad} non-finite (NaN or infinite) values "
+            f"out of {3 * image.GetNumberOfPixels()}"
         )
     grid = ImageGrid.from_sitk(image)
-    array = sitk.GetArrayFromImage(image).astype(np.float64)  # (D, H, W, 3)
-    if not np.all(np.isfinite(array)):
-        raise ValueError("the deformation field contains non-finite values")
-    u = torch.as_tensor(array).movedim(-1, 0)[None].to(dtype=dtype, device=device).contiguous()
+    np_dtype = np.float32 if dtype in (torch.float32, torch.float16, torch.bfloat16) else np.float64
+    array = np.array(sitk.GetArrayViewFromImage(image), dtype=np_dtype)  # (D, H, W, 3): one copy
+    u = torch.from_numpy(array).movedim(-1, 0)[None].to(dtype=dtype, device=device).contiguous()
     return Deformation(grid, u)
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
+def _itk_nifti_header(grid: ImageGrid, pixel: int, probe: Path) -> bytes:
+    """The NIfTI-1 header ITK writes for a 3-component field on ``grid``, with intent DISPVECT.
+
+    ITK writes the header of a one-voxel field with the same spacing, origin and direction (the
+    geometry fields do not depend on the size); the sizes and the intent code are then set.
+    """
+    if max(grid.size) > 32767:
+        raise ValueError(f"a NIfTI-1 field cannot hold a grid of size {grid.size}; use .nrrd, .mha or .h5")
+    tiny = sitk.Image([1, 1, 1], pixel, 3)
+    tiny.SetSpacing(grid.spacing)
+    tiny.SetOrigin(grid.origin)
+    tiny.SetDirection(grid.direction)
+    try:
+        sitk.WriteImage(tiny, str(probe), False)
+        raw = probe.read_bytes()
+    finally:
+        probe.unlink(missing_ok=True)
+    if len(raw) < 352 or struct.unpack("<i", raw[:4])[0] != 348:
+        raise OSError(f"ITK wrote an unexpected NIfTI header ({len(raw)} bytes)")
+    vox_offset = int(struct.unpack("<f", raw[108:112])[0])
+    header = bytearray(raw[:vox_offset])
+    dims = list(struct.unpack("<8h", header[40:56]))
+    if dims[0] != 5 or dims[4:6] != [1, 3]:
+        raise OSError(f"ITK wrote an unexpected NIfTI dim field {dims} for a vector image")
+    dims[1:4] = grid.size
+    header[40:56] = struct.pack("<8h", *dims)
+    header[68:70] = struct.pack("<h", NIFTI_INTENT_DISPVECT)
+    return bytes(header)
+
+
+def _write_nifti_field(u: torch.Tensor, grid: ImageGrid, tmp: Path, np_dtype: type, compress: bool) -> None:
+    """Stream ``u`` (3, D, H, W; LPS) to ``tmp`` as a DISPVECT NIfTI (RAS components), slab by slab."""
+    pixel = sitk.sitkVectorFloat32 if np_dtype == np.float32 else sitk.sitkVectorFloat64
+    header = _itk_nifti_header(grid, pixel, tmp.with_name(tmp.name + ".header-probe.nii"))
+    depth, height, width = u.shape[1:]
+    step = max(1, (8 << 20) // max(1, height * width * np.dtype(np_dtype).itemsize))
+    little = np.dtype(np_dtype).newbyteorder("<")
+    with open(tmp, "wb") as raw:
+        out = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=6, mtime=0) if compress else raw
+        try:
+            out.write(header)
+            for c in range(3):
+                sign = -1.0 if c < 2 else 1.0  # LPS -> RAS for x and y: DISPVECT components are RAS
+                for z0 in range(0, depth, step):
+                    slab = (u[c, z0 : z0 + step].detach() * sign).to("cpu", torch.float64).numpy()
+                    out.write(slab.astype(little, copy=False).tobytes())
+        finally:
+            if compress:
+                out.close()
+        raw.flush()
+        os.fsync(raw.fileno())
+
+
+def _verify_field_file(tmp: Path, shown: Path) -> None:
+    check_file(tmp, shown)
+    if field_format(shown) == "image" and not tmp.name.lower().endswith((".nii", ".nii.gz")):
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(tmp))
+        try:
+            reader.ReadImageInformation()
+        except RuntimeError as exc:
+            raise ValueError(f"{shown} cannot be read back: {sitk_error_reason(exc)}") from None
 
 
 def write_field(deformation: Deformation, path: PathLike, dtype: str = "float32") -> Path:
     """Write a batch-1 deformation atomically; the format comes from the suffix (module docstring).
+
+    The file is checked (read back or its length compared with its header) before it is published:
+    a full disk gives an error and an earlier file at ``path`` survives.
 
     Args:
         dtype: ``"float32"`` or ``"float64"`` for vector images (transforms are always float64).
@@ -93,56 +216,162 @@ def write_field(deformation: Deformation, path: PathLike, dtype: str = "float32"
     Raises:
         ValueError: unsupported suffix, batch > 1, or a non-finite displacement.
         FileNotFoundError: the output folder does not exist.
+        IsADirectoryError: ``path`` is a folder.
+        OSError: the file could not be written completely (full disk:
+            :class:`~MLVIRNETLib.io.integrity.IncompleteWriteError`) or the folder refuses files.
     """
+    if Path(path).is_dir():
+        raise IsADirectoryError(f"output path {path} is a folder; give a file name such as field.nii.gz")
     kind = field_format(path)
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    if deformation.displacement.shape[0] != 1:
+        batch = deformation.displacement.shape[0]
+        raise ValueError(f"only a single deformation (batch 1) can be written, got batch {batch}")
     if not torch.all(torch.isfinite(deformation.displacement)):
         raise ValueError("the deformation contains non-finite displacements; nothing written")
     target = Path(path)
-    if kind == "image":
+    name = target.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        np_dtype = np.float32 if dtype == "float32" else np.float64
+        with atomic_output(target, verify=_verify_field_file) as tmp:
+            _write_nifti_field(deformation.displacement[0], deformation.grid, tmp, np_dtype, name.endswith(".gz"))
+    elif kind == "image":
         pixel = sitk.sitkVectorFloat32 if dtype == "float32" else sitk.sitkVectorFloat64
         image = deformation_to_sitk(deformation, pixel)
-        with atomic_output(target) as tmp:
-            sitk.WriteImage(image, str(tmp), True)
+        with atomic_output(target, verify=_verify_field_file) as tmp:
+            try:
+                sitk.WriteImage(image, str(tmp), True)
+            except RuntimeError as exc:
+                raise OSError(f"cannot write deformation field {target}: {sitk_error_reason(exc)}") from None
     else:
         transform = sitk.DisplacementFieldTransform(deformation_to_sitk(deformation, sitk.sitkVectorFloat64))
-        with atomic_output(target) as tmp:
-            sitk.WriteTransform(transform, str(tmp))
+        with atomic_output(target, verify=_verify_field_file) as tmp:
+            try:
+                sitk.WriteTransform(transform, str(tmp))
+            except RuntimeError as exc:
+                raise OSError(f"cannot write deformation field {target}: {sitk_error_reason(exc)}") from None
     return target
 
 
-def _displacement_transform(transform: sitk.Transform, path: Path) -> sitk.DisplacementFieldTransform:
-    name = transform.GetName()
-    if name == "DisplacementFieldTransform":
-        return sitk.DisplacementFieldTransform(transform)
-    if name == "CompositeTransform":
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+_ANTS_WARP = re.compile(r"^(?P<prefix>.*)1Warp\.nii(\.gz)?$")
+
+
+def _flatten(transform: sitk.Transform) -> list[sitk.Transform]:
+    """ITK queue order (the last one acts first on a point), composites expanded in place."""
+    if transform.GetName() == "CompositeTransform":
         composite = sitk.CompositeTransform(transform)
-        parts = [composite.GetNthTransform(i) for i in range(composite.GetNumberOfTransforms())]
-        if len(parts) == 1:
-            return _displacement_transform(parts[0], path)
-        kinds = [p.GetName() for p in parts]
-        raise ValueError(f"{path} holds a composite of {len(parts)} transforms ({kinds}); expected one displacement field")
-    raise ValueError(f"{path} holds a {name}, not a displacement field transform")
+        out: list[sitk.Transform] = []
+        for i in range(composite.GetNumberOfTransforms()):
+            out.extend(_flatten(composite.GetNthTransform(i)))
+        return out
+    return [transform]
 
 
-def read_field(path: PathLike, dtype: torch.dtype = torch.float32, device=None) -> Deformation:
-    """Read a deformation field written by :func:`write_field` (or ITK/ANTs/Slicer) -> batch-1 :class:`Deformation`.
+def _sitk_error(p: Path, exc: RuntimeError) -> ValueError:
+    reason = sitk_error_reason(exc)
+    if "suffix" in reason or "TransformIO" in str(exc):
+        reason = "not a transform file SimpleITK can read (damaged or truncated?)"
+    return ValueError(f"cannot read deformation field {p}: {reason}")
+
+
+def _read_piece(p: Path) -> list[sitk.Transform]:
+    """One file -> transforms in ITK queue order; fields as float64 ``DisplacementFieldTransform``."""
+    if not p.exists():
+        raise FileNotFoundError(f"deformation field not found: {p}")
+    if not p.is_file():
+        raise ValueError(f"cannot read deformation field {p}: not a regular file")
+    name = p.name.lower()
+    if not name.endswith(IMAGE_SUFFIXES + TRANSFORM_SUFFIXES + LINEAR_SUFFIXES):
+        field_format(p)  # raises the "unsupported" message
+    check_input(p, "deformation field")
+    try:
+        if name.endswith(IMAGE_SUFFIXES):
+            image = sitk.ReadImage(str(p))
+            sitk_to_deformation(image, source=p)  # shape and NaN checks with the file's name
+            return [sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))]
+        return _flatten(sitk.ReadTransform(str(p)))
+    except RuntimeError as exc:
+        raise _sitk_error(p, exc) from None
+
+
+def _compose(queue: list[sitk.Transform], reference: ImageGrid | None, shown: str) -> sitk.Image:
+    """Evaluate ``queue`` (ITK order) as a displacement image on ``reference`` or the first-acting field's grid."""
+    if reference is None:
+        fields = [t for t in queue if t.GetName() == "DisplacementFieldTransform"]
+        if not fields:
+            kinds = ", ".join(t.GetName() for t in queue)
+            raise ValueError(
+                f"{shown} holds only linear transforms ({kinds}): no displacement field defines the fixed grid; "
+                "pass reference= (the fixed image's grid)"
+            )
+        reference = ImageGrid.from_sitk(sitk.DisplacementFieldTransform(fields[-1]).GetDisplacementField())
+    composite = sitk.CompositeTransform(queue)
+    return sitk.TransformToDisplacementField(
+        composite,
+        sitk.sitkVectorFloat64,
+        list(reference.size),
+        list(reference.origin),
+        list(reference.spacing),
+        list(reference.direction),
+    )
+
+
+def read_field(
+    path: PathLike | Sequence[PathLike],
+    dtype: torch.dtype = torch.float32,
+    device=None,
+    reference: ImageGrid | None = None,
+) -> Deformation:
+    """Read a deformation field (fixed -> moving, LPS mm) -> batch-1 :class:`Deformation`.
+
+    Args:
+        path: a field written by :func:`write_field` or by ITK/ANTs/Slicer (any suffix of the module
+            docstring); an ITK composite transform file (ANTs ``Composite.h5``); or a list of files
+            in ``antsApplyTransforms -t`` order, e.g. ``["out1Warp.nii.gz", "out0GenericAffine.mat"]``
+            (the first listed acts first on a fixed point; see the module docstring).
+        dtype, device: of the returned displacement.
+        reference: the grid to evaluate a composite or list on; default the grid of the displacement
+            field that acts first (ANTs: the fixed image grid). Required when there is no field.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: unsupported suffix, unreadable file, not a 3-D 3-component displacement field.
+        FileNotFoundError: a file does not exist.
+        ValueError: unsupported suffix; unreadable, truncated or damaged file; NaN/infinite values;
+            not a 3-D 3-component displacement field; an ANTs ``1Warp`` file whose affine
+            ``0GenericAffine.mat`` lies beside it (pass both, or the ``Composite.h5``).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"deformation field not found: {p}")
-    kind = field_format(p)
-    try:
-        if kind == "image":
-            image = sitk.ReadImage(str(p))
-        else:
-            image = _displacement_transform(sitk.ReadTransform(str(p)), p).GetDisplacementField()
-    except RuntimeError as exc:
-        lines = [line for line in str(exc).splitlines() if line.strip()]
-        raise ValueError(f"cannot read deformation field {p}: {lines[-1].strip() if lines else exc}") from None
-    return sitk_to_deformation(image, dtype=dtype, device=device)
+    if isinstance(path, (str, os.PathLike)):
+        paths = [Path(path)]
+    else:
+        paths = [Path(p) for p in path]
+        if not paths:
+            raise ValueError("read_field needs at least one file")
+    shown = str(paths[0]) if len(paths) == 1 else "[" + ", ".join(str(p) for p in paths) + "]"
+    if len(paths) == 1:
+        p = paths[0]
+        match = _ANTS_WARP.match(p.name)
+        affine = p.with_name(f"{match['prefix']}0GenericAffine.mat") if match else None
+        if affine is not None and affine.is_file():
+            raise ValueError(
+                f"{p} is the deformable part of an ANTs registration whose affine part {affine} lies beside it; "
+                f"alone it misses the affine. Read both: read_field([{str(p)!r}, {str(affine)!r}]), "
+                "or the Composite.h5 of antsRegistration --write-composite-transform 1"
+            )
+    queue: list[sitk.Transform] = []
+    for p in reversed(paths):  # antsApplyTransforms -t order -> ITK queue (the last in the queue acts first)
+        queue.extend(_read_piece(p))
+    if len(queue) == 1 and queue[0].GetName() == "DisplacementFieldTransform" and reference is None:
+        image = sitk.DisplacementFieldTransform(queue[0]).GetDisplacementField()
+    elif len(queue) == 1 and queue[0].GetName() not in ("DisplacementFieldTransform",) and len(paths) == 1 and (
+        paths[0].name.lower().endswith(TRANSFORM_SUFFIXES) and reference is None
+    ):
+        raise ValueError(f"{shown} holds a {queue[0].GetName()}, not a displacement field transform")
+    else:
+        try:
+            image = _compose(queue, reference, shown)
+        except RuntimeError as exc:
+            raise ValueError(f"cannot compose the transforms of {shown}: {sitk_error_reason(exc)}") from None
+    return sitk_to_deformation(image, dtype=dtype, device=device, source=shown)

@@ -18,6 +18,7 @@ import torch
 
 from ..core.geometry import ImageGrid
 from .atomic import PathLike, atomic_output
+from .integrity import check_file, check_input, require_finite
 
 
 # ----------------------------------------------------------------------------------------------
@@ -32,6 +33,16 @@ def _dicom_series_files(folder: Path) -> list[str]:
             f"{folder} holds {len(ids)} DICOM series ({', '.join(ids)}); pass a folder with exactly one series"
         )
     return list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+
+
+def sitk_error_reason(exc: RuntimeError) -> str:
+    """The informative line of a SimpleITK ``RuntimeError`` (the reader's or writer's own complaint)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for marker in ("[nrrd]", "ITK ERROR", "ERROR", "Unable", "Could not"):
+        hits = [line for line in lines if marker in line]
+        if hits:
+            return hits[-1]
+    return lines[-1] if lines else "unknown error"
 
 
 def _check_3d(image: sitk.Image, path: PathLike) -> sitk.Image:
@@ -50,13 +61,17 @@ def _check_3d(image: sitk.Image, path: PathLike) -> sitk.Image:
 def read_image(path: PathLike) -> sitk.Image:
     """Read a 3-D image file or a folder holding one DICOM series.
 
+    Files are checked before SimpleITK reads them (:func:`~MLVIRNETLib.io.integrity.check_file`:
+    a truncated or damaged NIfTI/MetaImage file is refused instead of read with zeros), and
+    float images must hold only finite values.
+
     Returns:
         the ``SimpleITK.Image`` with its LPS geometry.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: unreadable file, not a 3-D image (2-D, single slice, 4-D with several volumes),
-            or a folder with no or several DICOM series.
+        ValueError: unreadable, truncated or damaged file, NaN or infinite voxels, not a 3-D image
+            (2-D, single slice, 4-D with several volumes), or a folder with no or several DICOM series.
     """
     p = Path(path)
     if not p.exists():
@@ -67,12 +82,17 @@ def read_image(path: PathLike) -> sitk.Image:
             reader.SetFileNames(_dicom_series_files(p))
             image = reader.Execute()
         else:
+            if not p.is_file():
+                raise ValueError(f"cannot read image {p}: not a regular file")
+            check_input(p)
             image = sitk.ReadImage(str(p))
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
-        first = str(exc).strip().splitlines()
-        detail = next((line for line in first if "ERROR" in line or "Unable" in line), first[-1] if first else "")
-        raise ValueError(f"cannot read image {p}: {detail.strip()}") from None
-    return _check_3d(image, p)
+        raise ValueError(f"cannot read image {p}: {sitk_error_reason(exc)}") from None
+    except PermissionError:
+        raise ValueError(f"cannot read image {p}: permission denied") from None
+    image = _check_3d(image, p)
+    require_finite(image, p)
+    return image
 
 
 def read_image_grid(path: PathLike) -> ImageGrid:
@@ -103,20 +123,36 @@ def read_image_grid(path: PathLike) -> ImageGrid:
 def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Path:
     """Write ``image`` to ``path`` atomically (format from the suffix); returns the path.
 
+    The written file is checked before it is published (:func:`~MLVIRNETLib.io.integrity.check_file`
+    plus its header read back): a full disk gives an error, never a truncated file, and an earlier
+    file at ``path`` survives any failure.
+
     Raises:
         FileNotFoundError: the output folder does not exist.
+        IsADirectoryError: ``path`` is a folder.
         ValueError: SimpleITK cannot write this image to this format.
+        OSError: the file could not be written completely (full disk:
+            :class:`~MLVIRNETLib.io.integrity.IncompleteWriteError`), or the folder refuses files.
     """
     target = Path(path)
-    if target.is_dir():
-        raise ValueError(f"output path {target} is a folder; give a file name such as out.nii.gz")
-    with atomic_output(target) as tmp:
+    with atomic_output(target, verify=lambda tmp, shown: _verify_written_image(tmp, shown, image)) as tmp:
         try:
             sitk.WriteImage(image, str(tmp), compress)
         except RuntimeError as exc:
-            lines = [line for line in str(exc).splitlines() if line.strip()]
-            raise ValueError(f"cannot write image {target}: {lines[-1].strip() if lines else exc}") from None
+            raise ValueError(f"cannot write image {target}: {sitk_error_reason(exc)}") from None
     return target
+
+
+def _verify_written_image(tmp: Path, shown: Path, image: sitk.Image) -> None:
+    check_file(tmp, shown)
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(tmp))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise ValueError(f"{shown} cannot be read back: {sitk_error_reason(exc)}") from None
+    if tuple(reader.GetSize()[:3]) != tuple(image.GetSize()[:3]):
+        raise ValueError(f"{shown} reads back with size {reader.GetSize()}, expected {image.GetSize()}")
 
 
 # ----------------------------------------------------------------------------------------------

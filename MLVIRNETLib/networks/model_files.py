@@ -18,6 +18,7 @@ one ``FileNotFoundError`` or ``ValueError`` naming the path and the problem.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import re
@@ -29,10 +30,27 @@ import torch
 from .. import __version__
 from .cascade import MultilevelNet, NetworkConfig, build_network
 
-__all__ = ["MODEL_FORMAT", "MODEL_FORMAT_VERSION", "save_model", "load_model", "to_plain"]
+__all__ = [
+    "MAX_INPUT_SIZE", "MAX_NETWORK_MEMORY_GB", "MODEL_FORMAT", "MODEL_FORMAT_VERSION", "estimated_network_memory_gb",
+    "load_model", "save_model", "to_plain",
+]
 
 MODEL_FORMAT = "mlvirnet-model"
 MODEL_FORMAT_VERSION = 1
+
+MAX_INPUT_SIZE = 512
+"""Largest ``input_size`` per axis of a model that :func:`load_model` accepts."""
+
+MAX_NETWORK_MEMORY_GB = 32.0
+"""Largest estimated inference memory (:func:`estimated_network_memory_gb`) of a model that
+:func:`load_model` accepts; a model asking for more is refused before anything is allocated."""
+
+_LIVE_FEATURE_MAPS = 6
+"""Full-resolution feature maps alive at once during inference (input, skip, upsampled, concatenated)."""
+
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+"""How files written by ``torch.save`` start: a zip archive (the default since torch 1.6) or a
+pickle of protocol 2 or later (the legacy format)."""
 
 _PLAIN_SCALARS = (str, int, float, bool, type(None))
 
@@ -100,6 +118,25 @@ def _architecture_mismatch(net: MultilevelNet, config: NetworkConfig) -> str | N
     return None
 
 
+def estimated_network_memory_gb(config: NetworkConfig) -> float:
+    """A rough estimate (GB) of the float32 activations a network of ``config`` holds at once
+    during inference on one pair: ``features`` channels at ``input_size``, a few maps at a time."""
+    voxels = math.prod(int(n) for n in config.input_size)
+    return 4.0 * voxels * config.features * _LIVE_FEATURE_MAPS / 1e9
+
+
+def _check_input_size(config: NetworkConfig, where: str) -> None:
+    """Raise ``ValueError`` when ``config`` asks for an input size too large to run (before any allocation)."""
+    size = tuple(int(n) for n in config.input_size)
+    gb = estimated_network_memory_gb(config)
+    if max(size) > MAX_INPUT_SIZE or gb > MAX_NETWORK_MEMORY_GB:
+        raise ValueError(
+            f"{where}: the model asks for an input size of {size} voxels ({math.prod(size) / 1e6:.0f} million), "
+            f"which would need about {gb:.0f} GB for the network alone; at most {MAX_INPUT_SIZE} voxels per axis and "
+            f"{MAX_NETWORK_MEMORY_GB:g} GB are accepted"
+        )
+
+
 def save_model(path: str | os.PathLike, net: MultilevelNet, config: NetworkConfig, metadata: dict | None = None) -> Path:
     """Write ``net``'s weights with its ``config`` and ``metadata`` to ``path`` atomically.
 
@@ -119,7 +156,8 @@ def save_model(path: str | os.PathLike, net: MultilevelNet, config: NetworkConfi
         ``path`` as a :class:`Path`.
 
     Raises:
-        ValueError: ``net`` does not fit ``config``, or ``metadata`` is not plain.
+        ValueError: ``net`` does not fit ``config``, ``metadata`` is not plain, or ``config`` asks
+            for an input size that :func:`load_model` would refuse.
         FileNotFoundError: the directory of ``path`` does not exist.
     """
     path = Path(path)
@@ -131,6 +169,7 @@ def save_model(path: str | os.PathLike, net: MultilevelNet, config: NetworkConfi
     _check_plain(meta, "metadata")
     meta = to_plain(meta)
     meta["library_version"] = __version__
+    _check_input_size(config, f"cannot save {path}")
     problem = _architecture_mismatch(net, config)
     if problem is not None:
         raise ValueError(f"network does not match config {config.to_dict()}: {problem}")
@@ -164,14 +203,20 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file is not a readable MLVIRNET model (truncated, corrupt, foreign content,
-            unsupported format version, weights of another architecture, non-finite weights).
+        ValueError: ``path`` is a folder, or the file is not a readable MLVIRNET model (not a torch
+            file at all, e.g. text; truncated, corrupt, foreign content, unsupported format version,
+            weights of another architecture, non-finite weights), or its config asks for an input
+            size above ``MAX_INPUT_SIZE`` per axis or ``MAX_NETWORK_MEMORY_GB`` of activations.
     """
     path = Path(path)
+    if path.is_dir():
+        inside = sorted(p.name for p in path.glob("*.pt"))[:3]
+        hint = f" (model files in it: {inside})" if inside else ""
+        raise ValueError(f"{path} is a folder, not a model file; give the model file itself{hint}")
     if not path.exists():
         raise FileNotFoundError(f"model file not found: {path}")
     if not path.is_file():
-        raise ValueError(f"model path is not a file: {path}")
+        raise ValueError(f"model path is not a regular file: {path}")
     try:
         device = torch.device(map_location)
     except (RuntimeError, TypeError) as exc:
@@ -180,6 +225,13 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         raise ValueError(f"map_location {map_location!r} asks for CUDA, but CUDA is not available")
     if path.stat().st_size == 0:
         raise ValueError(f"cannot read model file {path}: the file is empty")
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if not head.startswith(_TORCH_MAGIC):
+        raise ValueError(
+            f"cannot read model file {path}: not an MLVIRNET model file (it was not written by torch.save: it "
+            f"starts with {head!r}, a model file is a zip archive starting with b'PK')"
+        )
     try:
         payload = torch.load(path, map_location=device, weights_only=True)
     except (PermissionError, MemoryError):
@@ -210,6 +262,7 @@ def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu"
         config = NetworkConfig.from_dict(payload["config"])
     except ValueError as exc:
         raise ValueError(f"{path}: invalid network config: {exc}") from exc
+    _check_input_size(config, str(path))
     state = payload["state_dict"]
     for k, v in state.items():
         if not isinstance(k, str) or not isinstance(v, torch.Tensor):

@@ -6,6 +6,8 @@ patient's left); :func:`lung_volume_ml` measures a mask.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import SimpleITK as sitk
 
@@ -17,6 +19,9 @@ RIGHT_LUNG = 1
 
 LEFT_LUNG = 2
 """Label of the left lung in :func:`split_left_right`."""
+
+_MAX_EROSION_LIMIT_MM = 1000.0
+"""Largest ``max_erosion_mm`` accepted (bounds the erosion loop: radii grow by 1.5 per step)."""
 
 
 def split_left_right(mask: sitk.Image, min_fraction: float = 0.1, max_erosion_mm: float = 20.0) -> sitk.Image:
@@ -36,14 +41,18 @@ def split_left_right(mask: sitk.Image, min_fraction: float = 0.1, max_erosion_mm
         ``uint8`` label image on the grid of ``mask``.
 
     Raises:
-        ValueError: not a 3-D image, an empty mask, or lungs that cannot be separated (e.g. a
-            crop that shows one lung only).
+        ValueError: not a 3-D image, an empty mask, lungs that cannot be separated (e.g. a
+            crop that shows one lung only), or ``max_erosion_mm`` / ``min_fraction`` out of range.
     """
     if not isinstance(mask, sitk.Image):
         raise ValueError(f"expected a SimpleITK.Image mask, got {type(mask).__name__}")
     if mask.GetDimension() != 3 or mask.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected a 3-D scalar mask, got a {mask.GetDimension()}-D image with "
                          f"{mask.GetNumberOfComponentsPerPixel()} components of size {mask.GetSize()}")
+    if not (math.isfinite(max_erosion_mm) and 0.0 <= max_erosion_mm <= _MAX_EROSION_LIMIT_MM):
+        raise ValueError(f"max_erosion_mm must be in [0, {_MAX_EROSION_LIMIT_MM:g}] mm, got {max_erosion_mm}")
+    if not (math.isfinite(min_fraction) and 0.0 < min_fraction <= 1.0):
+        raise ValueError(f"min_fraction must be in (0, 1], got {min_fraction}")
     grid = ImageGrid.from_sitk(mask)
     m = sitk.GetArrayFromImage(mask) != 0
     if not m.any():

@@ -47,6 +47,7 @@ import SimpleITK as sitk
 from ..core.geometry import ImageGrid, array_slices, index_axis_to_array_axis, xyz_to_zyx, zyx_to_xyz
 from ..core.progress import ProgressFn
 from .morphology import (
+    MAX_ABS_HU,
     _binary,
     _border_labels,
     _bounding_box,
@@ -57,10 +58,20 @@ from .morphology import (
     _image,
     _radius_vox,
     _spacing_zyx,
+    robust_range,
 )
 
 _MIN_LEAK_ML = 20.0
 """Airway regions below this volume are never called a leak (the trachea alone is larger)."""
+
+_LOWEST_AIRWAY_START_HU = -1500.0
+"""The airway threshold starts at the seed's value, but never below this (air is about -1000 HU;
+a darker seed means values that are not HU, and the rising threshold would need endless steps)."""
+
+_FLOAT32_LOWEST = float(np.finfo(np.float32).min)
+
+_MAX_AIRWAY_STEPS = 200
+"""Most threshold steps of the airway growing (the step grows when the range would need more)."""
 
 
 @dataclass(frozen=True)
@@ -170,8 +181,8 @@ def segment_lungs(
         1 = lung, 0 = everything else.
 
     Raises:
-        ValueError: not a 3-D scalar image, values that are not HU (e.g. HU + 1024), or no lung
-            found.
+        ValueError: not a 3-D scalar image, values that are not HU (e.g. HU + 1024, or values
+            far beyond any HU value such as a CT multiplied by 1e30), or no lung found.
     """
     return segment_lungs_with_info(image, options, progress)[0]
 
@@ -220,6 +231,13 @@ def _validated_hu(image: sitk.Image, opts: LungMaskOptions) -> sitk.Image:
     if not np.isfinite(arr).all():
         raise ValueError("the CT image contains NaN or infinite values")
     lo, hi = float(arr.min()), float(arr.max())
+    p_lo, p_hi = robust_range(hu)
+    if max(abs(p_lo), abs(p_hi)) > MAX_ABS_HU:
+        raise ValueError(
+            f"the image does not look like CT in Hounsfield units: its values are {p_lo:.4g}..{p_hi:.4g} "
+            f"(1st-99th percentile), far beyond any HU value (|HU| <= {MAX_ABS_HU:g}; air is about -1000 HU, "
+            "soft tissue 0..100 HU)"
+        )
     if lo >= 0.0:
         raise ValueError(
             f"the image does not look like CT in Hounsfield units: its minimum is {lo:g} (>= 0). "
@@ -449,21 +467,32 @@ def _grow_airways(hu: np.ndarray, lungs: np.ndarray, axes: _Axes, spacing: np.nd
     last region before a leak is returned; a leak is a region above ``max_airway_volume_ml`` or
     one more than ``airway_leak_factor`` times the previous one (and above 20 ml, since the
     first steps legitimately grow from a few voxels to the whole trachea).
+
+    The loop is bounded whatever the values: the start is never below ``_LOWEST_AIRWAY_START_HU``
+    and there are at most ``_MAX_AIRWAY_STEPS`` steps (the step grows if the range needs more).
     """
     found = _find_trachea(hu, lungs, axes, spacing, opts)
     if found is None:
         return None
     seed, blob = found
     info["trachea_seed_zyx"] = seed
+    seed_hu = float(hu[seed])
+    if not np.isfinite(seed_hu):
+        return None
     image = _image(np.where(lungs, hu, np.float32(1000.0)).astype(np.float32), spacing)
     seed_xyz = [int(v) for v in zyx_to_xyz(seed)]
-    step = opts.airway_threshold_step_hu
-    threshold = float(hu[seed]) + step
+    # bounded: the start is clipped to a plausible HU value and the step grows when the range
+    # would need more than _MAX_AIRWAY_STEPS steps (neither happens for a CT in HU)
+    start = max(seed_hu, _LOWEST_AIRWAY_START_HU)
+    step = max(opts.airway_threshold_step_hu, (opts.airway_threshold_hu - start) / _MAX_AIRWAY_STEPS)
     accepted: np.ndarray | None = None
     previous_ml = 0.0
     volumes = []
-    while threshold <= opts.airway_threshold_hu + 1e-6:
-        grown = _binary(sitk.ConnectedThreshold(image, seedList=[seed_xyz], lower=-1e9, upper=threshold))
+    threshold = start + step
+    for _ in range(_MAX_AIRWAY_STEPS + 1):
+        if threshold > opts.airway_threshold_hu + 1e-6:
+            break
+        grown = _binary(sitk.ConnectedThreshold(image, seedList=[seed_xyz], lower=_FLOAT32_LOWEST, upper=threshold))
         volume = float(grown.sum()) * voxel_ml
         volumes.append((threshold, round(volume, 2)))
         leak = volume > opts.max_airway_volume_ml or (

@@ -1,4 +1,5 @@
-"""Small array helpers of the lung mask: connected components, distance maps, morphology in mm.
+"""Small array helpers of the lung mask: connected components, distance maps, morphology in mm,
+and the robust check that an image holds CT in Hounsfield units (:func:`not_hu_reason`).
 
 Arrays are ``(D, H, W)`` = ``(z, y, x)`` numpy arrays; spacings are given in the same order
 (:attr:`MLVIRNETLib.core.geometry.ImageGrid.spacing_zyx`). Conversions to SimpleITK's ``(x, y, z)``
@@ -11,6 +12,62 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.geometry import ImageGrid, zyx_to_xyz
+
+MAX_ABS_HU = 1.0e5
+"""Robust (1st/99th percentile) values beyond this magnitude are not Hounsfield units (CT lies
+within about -1024..3071 HU, extended scales within +-32768)."""
+
+_PERCENTILE_SAMPLES = 1_000_000
+"""Voxels sampled (a regular stride) for the robust percentiles of :func:`robust_range`."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Is it CT in HU?
+# ----------------------------------------------------------------------------------------------
+def robust_range(image: sitk.Image) -> tuple[float, float]:
+    """The 1st and 99th percentile of the voxel values of a scalar image (on at most about a
+    million voxels taken at a regular stride), as floats.
+
+    Raises:
+        ValueError: not a scalar ``sitk.Image``.
+    """
+    if not isinstance(image, sitk.Image) or image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"expected a scalar SimpleITK.Image, got {type(image).__name__}")
+    flat = sitk.GetArrayViewFromImage(image).ravel()
+    sample = flat[:: max(1, flat.size // _PERCENTILE_SAMPLES)].astype(np.float64)
+    lo, hi = np.percentile(sample, [1.0, 99.0])
+    return float(lo), float(hi)
+
+
+def not_hu_reason(image: sitk.Image, name: str = "the image") -> str | None:
+    """Why ``image`` does not look like a chest CT in Hounsfield units, or None when it does.
+
+    The test is robust (1st and 99th percentile, see :func:`robust_range`): a chest CT has air
+    (about -1000 HU; 1st percentile below -500 HU) and soft tissue (0..100 HU; 99th percentile
+    above -200 HU), and no values beyond ``MAX_ABS_HU``. Images normalised to 0..1, stored as
+    HU + 1024, or scaled by a wrong factor fail it.
+
+    Raises:
+        ValueError: not a scalar ``sitk.Image``.
+    """
+    lo, hi = robust_range(image)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        return f"{name} has non-finite values"
+    seen = f"{name} has values {lo:.4g}..{hi:.4g} (1st-99th percentile)"
+    expected = ("expected CT in Hounsfield units: air about -1000 HU and soft tissue 0..100 HU "
+                "(a 1st percentile below -500 HU and a 99th percentile above -200 HU)")
+    if max(abs(lo), abs(hi)) > MAX_ABS_HU:
+        return f"{seen}, far beyond any Hounsfield unit (|HU| <= {MAX_ABS_HU:g}); {expected}"
+    if lo > -500.0:
+        hint = ""
+        if -0.01 <= lo and hi <= 1.01:
+            hint = "; it looks normalised to 0..1: give the CT in HU"
+        elif -200.0 <= lo <= 300.0 and hi > 800.0:
+            hint = "; it looks like HU + 1024 (as DIR-LAB raw files store it): subtract 1024"
+        return f"{seen}, no air; {expected}{hint}"
+    if hi < -200.0:
+        return f"{seen}, no soft tissue; {expected}"
+    return None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ import torch
 
 from ..core.filters import resample_antialiased
 from ..core.geometry import ImageGrid, zyx_to_xyz
+from ..core.progress import ProgressFn
 from ..core.sampling import check_volume
 
 HU_WINDOW: tuple[float, float] = (-1000.0, 300.0)
@@ -114,18 +115,65 @@ def normalize_ct(hu: torch.Tensor, window: Sequence[float] = HU_WINDOW) -> torch
 # ----------------------------------------------------------------------------------------------
 # crop box and network grid
 # ----------------------------------------------------------------------------------------------
+def mask_values_problem(values: np.ndarray | torch.Tensor, name: str = "mask") -> str | None:
+    """Why ``values`` are not a mask (negative or NaN values), naming the values seen; None if they are one.
+
+    A mask is 0 (background) and positive (lung; label maps such as 1 = right, 2 = left lung
+    count as lung everywhere they are nonzero).
+    """
+    if isinstance(values, torch.Tensor):
+        if values.numel() == 0 or values.dtype == torch.bool:
+            return None
+        n_nan = int(torch.isnan(values).sum()) if values.is_floating_point() else 0
+        lo = float(values.min()) if n_nan == 0 else 0.0
+        if n_nan == 0 and lo >= 0:
+            return None
+        arr = values.detach().cpu().double().numpy()
+    else:
+        arr = np.asarray(values)
+        if arr.size == 0 or arr.dtype == bool or np.issubdtype(arr.dtype, np.unsignedinteger):
+            return None
+        n_nan = int(np.isnan(arr).sum()) if np.issubdtype(arr.dtype, np.floating) else 0
+        lo = float(arr.min()) if n_nan == 0 else 0.0
+        if n_nan == 0 and lo >= 0:
+            return None
+    if n_nan:
+        return f"{name} contains {n_nan} NaN values; a mask is 0 (background) and positive (lung)"
+    unique = np.unique(arr)
+    seen = ", ".join(f"{float(v):g}" for v in unique[:6]) + (f" and {unique.size - 6} more" if unique.size > 6 else "")
+    return (
+        f"{name} has negative values (range {float(unique[0]):g}..{float(unique[-1]):g}; values seen: {seen}); "
+        "a mask is 0 (background) and positive (lung)"
+    )
+
+
 def mask_to_tensor(mask: sitk.Image | torch.Tensor | np.ndarray, grid: ImageGrid, name: str = "mask") -> torch.Tensor:
-    """A mask as a float ``(1, 1, D, H, W)`` tensor of ``{0, 1}`` on ``grid`` (checks size and geometry)."""
+    """A mask as a float ``(1, 1, D, H, W)`` tensor of ``{0, 1}`` on ``grid`` (checks size, geometry and values).
+
+    Raises:
+        ValueError: the mask's grid or shape does not match ``grid``, or it has negative or NaN
+            values (see :func:`mask_values_problem`; images, arrays and CPU tensors are checked).
+    """
     if isinstance(mask, sitk.Image):
+        if mask.GetNumberOfComponentsPerPixel() != 1:
+            raise ValueError(f"{name} must be scalar, got {mask.GetNumberOfComponentsPerPixel()} components per voxel")
         mgrid = ImageGrid.from_sitk(mask)
         if not mgrid.is_close(grid, tol_mm=1e-3 * min(grid.spacing)):
             raise ValueError(f"{name} grid ({mgrid.describe()}) differs from its image grid ({grid.describe()})")
-        arr = sitk.GetArrayViewFromImage(mask)
-        return torch.as_tensor(np.ascontiguousarray(arr) > 0, dtype=torch.float32)[None, None]
+        arr = np.ascontiguousarray(sitk.GetArrayViewFromImage(mask))
+        problem = mask_values_problem(arr, name)
+        if problem is not None:
+            raise ValueError(problem)
+        return torch.as_tensor(arr > 0, dtype=torch.float32)[None, None]
     t = torch.as_tensor(np.asarray(mask)) if isinstance(mask, np.ndarray) else mask
     if t.ndim == 3:
         t = t[None, None]
     check_volume(t, grid, name)
+    # values are checked where they are at hand: a tensor on an accelerator is taken as it is
+    # (reading it would wait for the device); register() checks the masks it gets as images
+    problem = mask_values_problem(t, name) if t.device.type == "cpu" else None
+    if problem is not None:
+        raise ValueError(problem)
     return (t > 0).to(torch.float32)
 
 
@@ -139,12 +187,12 @@ def lung_bounding_box(
     The margin is converted per axis with the grid spacing and the box is clipped to the grid.
 
     Raises:
-        ValueError: the mask is empty or does not match ``grid``.
+        ValueError: the mask is empty (all zero), has negative values, or does not match ``grid``.
     """
     t = mask_to_tensor(mask, grid)
     nz = torch.nonzero(t[0, 0] > 0)
     if nz.numel() == 0:
-        raise ValueError(f"the lung mask is empty (grid {grid.describe()}): cannot crop to the lungs")
+        raise ValueError(f"the lung mask is empty (every voxel is 0; grid {grid.describe()}): cannot crop to the lungs")
     lo_zyx = nz.min(dim=0).values.tolist()
     hi_zyx = nz.max(dim=0).values.tolist()
     box = (tuple(int(v) for v in zyx_to_xyz(lo_zyx)), tuple(int(v) + 1 for v in zyx_to_xyz(hi_zyx)))
@@ -203,6 +251,7 @@ def preprocess_pair(
     options: PreprocessOptions | None = None,
     affine: np.ndarray | None = None,
     device: torch.device | str = "cpu",
+    progress: ProgressFn | None = None,
 ) -> PreprocessedPair:
     """Fixed and moving CT (HU) -> normalised network inputs on the network grid.
 
@@ -214,6 +263,7 @@ def preprocess_pair(
         affine: optional 4x4 LPS matrix with ``x_moving = affine @ x_fixed`` (pre-alignment); the
             moving image and mask are sampled at those points.
         device: where the outputs live.
+        progress: ``progress(fraction, message)`` after each resampled volume (it may raise to stop).
 
     Returns:
         :class:`PreprocessedPair`. Outside the moving field of view the moving image is air
@@ -224,18 +274,23 @@ def preprocess_pair(
     m_hu, m_grid = _as_tensor_and_grid(moving, device)
     f_mask = mask_to_tensor(fixed_mask, f_grid, "fixed mask").to(device) if fixed_mask is not None else None
     m_mask = mask_to_tensor(moving_mask, m_grid, "moving mask").to(device) if moving_mask is not None else None
+    report = progress if progress is not None else (lambda fraction, message: None)
     grid, box = network_grid(f_grid, f_mask, opts)
+    report(0.1, "preprocessing: fixed image")
     f_net = normalize_ct(resample_antialiased(f_hu, f_grid, grid, antialias=opts.antialias), opts.hu_window)
+    report(0.3, "preprocessing: moving image")
     m_net = normalize_ct(
         resample_antialiased(m_hu, m_grid, grid, affine=affine, antialias=opts.antialias, padding_value=AIR_HU),
         opts.hu_window,
     )
+    report(0.5, "preprocessing: masks")
     fm = resample_antialiased(f_mask, f_grid, grid, antialias=False) if f_mask is not None else None
     mm = (
         resample_antialiased(m_mask, m_grid, grid, affine=affine, antialias=False, padding_value=0.0)
         if m_mask is not None
         else None
     )
+    report(0.8, "preprocessing: moving field of view")
     valid = resample_antialiased(
         torch.ones_like(m_hu[:1, :1]), m_grid, grid, affine=affine, antialias=False, padding_value=0.0
     )

@@ -2,22 +2,36 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Sequence
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
 from ..core.deformation import Deformation
 from ..core.geometry import ImageGrid
-from ..preprocessing.pair import HU_WINDOW, PreprocessOptions
+from ..preprocessing.morphology import not_hu_reason
+from ..preprocessing.pair import HU_WINDOW, PreprocessOptions, mask_values_problem
 from .affine import AffineOptions
 from .refine import RefineOptions
 
-if TYPE_CHECKING:
-    pass
-
 NETWORK_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+
+MAX_NETWORK_SIZE = 512
+"""Largest ``network_size`` per axis."""
+
+MAX_NETWORK_MEMORY_GB = 16.0
+"""Largest estimated memory (GB) of preprocessing and refinement on the network grid
+(:meth:`RegistrationOptions.estimated_memory_gb`); larger grids are refused before any allocation."""
+
+_BYTES_PER_NETWORK_VOXEL = 4 * 8
+"""float32 volumes held on the network grid: fixed, moving, masks, moving_valid, the refined
+displacement (3 components)."""
+
+_BYTES_PER_REFINE_VOXEL = 4 * 60
+"""float32 values per voxel of a refinement level: displacement, its gradient, L-BFGS history
+(10 pairs of 3 components), sample points, warped images and the autograd intermediates."""
 
 
 @dataclass
@@ -73,20 +87,85 @@ class RegistrationOptions:
     num_threads: int | None = None
 
     def __post_init__(self) -> None:
-        self.preprocess_options()  # validates size, window, margin
-        self.refine_options()  # validates iterations, levels, weights
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every setting (also after attributes were changed on an existing object;
+        :func:`register` calls it). Sizes are checked before anything is allocated.
+
+        Raises:
+            ValueError: a setting out of range, a ``network_size`` that is not 3 integers, too
+                small for ``refine_levels`` (the coarsest level needs 3 voxels per axis), above
+                ``MAX_NETWORK_SIZE`` per axis or estimated to need more than
+                ``MAX_NETWORK_MEMORY_GB``.
+            TypeError: ``affine_options`` is not an :class:`AffineOptions`.
+        """
+        size = self.network_size
+        if not _is_integer_triple(size):
+            raise ValueError(f"network_size must be 3 integers (nx, ny, nz), got {size!r}")
+        self.preprocess_options()  # validates size >= 4, window, margin
+        refine = self.refine_options()  # validates iterations, levels, weights
         if self.num_threads is not None and int(self.num_threads) < 1:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if self.network_precision not in NETWORK_PRECISIONS:
             raise ValueError(f"network_precision must be one of {NETWORK_PRECISIONS}, got {self.network_precision!r}")
         if int(self.slab_voxels) < 1:
             raise ValueError(f"slab_voxels must be >= 1, got {self.slab_voxels}")
-        factor = max(self.refine_options().level_factors)
-        if sum(self.refine_options().iterations_per_level()) > 0 and any(int(n) % factor for n in self.network_size):
-            raise ValueError(
-                f"network_size {tuple(self.network_size)} must be divisible by the largest refinement level "
-                f"factor {factor} (refine_levels {tuple(self.refine_levels)})"
+        if isinstance(self.affine_options, Mapping):
+            self.affine_options = _build(AffineOptions, self.affine_options, "affine_options")
+        if not isinstance(self.affine_options, AffineOptions):
+            raise TypeError(
+                "affine_options must be an AffineOptions (or a dict of its fields), "
+                f"got {type(self.affine_options).__name__}"
             )
+        if not (math.isfinite(float(self.lung_mask_spacing_mm)) and float(self.lung_mask_spacing_mm) > 0):
+            raise ValueError(f"lung_mask_spacing_mm must be a finite value > 0, got {self.lung_mask_spacing_mm}")
+        size = tuple(int(n) for n in size)
+        if max(size) > MAX_NETWORK_SIZE:
+            raise ValueError(
+                f"network_size {size} is too large: at most {MAX_NETWORK_SIZE} voxels per axis "
+                "(the default is 160 per axis)"
+            )
+        if sum(refine.iterations_per_level()) > 0:
+            factor = max(refine.level_factors)
+            if any(n % factor for n in size):
+                raise ValueError(
+                    f"network_size {size} must be divisible by the largest refinement level "
+                    f"factor {factor} (refine_levels {tuple(refine.level_factors)})"
+                )
+            if min(size) // factor < 3:
+                raise ValueError(
+                    f"network_size {size} is too small for refinement: its coarsest level (1/{factor} of "
+                    f"network_size) would have {tuple(n // factor for n in size)} voxels, and it needs at least 3 "
+                    f"per axis; use a network_size of at least {3 * factor} per axis, a multiple of {factor} "
+                    f"(refine_levels {tuple(refine.level_factors)})"
+                )
+        gb = self.estimated_memory_gb()
+        if gb > MAX_NETWORK_MEMORY_GB:
+            raise ValueError(
+                f"network_size {size} ({math.prod(size) / 1e6:.0f} million voxels) would need about {gb:.0f} GB for "
+                f"preprocessing and refinement (limit {MAX_NETWORK_MEMORY_GB:g} GB); use a smaller network_size "
+                "(the default is 160 per axis)"
+            )
+
+    def estimated_memory_gb(self) -> float:
+        """A rough estimate (GB) of the memory preprocessing and refinement need on the network
+        grid (the network itself and the full-resolution field come on top)."""
+        voxels = math.prod(int(n) for n in self.network_size)
+        refine = self.refine_options()
+        total = voxels * _BYTES_PER_NETWORK_VOXEL
+        if sum(refine.iterations_per_level()) > 0:
+            total += voxels * _BYTES_PER_REFINE_VOXEL / min(refine.level_factors) ** 3
+        return total / 1e9
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "RegistrationOptions":
+        """Options from a ``dict`` of field names (``affine_options`` may itself be a dict).
+
+        Raises:
+            ValueError: an unknown key (the message lists the valid ones) or an invalid value.
+        """
+        return _build(cls, values, "options")
 
     def preprocess_options(self, network_size: Sequence[int] | None = None) -> PreprocessOptions:
         return PreprocessOptions(
@@ -135,9 +214,80 @@ class RegistrationResult:
     network_grid: ImageGrid | None = None
 
 
+def _is_integer_triple(values: Any) -> bool:
+    """True for a list, tuple or 1-D array of 3 integral numbers (not bools)."""
+    if isinstance(values, (str, bytes)) or np.ndim(values) != 1 or len(values) != 3:
+        return False
+    return all(
+        not isinstance(v, (bool, np.bool_))
+        and (isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer()))
+        for v in values
+    )
+
+
+def _build(cls: type, values: Mapping[str, Any], what: str):
+    """``cls(**values)`` with one ``ValueError`` for unknown keys or a bad value."""
+    names = [f.name for f in fields(cls)]
+    unknown = sorted(str(k) for k in values if k not in names)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}; valid keys are {names}")
+    try:
+        return cls(**dict(values))
+    except TypeError as exc:
+        raise ValueError(f"invalid {what} {dict(values)!r}: {exc}") from exc
+
+
+def as_options(options: "RegistrationOptions | Mapping[str, Any] | None") -> RegistrationOptions:
+    """The ``options`` argument of :func:`register` as checked :class:`RegistrationOptions`.
+
+    ``None`` gives the defaults; a ``dict`` is read with :meth:`RegistrationOptions.from_dict`; an
+    existing object is validated again (its attributes may have been changed since it was made).
+
+    Raises:
+        TypeError: ``options`` is neither a ``RegistrationOptions``, a ``dict`` nor ``None``.
+        ValueError: an unknown key or an invalid setting.
+    """
+    if options is None:
+        return RegistrationOptions()
+    if isinstance(options, RegistrationOptions):
+        options.validate()
+        return options
+    if isinstance(options, Mapping):
+        return RegistrationOptions.from_dict(options)
+    raise TypeError(
+        f"options must be a RegistrationOptions (or a dict of its fields, or None), got {type(options).__name__}"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # validation
 # ----------------------------------------------------------------------------------------------
+def field_of_view_lps(grid: ImageGrid, matrix: np.ndarray | None = None) -> str:
+    """The LPS box (mm) around the outer voxel faces of ``grid`` (mapped by the 4x4 ``matrix``
+    if given), as text: ``"x -200.0..150.0, y ..., z ... mm (LPS)"``."""
+    corners = np.array([[i, j, k] for i in (0, 1) for j in (0, 1) for k in (0, 1)], dtype=float)
+    index = corners * np.asarray(grid.size, dtype=float) - 0.5
+    world = np.asarray(grid.index_to_world(index), dtype=float)
+    if matrix is not None:
+        world = world @ np.asarray(matrix, dtype=float)[:3, :3].T + np.asarray(matrix, dtype=float)[:3, 3]
+    lo, hi = world.min(axis=0), world.max(axis=0)
+    return ", ".join(f"{a} {lo[i]:.1f}..{hi[i]:.1f}" for i, a in enumerate("xyz")) + " mm (LPS)"
+
+
+def hu_messages(fixed: sitk.Image, moving: sitk.Image) -> list[str]:
+    """Warnings for images whose values do not look like CT in Hounsfield units (see
+    :func:`MLVIRNETLib.preprocessing.morphology.not_hu_reason`), one per image; empty when both do.
+
+    The registration maps ``hu_window`` to ``[0, 1]``; other scales give poor results.
+    """
+    out = []
+    for image, name in ((fixed, "fixed image"), (moving, "moving image")):
+        reason = not_hu_reason(image, name)
+        if reason is not None:
+            out.append(f"{reason}; the registration windows HU values and may fail on other scales")
+    return out
+
+
 def _check_image(image: sitk.Image, name: str) -> None:
     if not isinstance(image, sitk.Image):
         raise ValueError(f"{name} image must be a SimpleITK.Image, got {type(image).__name__}")
@@ -165,8 +315,14 @@ def _check_mask(mask: sitk.Image | None, image: sitk.Image, name: str) -> None:
     g_image = ImageGrid.from_sitk(image)
     if not g_mask.is_close(g_image, tol_mm=1e-3 * min(g_image.spacing)):
         raise ValueError(f"{name} is on a different grid than its image: mask {g_mask.describe()}, image {g_image.describe()}")
-    if not sitk.GetArrayViewFromImage(mask).any():
-        raise ValueError(f"{name} is empty (no nonzero voxel)")
+    if mask.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{name} must be scalar, got {mask.GetNumberOfComponentsPerPixel()} components per voxel")
+    arr = sitk.GetArrayViewFromImage(mask)
+    problem = mask_values_problem(arr, name)
+    if problem is not None:
+        raise ValueError(problem)
+    if not arr.any():
+        raise ValueError(f"{name} is empty (every voxel is 0; size {mask.GetSize()})")
 
 
 def validate_pair(
@@ -178,7 +334,12 @@ def validate_pair(
     """Raise one ``ValueError`` naming the problem unless the inputs can be registered.
 
     Checks: both are 3-D scalar images of at least 4 voxels per axis, neither is constant or
-    contains NaN/inf, and each mask (if given) is a non-empty 3-D image on its image's grid.
+    contains NaN/inf, and each mask (if given) is a non-empty 3-D scalar image on its image's grid
+    without negative or NaN values. Values that do not look like HU are no error here: see
+    :func:`hu_messages` (warnings that :func:`register` reports).
+
+    Raises:
+        ValueError: the first problem found, naming the image and what was seen.
     """
     for image, name in ((fixed, "fixed"), (moving, "moving")):
         if not isinstance(image, sitk.Image):

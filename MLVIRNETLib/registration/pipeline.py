@@ -34,7 +34,7 @@ import contextlib
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -42,12 +42,12 @@ import torch
 
 from ..core.deformation import Deformation
 from ..core.devices import resolve_device, synchronize
-from ..core.geometry import ImageGrid
 from ..core.filters import resample_antialiased
+from ..core.geometry import ImageGrid
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..preprocessing.pair import PreprocessedPair, image_to_hu_tensor, mask_to_tensor, preprocess_pair
 from .affine import affine_register, compose_affine
-from .options import RegistrationOptions, RegistrationResult, validate_pair
+from .options import RegistrationOptions, RegistrationResult, as_options, field_of_view_lps, hu_messages, validate_pair
 from .refine import refine
 from .warp import _full_field
 
@@ -126,7 +126,7 @@ def register(
     moving_mask: sitk.Image | None = None,
     model: "MultilevelNet | str | Path | None" = "default",
     device: str | torch.device = "auto",
-    options: RegistrationOptions | None = None,
+    options: RegistrationOptions | Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
 ) -> RegistrationResult:
@@ -140,20 +140,28 @@ def register(
             An in-memory net runs in eval mode on ``device`` and is returned to its own mode and
             device afterwards.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        options: :class:`RegistrationOptions`.
+        options: :class:`RegistrationOptions`, or a ``dict`` of its fields (read with
+            :meth:`RegistrationOptions.from_dict`: unknown keys are an error), or ``None`` for the
+            defaults. An object is validated again here (its attributes may have been changed).
         progress: called with ``(fraction in [0, 1], message)``.
         cancel: polled often; returning True raises :class:`RegistrationCancelled`.
 
     Returns:
-        :class:`RegistrationResult`.
+        :class:`RegistrationResult`. Its ``messages`` include a warning for an image whose values
+        do not look like CT in HU (e.g. normalised to 0..1, or HU + 1024) and for a pair whose
+        fields of view overlap little after the affine stage.
 
     Raises:
-        ValueError: bad inputs (see :func:`validate_pair`), a CUDA device without a GPU, an
-            unreadable model.
+        TypeError: ``options`` is not a ``RegistrationOptions``, a ``dict`` or ``None``.
+        ValueError: bad inputs (see :func:`validate_pair`), bad options (see
+            :meth:`RegistrationOptions.validate`), a CUDA device without a GPU, an unreadable
+            model, or a pair whose fields of view do not overlap (fewer than
+            ``MIN_OVERLAP_ERROR`` of the fixed crop box samples the moving image, after the affine
+            stage when it runs).
         FileNotFoundError: an explicit model path that does not exist.
         RegistrationCancelled: ``cancel()`` returned True.
     """
-    opts = options if options is not None else RegistrationOptions()
+    opts = as_options(options)
     t_start = time.perf_counter()
     validate_pair(fixed, moving, fixed_mask, moving_mask)
     dev = resolve_device(device)
@@ -204,11 +212,11 @@ def _register(
     t_start: float,
 ) -> RegistrationResult:
     """The stages of :func:`register` in order, each timed (inputs already checked)."""
-    messages: list[str] = []
+    messages: list[str] = hu_messages(fixed, moving)
     timings: dict[str, float] = {}
     net, model_label, model_size = _resolve_model(model, dev, messages)
     for msg in messages:
-        prog(0.0, msg)
+        prog(0.0, msg, force=True)  # each note reaches the caller (not throttled)
     refine_opts = opts.refine_options()
     n_refine = sum(refine_opts.iterations_per_level())
     # the grid of preprocessing and refinement: network_size; a model runs at its own input size
@@ -238,9 +246,10 @@ def _register(
         prog.stage(0.20, 0.05, "preprocessing")
         pp = preprocess_pair(
             (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.beta > 0 else None,
-            opts.preprocess_options(network_size), affine=affine, device=dev,
+            opts.preprocess_options(network_size), affine=affine, device=dev, progress=prog,
         )
         del m_hu
+        _check_overlap(pp, f_grid, m_grid, affine, opts, prog, messages)
 
     phi: Deformation | None = None
     levels: list[Deformation] = []
@@ -279,6 +288,49 @@ def _register(
         messages=messages,
         network_grid=pp.grid,
     )
+
+
+MIN_OVERLAP_ERROR = 0.01
+"""Below this fraction of the fixed crop box sampling the moving image, :func:`register` refuses the pair."""
+
+MIN_OVERLAP_WARNING = 0.10
+"""Below this fraction of the fixed crop box sampling the moving image, :func:`register` warns."""
+
+
+def _check_overlap(
+    pp: PreprocessedPair,
+    f_grid: ImageGrid,
+    m_grid: ImageGrid,
+    affine: np.ndarray | None,
+    opts: RegistrationOptions,
+    prog: Progress,
+    messages: list[str],
+) -> None:
+    """Refuse (``ValueError``) or warn about a pair whose fields of view overlap little.
+
+    The overlap is the fraction of the network grid (the fixed crop box) whose points, mapped by
+    the affine pre-alignment (identity without it), fall inside the moving field of view.
+    """
+    if pp.moving_valid is None:
+        return
+    fraction = float(pp.moving_valid.float().mean())
+    if fraction >= MIN_OVERLAP_WARNING:
+        return
+    box = "lung box" if opts.crop_to_lungs and pp.crop_index != ((0, 0, 0), tuple(f_grid.size)) else "field of view"
+    how = "after the affine pre-alignment" if affine is not None else "without an affine pre-alignment (affine=False)"
+    text = (
+        f"the images barely overlap: {100 * fraction:.1f} % of the fixed {box} "
+        f"({field_of_view_lps(pp.grid)}) lies inside the moving field of view ({field_of_view_lps(m_grid)}) "
+        f"{how}"
+    )
+    if affine is not None:
+        text += f"; the fixed {box} maps to {field_of_view_lps(pp.grid, affine)}"
+    if fraction < MIN_OVERLAP_ERROR:
+        hint = (" Check that both scans share the scanner frame (origin, direction)"
+                + (", or run with the affine pre-alignment" if affine is None else "") + ".")
+        raise ValueError(text.replace("barely overlap", "do not overlap") + "; nothing to register." + hint)
+    messages.append(text + "; the result outside the overlap is padding")
+    prog(1.0, messages[-1])
 
 
 def _field_stage(

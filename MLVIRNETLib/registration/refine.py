@@ -262,7 +262,8 @@ def _build_levels(
         level_fixed, level_grid = fixed_pyr[p]
         if min(level_grid.size) < 3:
             raise ValueError(
-                f"refinement level grid {level_grid.size} needs at least 3 voxels per axis; use smaller level factors"
+                f"grid size {grid.size} is too small for refinement level factor {factor}: that level would have "
+                f"{level_grid.size} voxels and needs at least 3 per axis (a grid of at least {3 * factor} per axis)"
             )
         levels.append(_LevelData(
             factor=factor,

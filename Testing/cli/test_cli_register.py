@@ -146,3 +146,23 @@ def test_cuda_without_a_gpu(images, tmp_path, capsys) -> None:
         pytest.skip("this machine has a CUDA GPU")
     _fails([str(images["fixed"]), str(images["moving"]), "-o", str(tmp_path / "f.nii.gz"), "--device", "cuda", *FAST],
            capsys, "no CUDA GPU", tmp_path)
+
+
+def test_help_says_the_pixel_type_of_warped(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["register", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "in MOVING's pixel type" in text and "rounded to whole HU" in text and "--warped-float32" in text
+
+
+def test_warped_float32(images, tmp_path, capsys) -> None:
+    warped = tmp_path / "warped.nrrd"
+    rc = main(["register", str(images["fixed"]), str(images["moving"]), "-o", str(tmp_path / "f.nii.gz"), "--warped",
+               str(warped), "--warped-float32", "--fixed-mask", str(images["mask"]), "--no-affine", "--network-size",
+               "32", "32", "32", "--refine", "2", "--model", "none", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    w = sitk.ReadImage(str(warped))
+    assert w.GetPixelID() == sitk.sitkFloat32
+    assert not np.array_equal(sitk.GetArrayFromImage(w), np.round(sitk.GetArrayFromImage(w)))
+    _fails([str(images["fixed"]), str(images["moving"]), "-o", str(tmp_path / "g.nii.gz"), "--warped-float32", *FAST],
+           capsys, "needs --warped", tmp_path)

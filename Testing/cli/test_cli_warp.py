@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -89,3 +91,55 @@ def test_warp_bad_inputs_leave_no_output(setup, capsys):
     assert "integer label map" in capsys.readouterr().err
     assert not (tmp_path / "labels_float.nrrd").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_warp_cuda_without_a_gpu_is_one_line(setup, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    tmp_path, _, _ = setup
+    out = tmp_path / "out.nii.gz"
+    assert main(["warp", str(tmp_path / "moving.nrrd"), str(tmp_path / "field.h5"), "-o", str(out), "--device", "cuda"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("mlvirnet warp: error:") and "no CUDA GPU" in err[0]
+    assert main(["warp", str(tmp_path / "moving.nrrd"), str(tmp_path / "field.h5"), "-o", str(out), "--device", "gpu"]) == 2
+    assert "device must be one of" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_warp_checks_the_output_before_any_work(setup, capsys):
+    tmp_path, _, _ = setup
+    args = [str(tmp_path / "moving.nrrd"), str(tmp_path / "field.h5"), "-o"]
+    cases = [(str(tmp_path), "is a folder"), (str(tmp_path / "no_such_dir" / "out.nii.gz"), "does not exist")]
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        cases.append((str(locked / "out.nii.gz"), "not writable"))
+    for out, message in cases:
+        assert main(["warp", *args, out]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".") or p.name == "out.nii.gz"]
+
+
+def test_warp_through_an_ants_style_list_matches_simpleitks_composite(setup):
+    """``warp MOVING 1Warp.nii.gz 0GenericAffine.mat``: the warp acts first on a fixed point, then the
+    affine (antsApplyTransforms -t order), like SimpleITK's composite of [affine, warp]."""
+    tmp_path, moving, deformation = setup
+    affine = sitk.AffineTransform(3)
+    affine.SetMatrix((1.02, 0.03, 0.0, -0.02, 0.98, 0.01, 0.0, 0.02, 1.01))
+    affine.SetTranslation((1.5, -2.0, 0.75))
+    affine.SetCenter(tuple(float(v) for v in deformation.grid.index_to_world((np.asarray(deformation.grid.size) - 1) / 2)))
+    sitk.WriteTransform(affine, str(tmp_path / "out0GenericAffine.mat"))
+    write_field(deformation, tmp_path / "warp_part.nii.gz")
+    out = tmp_path / "listed.nii.gz"
+    assert main(["warp", str(tmp_path / "moving.nrrd"), str(tmp_path / "warp_part.nii.gz"),
+                 str(tmp_path / "out0GenericAffine.mat"), "-o", str(out)]) == 0
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(affine)
+    composite.AddTransform(sitk.DisplacementFieldTransform(sitk.ReadTransform(str(tmp_path / "field.h5"))))
+    got = sitk.ReadImage(str(out))
+    ref = sitk.Resample(moving, got, composite, sitk.sitkLinear, float("nan"), sitk.sitkFloat32)
+    a, b = sitk.GetArrayFromImage(got), sitk.GetArrayFromImage(ref)
+    inside = np.isfinite(b)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(a[inside], b[inside], atol=0.05)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import struct
 
 import numpy as np
@@ -80,18 +81,41 @@ def test_read_field_round_trip(tmp_path, field_grid, ext):
     )
 
 
-def test_nifti_stores_lps_components_on_disk(tmp_path, field_grid):
-    """The NIfTI trap: the vector components in the file are LPS (ITK/ANTs convention), not RAS."""
+def test_nifti_field_is_dispvect_with_ras_components_and_itk_header(tmp_path, field_grid):
+    """NIfTI fields carry intent 1006 (Slicer); that intent means RAS components on disk (ITK >= 5.4)."""
     d = smooth_deformation(field_grid)
     path = write_field(d, tmp_path / "field.nii", dtype="float64")
     raw = path.read_bytes()
     dims = struct.unpack("<8h", raw[40:56])
     intent = struct.unpack("<h", raw[68:70])[0]
     offset = int(struct.unpack("<f", raw[108:112])[0])
-    assert dims[:6] == (5, 10, 12, 8, 1, 3) and intent == 1007
+    assert dims[:6] == (5, 10, 12, 8, 1, 3) and intent == 1006
     data = np.frombuffer(raw[offset:], dtype="<f8").reshape(3, 8, 12, 10)  # component-major, then z, y, x
-    expected = d.displacement[0].numpy()
+    expected = d.displacement[0].numpy() * np.array([-1.0, -1.0, 1.0])[:, None, None, None]
     assert np.allclose(data, expected, atol=1e-12)
+    # the header is ITK's own for this field, except the intent code
+    itk_path = tmp_path / "itk.nii"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((8, 12, 10, 3)), isVector=True), str(itk_path), False)
+    ref = sitk.ReadImage(str(itk_path))
+    field_grid.copy_to_sitk(ref)
+    sitk.WriteImage(ref, str(itk_path), False)
+    itk_raw = itk_path.read_bytes()
+    assert itk_raw[:68] == raw[:68] and itk_raw[70:offset] == raw[70:offset]
+    # SimpleITK reads LPS back, and the .gz file is the same stream compressed
+    back = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+    assert np.allclose(np.moveaxis(back, -1, 0), d.displacement[0].numpy(), atol=1e-12)
+    gz = write_field(d, tmp_path / "field.nii.gz", dtype="float64")
+    assert gzip.decompress(gz.read_bytes()) == raw
+
+
+def test_float32_field_reads_as_sitk_displacement_transform_after_cast(tmp_path, field_grid):
+    """The README recipe for the default float32 files."""
+    d = smooth_deformation(field_grid)
+    path = write_field(d, tmp_path / "field.nii.gz")
+    tx = sitk.DisplacementFieldTransform(sitk.ReadImage(str(path), sitk.sitkVectorFloat64))
+    pts = interior_points(field_grid)
+    theirs = np.array([tx.TransformPoint(tuple(p)) for p in pts])
+    assert np.max(np.abs(d.map_points(torch.as_tensor(pts))[0].numpy() - theirs)) <= 1e-4
 
 
 def test_read_field_errors(tmp_path, field_grid):

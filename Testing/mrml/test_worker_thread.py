@@ -8,23 +8,31 @@ import time
 import pytest
 
 from MLVIRNETLib.core.progress import RegistrationCancelled
-from MLVIRNETLib.mrml.logic import POLL_INTERVAL_S, runInWorkerThread
+from MLVIRNETLib.mrml.logic import runInWorkerThread
 
 
 def test_callbacks_go_on_in_the_calling_thread_while_the_worker_is_silent():
     calls = []
+    repeated = threading.Event()
 
     def work(progress):
         progress(0.25, "started")
-        time.sleep(6 * POLL_INTERVAL_S)  # a long step without reports (e.g. one large convolution)
+        # a long step without reports (e.g. one large convolution): it ends once the calling
+        # thread has been called three times meanwhile, or fails after 60 s
+        assert repeated.wait(60), "the calling thread was not called again while the worker was silent"
         progress(1.0, "done")
         return threading.get_ident()
 
-    worker = runInWorkerThread(work, lambda f, m: calls.append((f, m, threading.get_ident())))
+    def callback(fraction, message):
+        calls.append((fraction, message, threading.get_ident()))
+        if sum(c[1] == "started" for c in calls) >= 3:
+            repeated.set()
+
+    worker = runInWorkerThread(work, callback)
     assert worker != threading.get_ident()
     assert {c[2] for c in calls} == {threading.get_ident()}
     assert calls[0][:2] == (0.25, "started") and calls[-1][:2] == (1.0, "done")
-    assert sum(c[1] == "started" for c in calls) >= 3  # repeated while the worker was silent
+    assert sum(c[1] == "started" for c in calls) >= 3
 
 
 def test_the_workers_error_is_raised_in_the_calling_thread():

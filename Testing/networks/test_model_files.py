@@ -161,7 +161,7 @@ def test_load_to_map_location_and_directory_path(tmp_path):
     path = save_model(tmp_path / "m.pt", _trained_like_net(), CONFIG, {})
     net, _ = load_model(path, map_location=torch.device("cpu"))
     assert all(p.device.type == "cpu" for p in net.parameters())
-    with pytest.raises(ValueError, match="not a file"):
+    with pytest.raises(ValueError, match=r"is a folder, not a model file.*model files in it: \['m.pt'\]"):
         load_model(tmp_path)
     with pytest.raises(ValueError, match="map_location"):
         load_model(path, map_location="no-such-device")
@@ -169,3 +169,26 @@ def test_load_to_map_location_and_directory_path(tmp_path):
         with pytest.raises(ValueError, match="CUDA"):
             load_model(path, map_location="cuda")
     assert os.listdir(tmp_path) == ["m.pt"]
+
+
+def test_text_file_is_not_a_model_file(tmp_path):
+    path = tmp_path / "notes.pt"
+    path.write_text("hello, these are notes and not weights\n")
+    with pytest.raises(ValueError, match=r"notes.pt: not an MLVIRNET model file \(.*starts with b'hello, t'"):
+        load_model(path)
+
+
+def test_absurd_input_size_is_refused_before_allocation(tmp_path):
+    path = save_model(tmp_path / "m.pt", _trained_like_net(), CONFIG, {})
+    payload = torch.load(path, weights_only=True)
+    payload["config"]["input_size"] = [1024, 1024, 1024]
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"input size of \(1024, 1024, 1024\) voxels.*GB"):
+        load_model(path)
+    payload["config"].update(features=16, input_size=[512, 512, 512])  # 512 per axis, but about 52 GB
+    torch.save(payload, path)
+    with pytest.raises(ValueError, match=r"\(512, 512, 512\) voxels \(134 million\), which would need about 52 GB"):
+        load_model(path)
+    big = NetworkConfig(levels=2, features=4, depth=2, input_size=(1024, 16, 16))
+    with pytest.raises(ValueError, match=r"cannot save .*\(1024, 16, 16\)"):
+        save_model(tmp_path / "big.pt", build_network(big), big, {})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -17,6 +19,7 @@ from MLVIRNETLib.preprocessing.lungmask import (
     segment_lungs,
     segment_lungs_with_info,
 )
+from MLVIRNETLib.preprocessing.morphology import not_hu_reason, robust_range
 from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
 
 CENTRE = np.array([-20.0, 35.0, 410.0])  # LPS mm, away from the origin on purpose
@@ -200,3 +203,69 @@ def test_rejects_bad_options():
         LungMaskOptions(closing_radius_mm=-1.0)
     with pytest.raises(ValueError, match="airway_threshold_hu"):
         LungMaskOptions(airway_threshold_hu=-100.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Bounded work on hostile values
+# ----------------------------------------------------------------------------------------------
+_HOSTILE_SCRIPT = """
+import numpy as np, SimpleITK as sitk, torch
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.preprocessing.lungmask import LungMaskOptions, segment_lungs, segment_lungs_with_info
+from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
+
+grid = ImageGrid((64, 56, 48), (5.0, 5.0, 6.0), (-160.0, -140.0, 250.0))
+pts = grid.world_points(dtype=torch.float64).numpy() - np.array([0.0, 0.0, 400.0])
+labels = np.zeros(grid.shape_zyx, np.uint8)
+for sign in (-1.0, 1.0):
+    q = (pts - np.array([sign * 55.0, 0.0, 0.0])) / np.array([38.0, 55.0, 85.0])
+    labels[(q ** 2).sum(-1) <= 1.0] = 1
+mask = sitk.GetImageFromArray(labels)
+grid.copy_to_sitk(mask)
+ct = synthetic_chest_ct(mask, seed=1)
+try:
+    segment_lungs(ct * 1e30)
+except ValueError as exc:
+    print("1e30:", exc)
+# a threshold step far too small for the range: the airway growing still ends (at most 200 steps)
+_, info = segment_lungs_with_info(ct, LungMaskOptions(airway_threshold_step_hu=1e-9))
+print("steps:", len(info["airway_growth_ml"]), "trachea:", info["trachea_found"])
+"""
+
+
+def test_hostile_values_do_not_hang():
+    """A CT multiplied by 1e30 and a near-zero threshold step once looped forever in the airway growing.
+
+    Run in a subprocess with a timeout, so that a hang fails the test instead of blocking the suite.
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _HOSTILE_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1e30: the image does not look like CT in Hounsfield units" in done.stdout
+    assert "far beyond any HU value" in done.stdout
+    steps = int(done.stdout.split("steps:")[1].split()[0])
+    assert 1 <= steps <= 201 and "trachea: True" in done.stdout
+
+
+def test_not_hu_reason_names_what_was_seen_and_what_is_expected():
+    grid = _phantom_grid(size=(60, 50, 40), spacing=(4.4, 5.2, 6.6))
+    ct = synthetic_chest_ct(_lung_labels(grid), seed=1)
+    assert not_hu_reason(ct) is None
+    unit = sitk.RescaleIntensity(ct, 0.0, 1.0)
+    reason = not_hu_reason(unit, "fixed image")
+    assert reason is not None
+    assert re.match(r"fixed image has values 0\.\d+\.\.0\.\d+ \(1st-99th percentile\)", reason), reason
+    assert "air about -1000 HU" in reason and "normalised to 0..1" in reason
+    plus = not_hu_reason(ct + 1024.0, "moving image")
+    assert plus is not None and "no air" in plus and "subtract 1024" in plus
+    assert "far beyond" in not_hu_reason(ct * 1e30)
+    lo, hi = robust_range(ct)
+    assert -1100.0 < lo < -900.0 and 0.0 < hi < 200.0
+
+
+def test_split_left_right_rejects_unbounded_erosion():
+    grid = _phantom_grid(size=(60, 50, 40), spacing=(4.4, 5.2, 6.6))
+    with pytest.raises(ValueError, match="max_erosion_mm"):
+        split_left_right(_lung_labels(grid), max_erosion_mm=float("inf"))

@@ -142,3 +142,24 @@ def test_preprocess_pair_rejects_a_mask_on_another_grid() -> None:
         preprocess_pair(img, img, fixed_mask=bad)
     with pytest.raises(ValueError, match="shape"):
         mask_to_tensor(torch.zeros((1, 1, 3, 3, 3)), GRID)
+
+
+def test_masks_with_negative_or_nan_values_are_refused_naming_the_values() -> None:
+    minus_one = _image_on(GRID, torch.full(GRID.shape_zyx, -1.0))
+    with pytest.raises(ValueError, match=r"fixed mask has negative values \(range -1\.\.-1; values seen: -1\)"):
+        mask_to_tensor(minus_one, GRID, "fixed mask")
+    with pytest.raises(ValueError, match="negative values"):
+        lung_bounding_box(minus_one, GRID)  # not "the lung mask is empty"
+    labels = torch.zeros(GRID.shape_zyx)
+    labels[2:5, 3:6, 4:8] = -2.0
+    labels[6:9, 3:6, 4:8] = 1.0
+    with pytest.raises(ValueError, match=r"range -2\.\.1; values seen: -2, 0, 1"):
+        mask_to_tensor(labels, GRID)
+    nan = torch.zeros(GRID.shape_zyx)
+    nan[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="1 NaN"):
+        mask_to_tensor(nan.numpy(), GRID)
+    # label maps (1 = right, 2 = left lung) are masks wherever they are nonzero
+    two = torch.zeros(GRID.shape_zyx, dtype=torch.uint8)
+    two[2:5, 3:6, 4:8] = 2
+    assert torch.equal(mask_to_tensor(two, GRID)[0, 0], (two > 0).float())

@@ -7,6 +7,8 @@ with real anatomy), so ground truth is the synthetic deformation in world coordi
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,9 +16,11 @@ import torch
 from conftest import rotation_matrix
 
 from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.progress import Progress
 from MLVIRNETLib.networks.cascade import MultilevelNet, NetworkConfig, build_network
 from MLVIRNETLib.paths import bundled_ct_path
 from MLVIRNETLib.preprocessing.lungmask import segment_lungs
+from MLVIRNETLib.preprocessing.pair import preprocess_pair
 from MLVIRNETLib.registration import (
     RegistrationCancelled,
     RegistrationOptions,
@@ -26,6 +30,8 @@ from MLVIRNETLib.registration import (
     warp_image,
 )
 from MLVIRNETLib.registration.affine import compose_affine
+from MLVIRNETLib.registration.options import hu_messages
+from MLVIRNETLib.registration.pipeline import _check_overlap
 from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, rigid_matrix, sample_landmarks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -264,3 +270,78 @@ def test_bad_inputs_raise_one_clear_error(case) -> None:
             register(case.fixed, case.fixed, model=None, device="cuda")
     with pytest.raises(ValueError, match="network_size"):
         RegistrationOptions(network_size=(2, 2, 2))
+
+
+def test_options_are_checked_before_any_work(case) -> None:
+    with pytest.raises(TypeError, match="options must be a RegistrationOptions .* got list"):
+        register(case.fixed, case.fixed, model=None, options=[("affine", False)])
+    with pytest.raises(ValueError, match=r"unknown options key\(s\) \['network_sizes'\]; valid keys are \['network"):
+        register(case.fixed, case.fixed, model=None, options={"network_sizes": (32, 32, 32)})
+    too_small = r"network_size \(4, 4, 4\) is too small for refinement.*at least 12 per axis"
+    with pytest.raises(ValueError, match=too_small):
+        RegistrationOptions(network_size=(4, 4, 4))
+    with pytest.raises(ValueError, match=too_small):
+        register(case.fixed, case.fixed, model=None, options={"network_size": (4, 4, 4)})
+    changed = RegistrationOptions()
+    changed.network_size = (4, 4, 4)  # as the CLI sets it: checked again by register()
+    with pytest.raises(ValueError, match=too_small):
+        register(case.fixed, case.fixed, model=None, options=changed)
+    with pytest.raises(ValueError, match=r"network_size \(1024, 1024, 1024\) is too large: at most 512"):
+        RegistrationOptions(network_size=(1024, 1024, 1024))
+    with pytest.raises(ValueError, match=r"network_size \(512, 512, 512\) \(134 million voxels\) would need about 37 GB"
+                                         r" for preprocessing and refinement \(limit 16 GB\)"):
+        RegistrationOptions(network_size=(512, 512, 512), refine_levels=(4, 2, 1), refine_iterations=(1, 1, 1))
+    with pytest.raises(ValueError, match="network_size must be 3 integers"):
+        RegistrationOptions(network_size=160)
+    with pytest.raises(ValueError, match=r"unknown affine_options key\(s\) \['level'\]"):
+        RegistrationOptions(affine_options={"level": 3})
+    assert RegistrationOptions.from_dict({"affine_options": {"levels_mm": (6.0,)}}).affine_options.levels_mm == (6.0,)
+
+
+def test_a_mask_of_minus_one_names_its_values(case) -> None:
+    minus = _image(np.full(sitk.GetArrayFromImage(case.fixed).shape, -1, np.int16), case.fixed)
+    with pytest.raises(ValueError, match=r"fixed mask has negative values \(range -1\.\.-1; values seen: -1\)"):
+        register(case.fixed, case.fixed, fixed_mask=minus, model=None)
+
+
+def test_values_that_are_not_hu_are_reported(case) -> None:
+    unit_fixed = sitk.RescaleIntensity(case.fixed, 0.0, 1.0)
+    unit_moving = sitk.RescaleIntensity(case.fixed, 0.0, 1.0)
+    seen: list[str] = []
+    result = register(unit_fixed, unit_moving, case.fixed_mask, model=None, device="cpu",
+                      options={"affine": False, "network_size": (32, 32, 32), "refine_iterations": 2},
+                      progress=lambda f, m: seen.append(m))
+    notes = [m for m in result.messages if "(1st-99th percentile)" in m]
+    assert len(notes) == 2 and notes[0].startswith("fixed image has values 0") and "moving image" in notes[1]
+    assert all("air about -1000 HU" in m and "soft tissue 0..100 HU" in m for m in notes)
+    assert all(m in seen for m in notes)
+    plus = hu_messages(case.fixed, sitk.Add(case.fixed, 1024.0))
+    assert len(plus) == 1 and plus[0].startswith("moving image has values") and "subtract 1024" in plus[0]
+    assert hu_messages(case.fixed, case.full) == []
+
+
+def test_pairs_that_do_not_overlap_are_refused_or_reported(case) -> None:
+    far = sitk.Image(case.fixed)
+    far.SetOrigin(tuple(np.asarray(far.GetOrigin()) + np.array([3000.0, 0.0, 0.0])))
+    with pytest.raises(ValueError, match=r"do not overlap: 0\.0 % of the fixed (lung box|field of view) "
+                                         r"\(x .* mm \(LPS\)\) lies inside the moving field of view "
+                                         r"\(x .* mm \(LPS\)\) without an affine"):
+        register(case.fixed, far, case.fixed_mask, model=None, device="cpu",
+                 options=RegistrationOptions(affine=False, **FAST))
+    # after an affine stage: the fixed box mapped outside the moving field of view, or barely inside
+    grid = ImageGrid.from_sitk(case.fixed)
+    axis = grid.direction_matrix[:, 0] * grid.extent[0]
+    opts = RegistrationOptions(crop_to_lungs=False, network_size=(32, 32, 32))
+    for shift, expect_error in ((2.0, True), (0.95, False)):
+        affine = np.eye(4)
+        affine[:3, 3] = shift * axis
+        pp = preprocess_pair(case.fixed, case.fixed, options=opts.preprocess_options(), affine=affine)
+        messages: list[str] = []
+        if expect_error:
+            with pytest.raises(ValueError, match=r"do not overlap.*after the affine pre-alignment; the fixed field of "
+                                                 r"view maps to x .* mm \(LPS\)"):
+                _check_overlap(pp, grid, grid, affine, opts, Progress(), messages)
+        else:
+            _check_overlap(pp, grid, grid, affine, opts, Progress(), messages)
+            assert len(messages) == 1
+            assert re.match(r"the images barely overlap: [3-7]\.\d % of the fixed field", messages[0]), messages[0]

@@ -1,0 +1,95 @@
+"""Cancel in every stage of ``register()``: at the stage's start and from inside it, the run stops there."""
+
+from __future__ import annotations
+
+import pytest
+import SimpleITK as sitk
+import torch
+
+from MLVIRNETLib.core.geometry import ImageGrid
+from MLVIRNETLib.core.progress import Progress, RegistrationCancelled
+from MLVIRNETLib.networks import MultilevelNet
+from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.registration import RegistrationOptions, register
+from MLVIRNETLib.simulation.cases import synthetic_breathing_case
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+STAGES = ["lung masks", "affine pre-alignment", "preprocessing", "network", "refinement", "full-resolution field"]
+"""The stages of ``register()``, in order."""
+
+INNER = {
+    "lung masks": "lung mask:",
+    "affine pre-alignment": "affine",
+    "preprocessing": "preprocessing:",
+    "network": "network: convolution",
+    "refinement": "refine 1/",
+    "full-resolution field": "full-resolution field:",
+}
+"""What a stage reports from inside its work (the start of those messages)."""
+
+
+@pytest.fixture(scope="module")
+def pair():
+    """The bundled CT at about 3 mm and a 10 mm synthetic-breathing partner."""
+    ct = sitk.ReadImage(str(bundled_ct_path()))
+    grid = ImageGrid.from_sitk(ct).resized((60, 63, 82))
+    reference = sitk.Image(list(grid.size), sitk.sitkInt16)
+    grid.copy_to_sitk(reference)
+    fixed = sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+    return fixed, synthetic_breathing_case(fixed, peak_mm=10.0, n_landmarks=10).moving
+
+
+def run(pair, on_report):
+    """``register`` with every report passed to ``on_report(message, stop)``; ``stop()`` asks to cancel."""
+    stop = {"now": False}
+    torch.manual_seed(0)
+    net = MultilevelNet(levels=2, features=4, depth=2)
+    options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=(6, 4), num_threads=1,
+                                  slab_voxels=60 * 63 * 16)
+    progress = Progress(lambda f, m: on_report(m, lambda: stop.update(now=True)), lambda: stop["now"],
+                        min_interval_s=0.0)
+    return register(pair[0], pair[1], model=net, device="cpu", options=options, progress=progress)
+
+
+def test_every_stage_starts_in_order_and_reports_from_inside(pair):
+    seen = []
+    run(pair, lambda m, stop: seen.append(m))
+    assert [m for m in seen if m in STAGES] == STAGES
+    for stage, prefix in INNER.items():
+        if prefix is not None:
+            inside = seen[seen.index(stage) + 1:]
+            assert sum(m.startswith(prefix) for m in inside) >= 2, f"{stage} does not report from inside"
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_cancel_at_the_start_of_a_stage_stops_it(pair, stage):
+    seen = []
+
+    def on_report(message, stop):
+        seen.append(message)
+        if message == stage:
+            stop()
+
+    with pytest.raises(RegistrationCancelled):
+        run(pair, on_report)
+    assert seen[-1] == stage  # not one more report: the request is checked before the next one
+
+
+@pytest.mark.parametrize("stage", [s for s, prefix in INNER.items() if prefix is not None])
+def test_cancel_inside_a_stage_stops_it_before_its_end(pair, stage):
+    seen = []
+    state = {"in_stage": False, "inside": 0}
+
+    def on_report(message, stop):
+        seen.append(message)
+        if message in STAGES:
+            state["in_stage"] = message == stage
+        elif state["in_stage"] and message.startswith(INNER[stage]):
+            state["inside"] += 1
+            if state["inside"] == 2:
+                stop()
+
+    with pytest.raises(RegistrationCancelled):
+        run(pair, on_report)
+    assert state["inside"] == 2 and seen[-1].startswith(INNER[stage])
