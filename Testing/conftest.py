@@ -68,3 +68,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def bundled_ct_3mm() -> sitk.Image:
+    """The bundled CT resampled to about 3 mm (60 x 63 x 82), int16 HU."""
+    from MLVIRNETLib.paths import bundled_ct_path
+
+    ct = sitk.ReadImage(str(bundled_ct_path()))
+    grid = ImageGrid.from_sitk(ct).resized((60, 63, 82))
+    reference = sitk.Image(list(grid.size), sitk.sitkInt16)
+    grid.copy_to_sitk(reference)
+    return sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+
+
+@pytest.fixture(scope="session")
+def breathing_pair_3mm() -> tuple[sitk.Image, sitk.Image]:
+    """``(fixed, moving)``: the bundled CT at about 3 mm and a 10 mm synthetic-breathing partner."""
+    from MLVIRNETLib.simulation.cases import synthetic_breathing_case
+
+    fixed = bundled_ct_3mm()
+    return fixed, synthetic_breathing_case(fixed, peak_mm=10.0, n_landmarks=10).moving

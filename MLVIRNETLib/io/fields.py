@@ -61,7 +61,7 @@ import torch
 from ..core.deformation import Deformation
 from ..core.geometry import ImageGrid
 from .atomic import atomic_output
-from .images import sitk_error_reason
+from .images import read_back_header, sitk_error_reason
 from .integrity import check_file, check_input, count_nonfinite
 
 PathLike = str | os.PathLike
@@ -196,12 +196,7 @@ def _write_nifti_field(u: torch.Tensor, grid: ImageGrid, tmp: Path, np_dtype: ty
 def _verify_field_file(tmp: Path, shown: Path) -> None:
     check_file(tmp, shown)
     if field_format(shown) == "image" and not tmp.name.lower().endswith((".nii", ".nii.gz")):
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(tmp))
-        try:
-            reader.ReadImageInformation()
-        except RuntimeError as exc:
-            raise ValueError(f"{shown} cannot be read back: {sitk_error_reason(exc)}") from None
+        read_back_header(tmp, shown)
 
 
 def write_field(deformation: Deformation, path: PathLike, dtype: str = "float32") -> Path:

@@ -143,14 +143,24 @@ def write_image(image: sitk.Image, path: PathLike, compress: bool = True) -> Pat
     return target
 
 
-def _verify_written_image(tmp: Path, shown: Path, image: sitk.Image) -> None:
-    check_file(tmp, shown)
+def read_back_header(tmp: Path, shown: Path) -> sitk.ImageFileReader:
+    """The header of a just-written image file ``tmp`` (published as ``shown``), read back.
+
+    Raises:
+        ValueError: the header cannot be read (the message names ``shown``).
+    """
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(tmp))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise ValueError(f"{shown} cannot be read back: {sitk_error_reason(exc)}") from None
+    return reader
+
+
+def _verify_written_image(tmp: Path, shown: Path, image: sitk.Image) -> None:
+    check_file(tmp, shown)
+    reader = read_back_header(tmp, shown)
     if tuple(reader.GetSize()[:3]) != tuple(image.GetSize()[:3]):
         raise ValueError(f"{shown} reads back with size {reader.GetSize()}, expected {image.GetSize()}")
 

@@ -9,7 +9,6 @@ the stage it is requested in is tested in the library, in one thread
 from __future__ import annotations
 
 import pytest
-import SimpleITK as sitk
 import torch
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install -e '.[slicer]')")
@@ -17,12 +16,9 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core (no vtkMRMLScene)", allow_module_level=True)
 
 from MLVIRNETLib import mrml as L  # noqa: E402
-from MLVIRNETLib.core.geometry import ImageGrid  # noqa: E402
 from MLVIRNETLib.core.progress import RegistrationCancelled  # noqa: E402
 from MLVIRNETLib.networks import MultilevelNet  # noqa: E402
-from MLVIRNETLib.paths import bundled_ct_path  # noqa: E402
 from MLVIRNETLib.registration import RegistrationOptions  # noqa: E402
-from MLVIRNETLib.simulation.cases import synthetic_breathing_case  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -48,16 +44,10 @@ INNER = {
 """Stages that report from inside their work, and the start of those messages."""
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """The bundled CT at about 3 mm and a 10 mm synthetic-breathing partner."""
-    ct = sitk.ReadImage(str(bundled_ct_path()))
-    grid = ImageGrid.from_sitk(ct).resized((60, 63, 82))
-    reference = sitk.Image(list(grid.size), sitk.sitkInt16)
-    grid.copy_to_sitk(reference)
-    fixed = sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
-    case = synthetic_breathing_case(fixed, peak_mm=10.0, n_landmarks=10)
-    return fixed, case.moving
+@pytest.fixture
+def pair(breathing_pair_3mm):
+    """The bundled CT at about 3 mm and a 10 mm synthetic-breathing partner (conftest)."""
+    return breathing_pair_3mm
 
 
 def snapshot(scene) -> list[tuple[str, str, int]]:

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import pytest
-import SimpleITK as sitk
 import torch
 
-from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.core.progress import Progress, RegistrationCancelled
 from MLVIRNETLib.networks import MultilevelNet
-from MLVIRNETLib.paths import bundled_ct_path
 from MLVIRNETLib.registration import RegistrationOptions, register
-from MLVIRNETLib.simulation.cases import synthetic_breathing_case
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -29,15 +25,10 @@ INNER = {
 """What a stage reports from inside its work (the start of those messages)."""
 
 
-@pytest.fixture(scope="module")
-def pair():
-    """The bundled CT at about 3 mm and a 10 mm synthetic-breathing partner."""
-    ct = sitk.ReadImage(str(bundled_ct_path()))
-    grid = ImageGrid.from_sitk(ct).resized((60, 63, 82))
-    reference = sitk.Image(list(grid.size), sitk.sitkInt16)
-    grid.copy_to_sitk(reference)
-    fixed = sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
-    return fixed, synthetic_breathing_case(fixed, peak_mm=10.0, n_landmarks=10).moving
+@pytest.fixture
+def pair(breathing_pair_3mm):
+    """The bundled CT at about 3 mm and a 10 mm synthetic-breathing partner (conftest)."""
+    return breathing_pair_3mm
 
 
 def run(pair, on_report):

@@ -6,13 +6,13 @@ import json
 
 import pytest
 import SimpleITK as sitk
+from conftest import bundled_ct_3mm
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.core.progress import RegistrationCancelled
 from MLVIRNETLib.evaluation.metrics import tre
 from MLVIRNETLib.io.images import write_image
 from MLVIRNETLib.io.landmarks import read_landmarks
-from MLVIRNETLib.paths import bundled_ct_path
 from MLVIRNETLib.simulation.cases import SAMPLE_PAIR, sample_pair_files, synthetic_breathing_case
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -21,13 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def small_ct(tmp_path_factory):
     """The bundled CT at 3 mm (60 x 63 x 82), int16 HU, written to a file."""
-    ct = sitk.ReadImage(str(bundled_ct_path()))
-    grid = ImageGrid.from_sitk(ct).resized((60, 63, 82))
-    reference = sitk.Image(list(grid.size), sitk.sitkInt16)
-    grid.copy_to_sitk(reference)
-    small = sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
     path = tmp_path_factory.mktemp("ct") / "small_ct.nii.gz"
-    write_image(small, path)
+    write_image(bundled_ct_3mm(), path)
     return path
 
 
