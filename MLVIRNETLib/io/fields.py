@@ -59,7 +59,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core.deformation import Deformation
-from ..core.geometry import ImageGrid
+from ..core.geometry import LPS_TO_RAS, ImageGrid
 from .atomic import atomic_output
 from .images import read_back_header, sitk_error_reason
 from .integrity import check_file, check_input, count_nonfinite
@@ -182,7 +182,7 @@ def _write_nifti_field(u: torch.Tensor, grid: ImageGrid, tmp: Path, np_dtype: ty
         try:
             out.write(header)
             for c in range(3):
-                sign = -1.0 if c < 2 else 1.0  # LPS -> RAS for x and y: DISPVECT components are RAS
+                sign = float(LPS_TO_RAS[c, c])  # DISPVECT components are RAS (geometry's LPS -> RAS map)
                 for z0 in range(0, depth, step):
                     slab = (u[c, z0 : z0 + step].detach() * sign).to("cpu", torch.float64).numpy()
                     out.write(slab.astype(little, copy=False).tobytes())
