@@ -55,17 +55,24 @@ MODULE_ROOT = _moduleRoot()
 if str(MODULE_ROOT) not in sys.path:
     sys.path.insert(0, str(MODULE_ROOT))
 
+from MLVIRNETLib.core.threads import prefer_passive_waiting  # noqa: E402
 from MLVIRNETLib.mrml.logic import MLVIRNETLogic as MLVIRNETCoreLogic  # noqa: E402
 
+# PyTorch's OpenMP threads sleep instead of spinning when they wait, so that a registration next
+# to another multithreaded job (a CLI module, a second registration) slows down only in
+# proportion; effective only while torch is not loaded yet (see MLVIRNETLib.core.threads).
+prefer_passive_waiting()
+
 DEFAULT_ITERATIONS = -1
-"""``refineIterations`` value meaning "the library's default" (shown as "default" in the spin box)."""
+"""``refineIterations`` value meaning "what the preset says" (shown as "default" in the spin box)."""
 
 PRESETS = {
-    "Fast (network only)": {"refineIterations": 0, "affine": True},
-    "Standard": {"refineIterations": DEFAULT_ITERATIONS, "affine": True},
-    "Accurate": {"refineIterations": 100, "affine": True},
+    "Fast (network only)": "fast",
+    "Standard": "standard",
+    "Accurate": "accurate",
 }
-"""Preset name -> the advanced settings it sets (iterations per refinement level)."""
+"""Preset name shown -> the library preset (``MLVIRNETLib.registration.presets``). Choosing one
+resets the advanced refinement iterations to the preset's and turns the affine stage on."""
 
 MODEL_SOURCES = ("Shipped default", "Model file")
 DEVICES = ("auto", "cpu", "cuda")
@@ -123,7 +130,7 @@ class MLVIRNETParameterNode:
 
     fixedVolume, movingVolume - the CT pair.
     fixedMask, movingMask - optional lung masks (labelmap or segmentation).
-    preset - sets refineIterations and affine.
+    preset - the library preset; choosing one resets refineIterations and affine.
     outputTransform - grid transform receiving the result (created when empty).
     outputVolume - optional warped moving volume.
     showResult - place the moving volume under the transform and show it over the fixed volume.
@@ -143,7 +150,7 @@ class MLVIRNETParameterNode:
     modelSource: Annotated[str, Choice(list(MODEL_SOURCES))] = MODEL_SOURCES[0]
     modelFile: pathlib.Path
     device: Annotated[str, Choice(list(DEVICES))] = "auto"
-    refineIterations: Annotated[int, Minimum(DEFAULT_ITERATIONS), Maximum(5000)] = PRESETS["Standard"]["refineIterations"]
+    refineIterations: Annotated[int, Minimum(DEFAULT_ITERATIONS), Maximum(5000)] = DEFAULT_ITERATIONS
     affine: bool = True
     fixedLandmarks: vtkMRMLMarkupsFiducialNode
     movingLandmarks: vtkMRMLMarkupsFiducialNode
@@ -411,9 +418,8 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         if p.preset != self._appliedPreset:
             self._appliedPreset = p.preset
-            settings = PRESETS[p.preset]
-            p.refineIterations = settings["refineIterations"]
-            p.affine = settings["affine"]
+            p.refineIterations = DEFAULT_ITERATIONS
+            p.affine = True
         self._updateButtons()
 
     def _updateButtons(self) -> None:
@@ -468,6 +474,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     device=p.device,
                     refineIterations=None if p.refineIterations == DEFAULT_ITERATIONS else p.refineIterations,
                     affine=p.affine,
+                    preset=PRESETS[p.preset],
                     progressCallback=self._onProgress,
                 )
             except RegistrationCancelled:
@@ -630,7 +637,6 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
     def test_VolumeRoundTrip(self) -> None:
         """Volume node -> SimpleITK -> volume node keeps the oblique geometry and the voxels."""
         import numpy as np
-
         import SimpleITK as sitk
 
         from MLVIRNETLib import mrml as L
@@ -678,9 +684,8 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         import os
 
         import numpy as np
-        import torch
-
         import SimpleITK as sitk
+        import torch
 
         from MLVIRNETLib import mrml as L
 
@@ -702,13 +707,12 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
     def test_RegisterAndTRE(self) -> None:
         """Register a known deformation of the bundled CT; transform and TRE agree with the library."""
         import numpy as np
+        import SimpleITK as sitk
         import torch
 
-        import SimpleITK as sitk
-
         from MLVIRNETLib import mrml as L
-        from MLVIRNETLib.evaluation import metrics
         from MLVIRNETLib.core.geometry import ImageGrid, lps_to_ras, ras_to_lps
+        from MLVIRNETLib.evaluation import metrics
         from MLVIRNETLib.networks.cascade import MultilevelNet
         from MLVIRNETLib.paths import bundled_ct_path
         from MLVIRNETLib.registration import RegistrationOptions

@@ -94,6 +94,9 @@ def _one_line(exc: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one ``mlvirnet`` command; returns its exit status (0 ok, 2 error, 130 interrupted)."""
+    from ..core.threads import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before anything imports torch (see MLVIRNETLib.core.threads)
     command = ""
     try:
         parser = build_parser()

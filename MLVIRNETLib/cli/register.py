@@ -39,6 +39,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                         "integer CT is rounded to whole HU and clipped to the type's range); see --warped-float32")
     p.add_argument("--warped-float32", action="store_true",
                    help="write --warped as float32 (no rounding) instead of in MOVING's pixel type")
+    p.add_argument("--field-compression", type=int, default=None, choices=range(10), metavar="0-9",
+                   help="gzip level of a .nii.gz field (default 0: stored, not compressed; a float field shrinks "
+                        "by about 9 %% at level 1 and takes many seconds more)")
     p.add_argument("--fixed-mask", type=Path, metavar="M", help="lung mask of FIXED (same grid); default: automatic")
     p.add_argument("--moving-mask", type=Path, metavar="M", help="lung mask of MOVING (same grid)")
     add_registration_arguments(p)
@@ -49,8 +52,13 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_registration_arguments(p: argparse.ArgumentParser) -> None:
-    """The registration settings shared by ``register`` and ``batch``: --model, --device, --refine,
-    --no-affine, --network-size (read back with :func:`registration_settings`)."""
+    """The registration settings shared by ``register`` and ``batch``: --preset, --model, --device,
+    --refine, --no-affine, --network-size (read back with :func:`registration_settings`)."""
+    from ..registration.presets import DEFAULT_PRESET, PRESETS
+
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
+                   help="speed/accuracy: fast = network only, standard = network + refinement, accurate = network + "
+                        f"finer refinement (default {DEFAULT_PRESET}; the options below override it)")
     p.add_argument("--model", default="default", metavar="PATH",
                    help="model file, 'default' (the shipped model) or 'none' (refinement only); default: default")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device (default auto)")
@@ -58,7 +66,8 @@ def add_registration_arguments(p: argparse.ArgumentParser) -> None:
                    help="refinement iterations per level (0 = network only; default: the library default)")
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
     p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
-                   help="network grid size without a model (default 160 160 160; a model's own size wins)")
+                   help="working grid of preprocessing and refinement (default: follows the lung box and the "
+                        "image, at most 160 per axis; a model runs at its own input size)")
 
 
 def check_registration_arguments(args) -> None:
@@ -78,14 +87,14 @@ def check_registration_arguments(args) -> None:
 def registration_settings(args) -> tuple["RegistrationOptions", str | Path | None]:
     """``(RegistrationOptions, model)`` from the arguments of :func:`add_registration_arguments`;
     ``model`` is ``"default"``, ``None`` (no network) or a ``Path``."""
-    from ..registration.options import RegistrationOptions
+    from ..registration.presets import preset_options
 
-    values: dict = {"affine": not args.no_affine}
+    values: dict = {"affine": False} if args.no_affine else {}
     if args.network_size is not None:
         values["network_size"] = tuple(args.network_size)
     if args.refine is not None:
         values["refine_iterations"] = int(args.refine)
-    options = RegistrationOptions(**values)  # validates the combination (ValueError)
+    options = preset_options(args.preset, **values)  # validates the combination (ValueError)
     model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
     return options, model
 
@@ -135,7 +144,10 @@ def run(args) -> int:
     with progress_bar("register", quiet=args.quiet) as progress:
         result = register(fixed, moving, fixed_mask, moving_mask, model=model, device=args.device,
                           options=options, progress=progress)
-    write_field(result.deformation, args.output)
+    if args.field_compression is None:
+        write_field(result.deformation, args.output)
+    else:
+        write_field(result.deformation, args.output, compress_level=args.field_compression)
     if args.warped is not None:
         pixel_type = sitk.sitkFloat32 if args.warped_float32 else None  # None: MOVING's pixel type
         write_image(warp_image(moving, result.deformation, padding_value=-1024.0, pixel_type=pixel_type), args.warped)

@@ -7,6 +7,8 @@ Every coordinate map used here (world -> normalised, target index -> source norm
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -56,7 +58,114 @@ def sample(
     coords = grid.world_to_normalized(points.to(torch.float32) if points.dtype in (torch.float16, torch.bfloat16) else points)
     if coords.dtype != data.dtype:
         coords = coords.to(data.dtype)
+    return grid_sample(data, coords, mode=mode, padding_mode=padding_mode)
+
+
+MIN_POINTS_PER_THREAD = 32_768
+""":func:`grid_sample` splits a CPU call over threads only when each gets at least this many points."""
+
+_POOL: list[ThreadPoolExecutor] = []
+
+
+def _pool(workers: int) -> ThreadPoolExecutor:
+    """A thread pool of ``workers`` threads, made on first use (and again when the count changes)."""
+    if not _POOL or _POOL[0]._max_workers != workers:  # noqa: SLF001 - the size it was made with
+        if _POOL:
+            _POOL.pop().shutdown(wait=False)
+        _POOL.append(ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mlvirnet-sample"))
+    return _POOL[0]
+
+
+def _chunks(coords: torch.Tensor, parts: int) -> list[tuple[int, int]]:
+    """``parts`` ranges ``[lo, hi)`` along dim 1 (the output depth) of ``(N, d, h, w, 3)`` coords."""
+    depth = coords.shape[1]
+    bounds = [round(i * depth / parts) for i in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds[:-1], bounds[1:]) if hi > lo]
+
+
+class _ThreadedGridSample(torch.autograd.Function):
+    """``grid_sample`` of a constant volume (no gradient to the volume) at ``coords``, split along
+    the output depth over the intra-op threads.
+
+    PyTorch's CPU ``grid_sampler_3d`` (forward and backward) runs on one thread for a batch of one;
+    each chunk here is one such call, in a thread of its own (ATen releases the GIL), and the
+    pieces are concatenated: the values and the gradient are those of one ``grid_sample`` call.
+    """
+
+    @staticmethod
+    def forward(ctx, data, coords, interpolation: int, padding: int):  # type: ignore[override]
+        parts = _chunks(coords, torch.get_num_threads())
+        pool = _pool(len(parts))
+
+        def run(bounds: tuple[int, int]) -> torch.Tensor:
+            lo, hi = bounds
+            return torch.grid_sampler(data, coords[:, lo:hi], interpolation, padding, ALIGN_CORNERS)
+
+        out = torch.cat(list(pool.map(run, parts)), dim=2)
+        ctx.save_for_backward(data, coords)
+        ctx.settings = (interpolation, padding, parts)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        data, coords = ctx.saved_tensors
+        interpolation, padding, parts = ctx.settings
+        return None, _threaded_backward(grad_out, data, coords, interpolation, padding, parts), None, None
+
+
+def _threaded_backward(grad_out: torch.Tensor, data: torch.Tensor, coords: torch.Tensor, interpolation: int,
+                       padding: int, parts: list[tuple[int, int]]) -> torch.Tensor:
+    """The gradient of ``grid_sample`` with respect to ``coords``, one chunk of ``parts`` per thread."""
+    grad_out = grad_out.contiguous()
+
+    def run(bounds: tuple[int, int]) -> torch.Tensor:
+        lo, hi = bounds
+        _, grad_coords = torch.ops.aten.grid_sampler_3d_backward(
+            grad_out[:, :, lo:hi], data, coords[:, lo:hi].contiguous(), interpolation, padding, ALIGN_CORNERS,
+            [False, True],
+        )
+        return grad_coords
+
+    if len(parts) == 1:
+        return run(parts[0])
+    return torch.cat(list(_pool(len(parts)).map(run, parts)), dim=1)
+
+
+def sampler_backward(grad_out: torch.Tensor, data: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear",
+                     padding_mode: str = "border") -> torch.Tensor:
+    """The gradient with respect to ``coords`` ``(N, d, h, w, 3)`` of ``sum(grad_out * grid_sample(data,
+    coords))``, for a constant 5-D ``data`` (split over the CPU threads as :func:`grid_sample` does)."""
+    if data.device.type == "cpu" and _threaded(data, coords, mode):
+        parts = _chunks(coords, torch.get_num_threads())
+    else:
+        parts = [(0, coords.shape[1])]
+    return _threaded_backward(grad_out, data, coords, _INTERPOLATION[mode], _PADDING[padding_mode], parts)
+
+
+_INTERPOLATION = {"bilinear": 0, "nearest": 1, "bicubic": 2}
+_PADDING = {"zeros": 0, "border": 1, "reflection": 2}
+
+
+def grid_sample(data: torch.Tensor, coords: torch.Tensor, mode: str = "bilinear",
+                padding_mode: str = "border") -> torch.Tensor:
+    """``F.grid_sample(data, coords, mode, padding_mode, align_corners=False)``, on several CPU threads.
+
+    For a ``(N, C, D, H, W)`` volume on the CPU that needs no gradient and enough points
+    (:data:`MIN_POINTS_PER_THREAD` per thread), the points are split over ``torch.get_num_threads()``
+    threads (PyTorch's own CPU kernel uses one); the gradient to ``coords`` is kept. Everywhere else
+    this is ``F.grid_sample``. The values are the same as those of one ``F.grid_sample`` call.
+    """
+    if _threaded(data, coords, mode):
+        return _ThreadedGridSample.apply(data, coords, _INTERPOLATION[mode], _PADDING[padding_mode])
     return F.grid_sample(data, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+
+
+def _threaded(data: torch.Tensor, coords: torch.Tensor, mode: str) -> bool:
+    """Whether :func:`grid_sample` splits this call over threads (see there)."""
+    threads = torch.get_num_threads()
+    return (data.device.type == "cpu" and data.ndim == 5 and threads > 1 and not data.requires_grad
+            and mode in ("bilinear", "nearest") and coords.shape[1] >= threads
+            and coords[..., 0].numel() >= threads * MIN_POINTS_PER_THREAD)
 
 
 def resample_to_grid(
@@ -109,9 +218,9 @@ def sample_on_grid(
     m = m @ target.index_to_world_matrix()  # index of target -> normalised of source
     dtype = data.dtype if data.dtype in (torch.float32, torch.float64) else torch.float32
     lin = m[:3, :3]
-    if (offset is None and mode == "bilinear" and padding_mode == "border" and data.is_floating_point()
+    if (offset is None and mode == "bilinear" and padding_mode in ("border", "zeros") and data.is_floating_point()
             and np.allclose(lin, np.diag(np.diag(lin)), rtol=0, atol=1e-12 * np.abs(lin).max())):
-        return _separable_linear(data, source, np.diag(lin), m[:3, 3], target)
+        return _separable_linear(data, source, np.diag(lin), m[:3, 3], target, zeros=padding_mode == "zeros")
     k, j, i = index_affine_terms(m, target.size, data.device)
     coords = ((k.to(dtype) + j.to(dtype)) + i.to(dtype))[None]  # (1, D, H, W, 3)
     n = data.shape[0]
@@ -124,17 +233,34 @@ def sample_on_grid(
         coords = coords + (lin[:, 0, None, None, None] * o[:, 0:1] + lin[:, 1, None, None, None] * o[:, 1:2]
                            + lin[:, 2, None, None, None] * o[:, 2:3]).movedim(1, -1)
     coords = coords.expand(n, *coords.shape[1:]).to(data.dtype if data.is_floating_point() else dtype)
-    return F.grid_sample(data, coords, mode=mode, padding_mode=padding_mode, align_corners=ALIGN_CORNERS)
+    return grid_sample(data, coords, mode=mode, padding_mode=padding_mode)
+
+
+def inside_weight(coords: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torch.Tensor:
+    """What trilinear ``grid_sample`` of an all-ones ``(N, 1, *shape_zyx)`` volume with zero padding
+    gives at ``coords`` ``(N, d, h, w, 3)`` (normalised, ``align_corners=False``), without sampling:
+    1 inside the outer voxel centres, falling linearly to 0 one voxel beyond them. Returns
+    ``(N, 1, d, h, w)``.
+    """
+    weight = None
+    for axis, n in enumerate(reversed(shape_zyx)):  # coords are (x, y, z); x runs along W
+        pos = ((coords[..., axis] + 1.0) * n - 1.0) / 2.0  # unnormalised voxel position
+        w = torch.minimum(pos + 1.0, n - pos).clamp(0.0, 1.0)
+        weight = w if weight is None else weight * w
+    return weight[:, None]
 
 
 def _separable_linear(
-    data: torch.Tensor, source: ImageGrid, scale: np.ndarray, shift: np.ndarray, target: ImageGrid
+    data: torch.Tensor, source: ImageGrid, scale: np.ndarray, shift: np.ndarray, target: ImageGrid,
+    zeros: bool = False,
 ) -> torch.Tensor:
-    """Trilinear sampling with border padding when target axis ``a`` maps to source axis ``a`` alone.
+    """Trilinear sampling with border (or, with ``zeros``, zero) padding when target axis ``a`` maps
+    to source axis ``a`` alone.
 
     ``normalised_a = scale_a * index_a + shift_a`` (x, y, z); the interpolation is done one axis at
-    a time (z, then y, then x), which equals ``grid_sample`` (``align_corners=False``, border) and
-    is much cheaper for large targets.
+    a time (z, then y, then x), which equals ``grid_sample`` (``align_corners=False``) and is much
+    cheaper for large targets. Zero padding adds one layer of zeros on both sides of each axis and
+    interpolates towards it, as ``grid_sample`` does.
     """
     out = data
     for axis in (2, 1, 0):  # index axes z, y, x: tensor dims 2, 3, 4 of (N, C, D, H, W)
@@ -144,7 +270,14 @@ def _separable_linear(
         idx = torch.arange(n_tgt, dtype=torch.float64, device=data.device)
         norm = scale[axis] * idx + shift[axis]
         pos = ((norm + 1.0) * n_src - 1.0) / 2.0  # unnormalise (align_corners=False)
-        pos = pos.clamp(0.0, n_src - 1.0)  # border padding clips the coordinate
+        if zeros:  # source index i is padded index i + 1; beyond one voxel outside, all is zero
+            pad = [0, 0, 0, 0, 0, 0]
+            pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = 1
+            out = F.pad(out, pad)
+            n_src += 2
+            pos = (pos + 1.0).clamp(0.0, n_src - 1.0)
+        else:
+            pos = pos.clamp(0.0, n_src - 1.0)  # border padding clips the coordinate
         lo = pos.floor().long().clamp(max=n_src - 1)
         hi = (lo + 1).clamp(max=n_src - 1)
         w = (pos - lo.to(torch.float64)).to(out.dtype)

@@ -204,6 +204,7 @@ class MLVIRNETLogic:
         affine: bool = True,
         progressCallback: ProgressCallback | None = None,
         options=None,
+        preset: str = "standard",
     ):
         """Register the moving volume to the fixed volume with mlVIRNET.
 
@@ -220,6 +221,8 @@ class MLVIRNETLogic:
             progressCallback: ``progress(fraction, message)``.
             options: a ``MLVIRNETLib.registration.options.RegistrationOptions`` for everything else (network
                 grid size, crop, weights, ...); ``refineIterations`` and ``affine`` override it.
+            preset: ``"fast"``, ``"standard"`` or ``"accurate"``
+                (``MLVIRNETLib.registration.presets``): the settings when ``options`` is None.
 
         Returns:
             The transform node. Its transform from parent maps fixed RAS points to moving RAS points
@@ -246,7 +249,7 @@ class MLVIRNETLogic:
 
         from .. import registration
 
-        options = self._registrationOptions(registration, options, refineIterations, affine)
+        options = self._registrationOptions(registration, options, refineIterations, affine, preset)
         if model is None or (isinstance(model, str) and model in ("", "default")):
             model = "default"
         elif isinstance(model, str) and model.lower() == NO_MODEL:
@@ -279,11 +282,11 @@ class MLVIRNETLogic:
         return outputTransformNode
 
     @staticmethod
-    def _registrationOptions(registration, options, refineIterations, affine: bool):
-        """``RegistrationOptions`` (``options`` or the defaults) with the module's two settings applied."""
+    def _registrationOptions(registration, options, refineIterations, affine: bool, preset: str = "standard"):
+        """``RegistrationOptions`` (``options`` or those of ``preset``) with the module's two settings applied."""
         import dataclasses
 
-        base = options if options is not None else registration.RegistrationOptions()
+        base = options if options is not None else registration.preset_options(preset)
         if not isinstance(base, registration.RegistrationOptions):
             raise ValueError(f"options must be a RegistrationOptions, got {type(base).__name__}")
         changes: dict[str, Any] = {"affine": bool(affine)}

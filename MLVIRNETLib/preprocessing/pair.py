@@ -49,24 +49,43 @@ class PreprocessOptions:
     """How scans become network inputs.
 
     Attributes:
-        network_size: voxels of the network grid, ``(nx, ny, nz)``.
+        network_size: voxels of the network grid, ``(nx, ny, nz)``, or ``"auto"``: a grid that
+            follows the crop box and the image (:func:`auto_grid_size` with ``auto_max_voxels``,
+            ``auto_min_spacing_mm`` and ``size_multiple``).
         hu_window: ``(low, high)`` HU mapped to ``0`` and ``1``; values outside are clipped.
         crop_to_lungs: crop the fixed field of view to the lung bounding box (needs a fixed mask).
         crop_margin_mm: margin added on every side of the lung bounding box, mm.
         antialias: Gaussian low-pass before downsampling (recommended; off only for tests).
+        auto_max_voxels: with ``network_size="auto"``, the most voxels along the box's longest side.
+        auto_min_spacing_mm: with ``network_size="auto"``, the smallest voxel size of the grid, mm.
+        size_multiple: with ``network_size="auto"``, every size is a multiple of this (the
+            refinement's coarsest level divides it).
     """
 
-    network_size: tuple[int, int, int] = (160, 160, 160)
+    network_size: tuple[int, int, int] | str = (160, 160, 160)
     hu_window: tuple[float, float] = HU_WINDOW
     crop_to_lungs: bool = True
     crop_margin_mm: float = 10.0
     antialias: bool = True
+    auto_max_voxels: int = 160
+    auto_min_spacing_mm: float = 0.0
+    size_multiple: int = 4
 
     def __post_init__(self) -> None:
-        size = tuple(int(s) for s in self.network_size)
-        if len(size) != 3 or min(size) < 4:
-            raise ValueError(f"network_size must be 3 integers >= 4 (nx, ny, nz), got {self.network_size}")
-        self.network_size = size  # type: ignore[assignment]
+        if isinstance(self.network_size, str):
+            if self.network_size != "auto":
+                raise ValueError(f"network_size must be 3 integers >= 4 (nx, ny, nz) or 'auto', got {self.network_size!r}")
+        else:
+            size = tuple(int(s) for s in self.network_size)
+            if len(size) != 3 or min(size) < 4:
+                raise ValueError(f"network_size must be 3 integers >= 4 (nx, ny, nz), got {self.network_size}")
+            self.network_size = size  # type: ignore[assignment]
+        if int(self.auto_max_voxels) < 4 or int(self.size_multiple) < 1:
+            raise ValueError(
+                f"auto_max_voxels must be >= 4 and size_multiple >= 1, got {self.auto_max_voxels}, {self.size_multiple}"
+            )
+        if not (math.isfinite(float(self.auto_min_spacing_mm)) and float(self.auto_min_spacing_mm) >= 0):
+            raise ValueError(f"auto_min_spacing_mm must be a finite value >= 0, got {self.auto_min_spacing_mm}")
         lo, hi = (float(v) for v in self.hu_window)
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             raise ValueError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
@@ -227,7 +246,27 @@ def network_grid(
     else:
         lo, hi = (0, 0, 0), fixed_grid.size
     box = fixed_grid.cropped(lo, hi)
-    return box.resized(opts.network_size), (tuple(lo), tuple(hi))  # type: ignore[return-value]
+    size = opts.network_size
+    if size == "auto":
+        size = auto_grid_size(box, opts.auto_max_voxels, opts.auto_min_spacing_mm, opts.size_multiple)
+    return box.resized(size), (tuple(lo), tuple(hi))  # type: ignore[return-value]
+
+
+def auto_grid_size(box: ImageGrid, max_voxels: int = 160, min_spacing_mm: float = 0.0,
+                   multiple: int = 4) -> tuple[int, int, int]:
+    """Voxels ``(nx, ny, nz)`` of a grid over ``box`` whose voxels are about cubic, of side
+    ``max(longest side / max_voxels, min_spacing_mm)`` mm, each size rounded to the nearest multiple of
+    ``multiple`` (at least ``multiple``, and at least 4).
+
+    A large field of view thus gets ``max_voxels`` along its longest side, and a small or coarse
+    scan a grid no finer than ``min_spacing_mm``: the work follows the image.
+    """
+    extent = np.asarray(box.extent, dtype=float)
+    spacing = max(float(extent.max()) / int(max_voxels), float(min_spacing_mm))
+    step = int(multiple)
+    lowest = max(step, -(-4 // step) * step)
+    size = [max(lowest, int(round(e / spacing / step)) * step) for e in extent]
+    return tuple(size)  # type: ignore[return-value]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -277,7 +316,11 @@ def preprocess_pair(
     report = progress if progress is not None else (lambda fraction, message: None)
     grid, box = network_grid(f_grid, f_mask, opts)
     report(0.1, "preprocessing: fixed image")
-    f_net = normalize_ct(resample_antialiased(f_hu, f_grid, grid, antialias=opts.antialias), opts.hu_window)
+    # both images are air outside their field of view and go through the same resampling, so that
+    # identical scans give identical inputs (voxel for voxel) whatever the grids
+    f_net = normalize_ct(
+        resample_antialiased(f_hu, f_grid, grid, antialias=opts.antialias, padding_value=AIR_HU), opts.hu_window
+    )
     report(0.3, "preprocessing: moving image")
     m_net = normalize_ct(
         resample_antialiased(m_hu, m_grid, grid, affine=affine, antialias=opts.antialias, padding_value=AIR_HU),

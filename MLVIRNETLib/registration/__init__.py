@@ -2,6 +2,7 @@
 
 Holds:
     options   :class:`RegistrationOptions`, :class:`RegistrationResult` and the input checks.
+    presets   the named settings ``fast``, ``standard`` and ``accurate``.
     pipeline  :func:`register`, one function per stage.
     affine    the affine pre-alignment.
     refine    the variational multilevel refinement (instance optimisation).
@@ -14,14 +15,18 @@ May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.pr
 from ..core.progress import RegistrationCancelled
 from .options import NETWORK_PRECISIONS, RegistrationOptions, RegistrationResult, validate_pair
 from .pipeline import cpu_bf16_supported, register
+from .presets import DEFAULT_PRESET, PRESETS, preset_options
 from .warp import warp_image
 
 __all__ = [
+    "DEFAULT_PRESET",
     "NETWORK_PRECISIONS",
+    "PRESETS",
     "RegistrationCancelled",
     "RegistrationOptions",
     "RegistrationResult",
     "cpu_bf16_supported",
+    "preset_options",
     "register",
     "validate_pair",
     "warp_image",

@@ -39,9 +39,14 @@ class RegistrationOptions:
     """Settings of :func:`register` (defaults chosen by measurement, see ``docs/registration.md``).
 
     Attributes:
-        network_size: grid ``(nx, ny, nz)`` of preprocessing and refinement over the crop box. A
-            model runs at its own input size on the same box (resampled from this grid; with
-            ``refine_iterations=0`` the images are preprocessed straight to the model's size).
+        network_size: grid ``(nx, ny, nz)`` of preprocessing and refinement over the crop box, or
+            ``"auto"``: about cubic voxels, ``grid_max_voxels`` along the box's longest side but no
+            smaller than ``grid_min_spacing_fraction`` of the fixed image's smallest voxel size
+            (:func:`~MLVIRNETLib.preprocessing.pair.auto_grid_size`), so that the work follows the
+            image. A model runs at its own input size on the same box (resampled from this grid;
+            with ``refine_iterations=0`` the images are preprocessed straight to the model's size).
+        grid_max_voxels: see ``network_size="auto"``.
+        grid_min_spacing_fraction: see ``network_size="auto"``.
         refine_iterations: L-BFGS iterations per refinement level (int, or one per level);
             ``0`` = network only.
         refine_levels: refinement levels as downsampling factors of the network grid, coarse to fine.
@@ -67,7 +72,9 @@ class RegistrationOptions:
         num_threads: torch CPU threads during the call (restored afterwards); ``None`` leaves them.
     """
 
-    network_size: tuple[int, int, int] = (160, 160, 160)
+    network_size: tuple[int, int, int] | str = "auto"
+    grid_max_voxels: int = 160
+    grid_min_spacing_fraction: float = 0.5
     refine_iterations: int | Sequence[int] = (150, 60)
     refine_levels: tuple[int, ...] = (4, 2)
     refine_optimizer: str = "lbfgs"
@@ -101,8 +108,15 @@ class RegistrationOptions:
             TypeError: ``affine_options`` is not an :class:`AffineOptions`.
         """
         size = self.network_size
-        if not _is_integer_triple(size):
-            raise ValueError(f"network_size must be 3 integers (nx, ny, nz), got {size!r}")
+        auto = isinstance(size, str) and size == "auto"
+        if not auto and not _is_integer_triple(size):
+            raise ValueError(f"network_size must be 3 integers (nx, ny, nz) or 'auto', got {size!r}")
+        if isinstance(self.grid_max_voxels, bool) or not isinstance(self.grid_max_voxels, (int, np.integer)) \
+                or not 8 <= int(self.grid_max_voxels) <= MAX_NETWORK_SIZE:
+            raise ValueError(f"grid_max_voxels must be an integer from 8 to {MAX_NETWORK_SIZE}, got {self.grid_max_voxels!r}")
+        fraction = float(self.grid_min_spacing_fraction)
+        if not (math.isfinite(fraction) and fraction >= 0):
+            raise ValueError(f"grid_min_spacing_fraction must be a finite value >= 0, got {self.grid_min_spacing_fraction}")
         self.preprocess_options()  # validates size >= 4, window, margin
         refine = self.refine_options()  # validates iterations, levels, weights
         if self.num_threads is not None and int(self.num_threads) < 1:
@@ -120,13 +134,13 @@ class RegistrationOptions:
             )
         if not (math.isfinite(float(self.lung_mask_spacing_mm)) and float(self.lung_mask_spacing_mm) > 0):
             raise ValueError(f"lung_mask_spacing_mm must be a finite value > 0, got {self.lung_mask_spacing_mm}")
-        size = tuple(int(n) for n in size)
+        size = (int(self.grid_max_voxels),) * 3 if auto else tuple(int(n) for n in size)
         if max(size) > MAX_NETWORK_SIZE:
             raise ValueError(
                 f"network_size {size} is too large: at most {MAX_NETWORK_SIZE} voxels per axis "
                 "(the default is 160 per axis)"
             )
-        if sum(refine.iterations_per_level()) > 0:
+        if sum(refine.iterations_per_level()) > 0 and not auto:
             factor = max(refine.level_factors)
             if any(n % factor for n in size):
                 raise ValueError(
@@ -151,7 +165,8 @@ class RegistrationOptions:
     def estimated_memory_gb(self) -> float:
         """A rough estimate (GB) of the memory preprocessing and refinement need on the network
         grid (the network itself and the full-resolution field come on top)."""
-        voxels = math.prod(int(n) for n in self.network_size)
+        size = (self.grid_max_voxels,) * 3 if isinstance(self.network_size, str) else self.network_size
+        voxels = math.prod(int(n) for n in size)
         refine = self.refine_options()
         total = voxels * _BYTES_PER_NETWORK_VOXEL
         if sum(refine.iterations_per_level()) > 0:
@@ -167,12 +182,23 @@ class RegistrationOptions:
         """
         return _build(cls, values, "options")
 
-    def preprocess_options(self, network_size: Sequence[int] | None = None) -> PreprocessOptions:
+    def preprocess_options(
+        self, network_size: Sequence[int] | str | None = None, fixed_spacing_mm: Sequence[float] | None = None
+    ) -> PreprocessOptions:
+        """The preprocessing settings; ``fixed_spacing_mm`` (the fixed image's voxel size) sets the
+        finest spacing of an ``"auto"`` grid."""
+        size = network_size if network_size is not None else self.network_size
+        refine = self.refine_options()
+        multiple = max(refine.level_factors) if sum(refine.iterations_per_level()) > 0 else 4
+        min_spacing = self.grid_min_spacing_fraction * min(fixed_spacing_mm) if fixed_spacing_mm is not None else 0.0
         return PreprocessOptions(
-            network_size=tuple(network_size if network_size is not None else self.network_size),  # type: ignore[arg-type]
+            network_size=size if isinstance(size, str) else tuple(size),  # type: ignore[arg-type]
             hu_window=self.hu_window,
             crop_to_lungs=self.crop_to_lungs,
             crop_margin_mm=self.crop_margin_mm,
+            auto_max_voxels=int(self.grid_max_voxels),
+            auto_min_spacing_mm=float(min_spacing),
+            size_multiple=int(multiple),
         )
 
     def refine_options(self) -> RefineOptions:

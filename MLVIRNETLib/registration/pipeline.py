@@ -222,7 +222,7 @@ def _register(
     # the grid of preprocessing and refinement: network_size; a model runs at its own input size
     # (its inputs are resampled from that grid), and without refinement the images are
     # preprocessed straight to the model's size
-    network_size = tuple(opts.network_size)
+    network_size = opts.network_size
     if model_size is not None and n_refine == 0:
         network_size = tuple(model_size)
     if net is None and n_refine == 0:
@@ -246,7 +246,7 @@ def _register(
         prog.stage(0.20, 0.05, "preprocessing")
         pp = preprocess_pair(
             (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.beta > 0 else None,
-            opts.preprocess_options(network_size), affine=affine, device=dev, progress=prog,
+            opts.preprocess_options(network_size, f_grid.spacing), affine=affine, device=dev, progress=prog,
         )
         del m_hu
         _check_overlap(pp, f_grid, m_grid, affine, opts, prog, messages)

@@ -30,6 +30,7 @@ from ..core.progress import CancelFn, Progress, ProgressFn
 from ..core.pyramid import build_pyramid
 from ..core.sampling import check_volume, sample
 from ..losses import LossWeights, registration_loss
+from .fused_objective import FusedLevel, fused_level_loss
 
 LBFGS_TOLERANCE_GRAD = 1e-5
 """L-BFGS stops when every entry of the gradient of the summed loss (per mm) is below this."""
@@ -66,6 +67,9 @@ class RefineOptions:
         optimizer: ``"adam"`` or ``"lbfgs"``.
         learning_rate: Adam step, mm per iteration (scaled by the level's voxel size / the
             finest level's voxel size); L-BFGS uses a strong-Wolfe line search and ignores it.
+        identity_start: the first level starts from the identity instead of ``initial`` when the
+            identity has the lower objective there (a network's small spurious motion on nearly
+            identical scans is then not kept where the images give no gradient to undo it).
     """
 
     iterations: int | Sequence[int] = (150, 60)
@@ -75,6 +79,7 @@ class RefineOptions:
     ngf_eps: float = 0.003
     optimizer: str = "lbfgs"
     learning_rate: float = 0.3
+    identity_start: bool = True
 
     def __post_init__(self) -> None:
         factors = tuple(int(f) for f in self.level_factors)
@@ -164,6 +169,7 @@ def refine(
     if fixed.shape != moving.shape:
         raise ValueError(f"fixed shape {tuple(fixed.shape)} and moving shape {tuple(moving.shape)} differ")
     iterations = opts.iterations_per_level()
+    compare_with_identity = opts.identity_start and initial is not None
     if initial is None:
         initial = Deformation.identity(grid, device=fixed.device)
     if sum(iterations) == 0:
@@ -181,6 +187,8 @@ def refine(
     current = initial
     levels: list[Deformation] = []
     losses: list[dict[str, float]] = []
+    if compare_with_identity:
+        current = _better_start(pyramid[0], initial, weights)
     for level, n_it in zip(pyramid, iterations):
         learning_rate = opts.learning_rate * min(level.grid.spacing) / finest_spacing
         report = _level_reporter(prog, level.factor, n_it, done, total)
@@ -193,6 +201,18 @@ def refine(
         done += n_it
     prog(1.0, "refinement done")
     return RefineResult(current.on_grid(grid), levels, losses)
+
+
+def _better_start(level: "_LevelData", initial: Deformation, weights: LossWeights) -> Deformation:
+    """``initial`` or the identity on ``level.grid``, whichever has the lower objective on ``level``."""
+    identity = Deformation.identity(level.grid, device=level.fixed.device)
+    values = []
+    with torch.no_grad():
+        for start in (initial, identity):
+            u = start.on_grid(level.grid).displacement.to(device=level.fixed.device, dtype=torch.float32)
+            loss, _ = _level_objective(level, u[:, :, 1:-1, 1:-1, 1:-1], weights, lambda: None)()
+            values.append(float(loss))
+    return identity if values[1] < values[0] else initial
 
 
 def _level_reporter(prog: Progress, factor: int, iterations: int, done: int, total: int) -> _Report:
@@ -340,6 +360,24 @@ def _level_objective(
     padding, and with ``level.moving_valid`` the NGF weights are zero where ``y(x)`` is near or
     outside the moving field of view (not differentiated).
     """
+    if level.moving_mask is None:  # no mask term: the same objective with a hand-written gradient
+        fused = FusedLevel(level.grid, level.fixed.float(), level.moving.float(), weights.alpha, weights.ngf_eps,
+                           level.ngf_weight, level.moving_valid)
+
+        def fused_objective() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            check_cancel()
+            return fused_level_loss(fused, u_inner)
+
+        return fused_objective
+    return autograd_objective(level, u_inner, weights, check_cancel)
+
+
+def autograd_objective(
+    level: _LevelData, u_inner: torch.Tensor, weights: LossWeights, check_cancel: Callable[[], None]
+) -> _Objective:
+    """The objective of :func:`_level_objective` through autograd and
+    :func:`MLVIRNETLib.losses.registration_loss` (any term, the mask term included); the reference
+    of :mod:`MLVIRNETLib.registration.fused_objective`."""
     points_x = level.grid.world_points(device=u_inner.device, dtype=torch.float32)[None]  # (1, d, h, w, 3) mm
 
     def objective() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -166,3 +166,37 @@ def test_warped_float32(images, tmp_path, capsys) -> None:
     assert not np.array_equal(sitk.GetArrayFromImage(w), np.round(sitk.GetArrayFromImage(w)))
     _fails([str(images["fixed"]), str(images["moving"]), "-o", str(tmp_path / "g.nii.gz"), "--warped-float32", *FAST],
            capsys, "needs --warped", tmp_path)
+
+
+@pytest.mark.parametrize("preset,refine_ran", [("fast", False), ("standard", True)])
+def test_preset_chooses_the_stages(images, tmp_path, capsys, preset: str, refine_ran: bool) -> None:
+    """--preset fast runs no refinement; --preset standard does; explicit options still win."""
+    field = tmp_path / "field.nii.gz"
+    rc = main(["register", str(images["fixed"]), str(images["moving"]), "-o", str(field), "--json", "--quiet",
+               "--preset", preset, "--model", "none", "--network-size", "32", "32", "32",
+               *(["--refine", "5"] if refine_ran else [])])
+    assert rc == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (info["timings"]["refine"] > 0.01) == refine_ran
+    assert read_field(field).grid.is_close(images["grid"], tol_mm=1e-3)
+
+
+def test_unknown_preset_and_compression_are_refused(images, tmp_path, capsys) -> None:
+    for extra, match in ((["--preset", "fastest"], "invalid choice"), (["--field-compression", "12"], "invalid choice")):
+        with pytest.raises(SystemExit) as exc:
+            main(["register", str(images["fixed"]), str(images["moving"]), "-o", str(tmp_path / "f.nii.gz"), *extra])
+        assert exc.value.code == 2
+        assert match in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_field_compression_level(images, tmp_path, capsys) -> None:
+    """The default .nii.gz field is stored (level 0); --field-compression 6 gives a smaller file with
+    the same values."""
+    stored, packed = tmp_path / "stored.nii.gz", tmp_path / "packed.nii.gz"
+    common = [str(images["fixed"]), str(images["moving"]), "--preset", "fast", "--model", "none", "--quiet",
+              "--network-size", "32", "32", "32", "--no-affine"]
+    assert main(["register", *common, "-o", str(stored)]) == 0
+    assert main(["register", *common, "-o", str(packed), "--field-compression", "6"]) == 0
+    assert packed.stat().st_size < stored.stat().st_size
+    assert torch.equal(read_field(stored).displacement, read_field(packed).displacement)

@@ -571,3 +571,16 @@ def test_register_again_into_the_same_transform_and_cancel(scene, ct_pair):
         logic.register(fixed, moving, transform, model=net, device="cpu", options=options)
     with pytest.raises(ValueError, match="refinement iterations must be integers >= 0"):
         logic.register(fixed, fixed, refineIterations=-1, model=net, options=options)
+
+
+def test_presets_reach_the_library_and_the_advanced_settings_win():
+    from MLVIRNETLib import registration
+    from MLVIRNETLib.registration import preset_options
+
+    make = L.MLVIRNETLogic._registrationOptions
+    assert make(registration, None, None, True, "fast") == preset_options("fast")
+    assert make(registration, None, None, True, "accurate") == preset_options("accurate")
+    assert make(registration, None, 7, False, "fast").refine_iterations == 7
+    assert make(registration, None, None, False, "standard").affine is False
+    with pytest.raises(ValueError, match="unknown preset"):
+        make(registration, None, None, True, "turbo")

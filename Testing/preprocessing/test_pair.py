@@ -163,3 +163,24 @@ def test_masks_with_negative_or_nan_values_are_refused_naming_the_values() -> No
     two = torch.zeros(GRID.shape_zyx, dtype=torch.uint8)
     two[2:5, 3:6, 4:8] = 2
     assert torch.equal(mask_to_tensor(two, GRID)[0, 0], (two > 0).float())
+
+
+def test_auto_grid_follows_the_box_and_the_voxel_size() -> None:
+    from MLVIRNETLib.preprocessing.pair import auto_grid_size
+
+    box = ImageGrid((300, 200, 100), (1.0, 1.0, 2.0), (5.0, -3.0, 2.0))  # 300 x 200 x 200 mm
+    assert auto_grid_size(box, max_voxels=160) == (160, 108, 108)  # 1.875 mm voxels, multiples of 4
+    assert auto_grid_size(box, max_voxels=160, min_spacing_mm=5.0) == (60, 40, 40)
+    assert auto_grid_size(box, max_voxels=160, multiple=8) == (160, 104, 104)
+    tiny = ImageGrid((10, 10, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+    assert auto_grid_size(tiny, max_voxels=160, min_spacing_mm=3.0, multiple=4) == (4, 4, 4)
+
+
+def test_network_grid_auto_keeps_the_box() -> None:
+    grid = ImageGrid((100, 90, 60), (0.8, 0.8, 2.5), (-40.0, 10.0, 5.0))
+    net, box = network_grid(grid, None, PreprocessOptions(network_size="auto", auto_min_spacing_mm=2.0))
+    assert box == ((0, 0, 0), (100, 90, 60))
+    np.testing.assert_allclose(net.extent, grid.extent)
+    assert all(n % 4 == 0 for n in net.size) and max(net.spacing) <= 2.2
+    with pytest.raises(ValueError, match="'auto'"):
+        PreprocessOptions(network_size="big")

@@ -132,14 +132,18 @@ def _count_evaluations(monkeypatch) -> dict[str, int]:
     from MLVIRNETLib.registration import refine as refine_module
 
     counts = {"all": 0, "grad": 0}
-    original = refine_module.registration_loss
 
-    def counting(*args, **kwargs):
-        counts["all"] += 1
-        counts["grad"] += int(torch.is_grad_enabled())
-        return original(*args, **kwargs)
+    def counted(original):
+        def counting(*args, **kwargs):
+            counts["all"] += 1
+            counts["grad"] += int(torch.is_grad_enabled())
+            return original(*args, **kwargs)
 
-    monkeypatch.setattr(refine_module, "registration_loss", counting)
+        return counting
+
+    # both objectives: the hand-written one (no mask term) and the autograd one
+    for name in ("registration_loss", "fused_level_loss"):
+        monkeypatch.setattr(refine_module, name, counted(getattr(refine_module, name)))
     return counts
 
 

@@ -1,0 +1,42 @@
+"""Named speed/accuracy settings of :func:`~MLVIRNETLib.registration.pipeline.register`.
+
+``fast``
+    the network alone after the affine pre-alignment (no refinement).
+``standard``
+    the defaults of :class:`RegistrationOptions`: network, then refinement on 1/4 and 1/2 of the
+    working grid.
+``accurate``
+    network, then refinement on 1/4, 1/2 and the whole working grid.
+
+Each preset is a set of :class:`RegistrationOptions` fields; anything passed beside it wins. The
+measured time and accuracy of each are in ``docs/performance.md`` (``benchmarks/bench_register.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .options import RegistrationOptions
+
+__all__ = ["DEFAULT_PRESET", "PRESETS", "preset_options"]
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "fast": {"refine_iterations": 0},
+    "standard": {},
+    "accurate": {"refine_levels": (4, 2, 1), "refine_iterations": (150, 60, 30)},
+}
+"""Preset name -> the :class:`RegistrationOptions` fields it sets (the rest keep their defaults)."""
+
+DEFAULT_PRESET = "standard"
+"""The preset of ``RegistrationOptions()``, the CLI and the Slicer module when none is chosen."""
+
+
+def preset_options(name: str = DEFAULT_PRESET, **overrides: Any) -> RegistrationOptions:
+    """The :class:`RegistrationOptions` of preset ``name`` with ``overrides`` applied on top.
+
+    Raises:
+        ValueError: an unknown preset (the message lists them), an unknown field or a bad value.
+    """
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return RegistrationOptions.from_dict({**PRESETS[name], **overrides})

@@ -1,0 +1,42 @@
+"""core.filters: the shifted-sum Gaussian against the 1-D convolutions it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from MLVIRNETLib.core.filters import gaussian_kernel1d, gaussian_smooth
+
+
+def _conv3d_reference(volume: torch.Tensor, sigma_xyz) -> torch.Tensor:
+    """Separable Gaussian by ``F.conv3d`` with replicated borders (the implementation before #15)."""
+    n, c = volume.shape[:2]
+    out = volume.reshape(n * c, 1, *volume.shape[2:])
+    for sigma, dim in zip(sigma_xyz, (4, 3, 2)):
+        if sigma <= 0.2 or out.shape[dim] < 2:
+            continue
+        k = gaussian_kernel1d(sigma, dtype=out.dtype)
+        r = (k.numel() - 1) // 2
+        shape = [1, 1, 1, 1, 1]
+        shape[dim] = k.numel()
+        pad = [0, 0, 0, 0, 0, 0]
+        pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = r
+        out = F.conv3d(F.pad(out, pad, mode="replicate"), k.reshape(shape))
+    return out.reshape(volume.shape)
+
+
+@pytest.mark.parametrize("sigma", [(1.3, 0.4, 2.2), (0.1, 3.0, 0.7), (2.0, 2.0, 2.0)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gaussian_smooth_equals_conv3d(sigma, dtype) -> None:
+    torch.manual_seed(0)
+    volume = torch.rand(2, 3, 9, 14, 11, dtype=dtype) * 100.0 - 50.0
+    tol = 1e-12 if dtype == torch.float64 else 2e-4
+    torch.testing.assert_close(gaussian_smooth(volume, sigma), _conv3d_reference(volume, sigma), atol=tol, rtol=0)
+
+
+def test_gaussian_smooth_leaves_its_input_alone() -> None:
+    volume = torch.rand(1, 1, 6, 7, 8)
+    before = volume.clone()
+    gaussian_smooth(volume, (1.5, 1.5, 1.5))
+    assert torch.equal(volume, before)
