@@ -1,25 +1,26 @@
-"""Benchmark of ``MLVIRNETLib.registration.pipeline.register`` on a full chest CT with known breathing motion.
+"""The benchmark of ``mlvirnet register`` for the README and the docs: every preset, end to end.
 
-The fixed scan is ``shared/data/chest_ct/cptac_c3n00247_chest_ct.nii.gz`` (512 x 512 x 99,
-0.56 x 0.56 x 3 mm). The moving scan is the same CT deformed by a synthetic breathing motion
-(``MLVIRNETLib.simulation.breathing.breathing_deformation``, 15 mm peak inside the lungs, lung density change
-and 10 HU noise), so the ground truth is known; TRE is measured at distinctive lung points.
+Each pair is a shared chest CT (fixed) and the same CT moved by synthetic breathing
+(``MLVIRNETLib.simulation.cases.synthetic_breathing_case``: breathing motion with sliding at the
+pleura, lung density change, 10 HU noise; 100 landmarks that follow the motion). Two variants:
 
-Every configuration runs in a fresh Python process (so its peak RSS is its own), reading the two
-scans from files, and reports the time of every stage of ``register``, the peak RSS
-(``ru_maxrss``) and the TRE. The ``cli`` configuration runs ``mlvirnet register`` end to end
-(reading, registering, writing the field) and reports its wall time and peak RSS.
+* ``clean``: that pair as it is;
+* ``thick``: the fixed scan acquired again with 1 x 1 x 2.5 mm voxels and low-dose noise
+  (``MLVIRNETLib.simulation.acquisition.LOW_DOSE_THICK_SLICE``, the COPDGene exhale protocol);
+  the landmarks are world points, so the ground truth is unchanged.
 
-Usage::
+For every pair and preset, ``mlvirnet register FIXED MOVING -o field.nii.gz --preset P --json`` runs
+in a fresh process. Reported: the wall time from process start until the field is written
+(``wall``), the stage times inside ``register()``, the peak RSS of that process, and the TRE
+(mean and 95th percentile, mm) of the written field at the landmarks, read back from the file.
 
-    python benchmarks/bench_register.py                      # the standard set
-    python benchmarks/bench_register.py --configs default network
-    python benchmarks/bench_register.py --list
-    python benchmarks/bench_register.py --configs shipped-network shipped --device cuda --warmup 1   # on a GPU
+Defaults: the two held-out CTs (``lungct_0103_0005``, the IBSI CT; no shipped model was trained
+on them) at 20 and 30 mm, and the 512 x 512 x 126 TCGA CT at 20 mm for the time target.
 
-The ``network*`` configurations use a randomly initialised network of the default 160^3 architecture
-(their timings are real, their TRE is meaningless); the ``shipped*`` configurations use the shipped
-model (``Resources/Models/mlvirnet_default.pt``).
+    python benchmarks/bench_register.py                              # everything (about 20 min)
+    python benchmarks/bench_register.py --cts tcga --peaks 20 --presets fast standard
+    python benchmarks/bench_register.py --cache /tmp/bench_cases     # keep the generated pairs
+    python benchmarks/bench_register.py --small                      # also a 100 x 100 x 50 pair
 """
 
 from __future__ import annotations
@@ -27,125 +28,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-CONFIGS: dict[str, dict] = {
-    # name: RegistrationOptions overrides (+ "model": "none" | "random")
-    "default": {"model": "none"},
-    "no-affine": {"model": "none", "affine": False},
-    "network": {"model": "random", "refine_iterations": 0},
-    "network-bf16": {"model": "random", "refine_iterations": 0, "use_bf16": True},
-    "network+refine": {"model": "random"},
-    "affine-only": {"model": "none", "refine_iterations": 0},
-    "shipped": {"model": "default"},
-    "shipped-network": {"model": "default", "refine_iterations": 0},
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+CTS = {
+    "lungct": "chest_ct/lungct_0103_0005.nii.gz",
+    "ibsi": "chest_ct/ibsi_nsclc_ct.nii.gz",
+    "tcga": "chest_ct/tcga_de_a4ma_chest_ct.nii.gz",
 }
-CLI_CONFIGS = {
-    # name: extra mlvirnet register arguments ("RANDOM" = the random model file)
-    "cli": ["--model", "none"],
-    "cli-network": ["--model", "RANDOM", "--refine", "0"],
-    "cli-shipped": ["--model", "default"],
-    "cli-shipped-network": ["--model", "default", "--refine", "0"],
-}
-STANDARD = ["default", "network", "cli", "cli-network"]
+DEFAULT_CASES = ["lungct:20", "lungct:30", "ibsi:20", "ibsi:30", "tcga:20"]
+PRESETS = ("fast", "standard", "accurate")
+STAGES = ("lung_mask", "affine", "preprocess", "network", "refine", "field")
 
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _child(spec: dict) -> None:
-    """Run one configuration (in its own process) and print one JSON line."""
-    import numpy as np
-    import torch
-
-    from MLVIRNETLib.io.images import read_image
-    from MLVIRNETLib.registration import RegistrationOptions, register
-
-    t0 = time.perf_counter()
-    fixed = read_image(spec["fixed"])
-    moving = read_image(spec["moving"])
-    fixed_mask = read_image(spec["fixed_mask"]) if spec.get("fixed_mask") else None
-    t_read = time.perf_counter() - t0
-    overrides = dict(spec["options"])
-    model_kind = overrides.pop("model", "none")
-    model = {"random": spec["random_model"], "default": "default"}.get(model_kind)
-    options = RegistrationOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-    device = spec.get("device", "cpu")
-    for _ in range(int(spec.get("warmup", 0))):  # untimed: CUDA context, cuDNN set-up, caches
-        register(fixed, moving, fixed_mask, model=model, device=device, options=options)
-    result = register(fixed, moving, fixed_mask, model=model, device=device, options=options)
-    pts = torch.as_tensor(np.load(spec["points"]), dtype=torch.float32)
-    target = torch.as_tensor(np.load(spec["targets"]), dtype=torch.float32)
-    err = (result.deformation.to("cpu").map_points(pts)[0] - target).norm(dim=-1)
-    print(json.dumps({
-        "read_s": round(t_read, 3),
-        "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "tre_mean": round(float(err.mean()), 3),
-        "tre_p95": round(float(err.quantile(0.95)), 3),
-        "folding_fraction": result.folding_fraction,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
-        "threads": torch.get_num_threads(),
-        "device": str(result.deformation.displacement.device),
-        "gpu": torch.cuda.get_device_name() if result.deformation.displacement.is_cuda else None,
-        "cuda_max_allocated_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                                  if result.deformation.displacement.is_cuda else None),
-        "messages": result.messages,
-    }))
-
-
-def _prepare(workdir: Path, data: Path, seed: int) -> dict:
-    """Write the fixed/moving pair, the fixed lung mask, landmarks and a random model into ``workdir``."""
-    import numpy as np
-    import SimpleITK as sitk
-    import torch
-
-    from MLVIRNETLib.core.geometry import ImageGrid
-    from MLVIRNETLib.io.images import read_image, write_image
-    from MLVIRNETLib.networks.cascade import NetworkConfig, build_network
-    from MLVIRNETLib.networks.model_files import save_model
-    from MLVIRNETLib.preprocessing.lungmask import LungMaskOptions, segment_lungs
-    from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
-
-    fixed = read_image(data)
-    mask = segment_lungs(fixed, LungMaskOptions(working_spacing_mm=3.0))
-    grid = ImageGrid.from_sitk(fixed)
-    field_grid = grid.resized(tuple(max(4, int(round(e / 2.0))) for e in grid.extent))  # ~2 mm
-    truth = breathing_deformation(field_grid, mask, peak_mm=15.0, seed=seed)
-    moving, _ = make_synthetic_pair(fixed, truth, mask, noise_hu=10.0, seed=seed)
-    rounded = sitk.GetImageFromArray(np.clip(np.rint(sitk.GetArrayViewFromImage(moving)), -32768, 32767).astype(np.int16))
-    rounded.CopyInformation(moving)
-    moving = rounded
-    points = sample_landmarks(fixed, mask, n=300, seed=seed)
-    targets = truth.map_points(torch.as_tensor(points, dtype=torch.float32))[0].numpy()
-    paths = {
-        "fixed": str(data),
-        "moving": str(workdir / "moving.nii.gz"),
-        "fixed_mask": str(workdir / "fixed_mask.nii.gz"),
-        "points": str(workdir / "points.npy"),
-        "targets": str(workdir / "targets.npy"),
-        "random_model": str(workdir / "random_model.pt"),
-    }
-    write_image(moving, paths["moving"])
-    write_image(mask, paths["fixed_mask"])
-    np.save(paths["points"], points)
-    np.save(paths["targets"], targets)
-    torch.manual_seed(seed)
-    config = NetworkConfig()
-    save_model(paths["random_model"], build_network(config), config, {"note": "random weights (benchmark)"})
-    initial = np.linalg.norm(targets - points, axis=1)
-    peak = float(truth.displacement[0].norm(dim=0).max())
-    print(f"pair: {grid.size} voxels, breathing peak {peak:.1f} mm, {len(points)} landmarks, "
-          f"initial error {initial.mean():.2f} mm (p95 {np.quantile(initial, 0.95):.2f}, max {initial.max():.2f})")
-    return paths
-
-
-_CLI_WRAPPER = (
+_CLI = (
     "import json, resource, sys\n"
     "from MLVIRNETLib.cli import main\n"
     "rc = main(sys.argv[1:])\n"
@@ -154,110 +56,122 @@ _CLI_WRAPPER = (
 )
 
 
-def _run_cli(paths: dict, workdir: Path, extra_args: list[str]) -> dict:
-    """``mlvirnet register`` end to end in a fresh process; its own peak RSS comes back on stderr."""
-    field = workdir / "field.nii.gz"
-    cmd = [sys.executable, "-c", _CLI_WRAPPER, "register", paths["fixed"], paths["moving"], "-o", str(field),
-           "--model", "none", "--json", "--quiet", *extra_args]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise RuntimeError(f"mlvirnet register failed: {proc.stderr.strip()}")
-    info = json.loads(proc.stdout.strip().splitlines()[-1])
-    rss = json.loads(proc.stderr.strip().splitlines()[-1])["peak_rss_mb"]
-    field.unlink()
-    return {"wall_s": round(wall, 2), "timings": info["timings"], "peak_rss_mb": round(rss, 1),
-            "folding_fraction": info["folding_fraction"]}
+def _small_ct(folder: Path) -> Path:
+    """The bundled CT resampled to 100 x 100 x 50 voxels (about 1.8 x 1.9 x 4.9 mm), int16."""
+    import SimpleITK as sitk
+
+    from MLVIRNETLib.core.geometry import ImageGrid
+    from MLVIRNETLib.paths import bundled_ct_path
+
+    ct = sitk.ReadImage(str(bundled_ct_path()))
+    grid = ImageGrid.from_sitk(ct).resized((100, 100, 50))
+    reference = sitk.Image(list(grid.size), sitk.sitkInt16)
+    grid.copy_to_sitk(reference)
+    path = folder / "small_ct_100x100x50.nii.gz"
+    sitk.WriteImage(sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16), str(path))
+    return path
 
 
-def _refine_sweep(paths: dict, sweep: list[dict]) -> None:
-    """Preprocess the pair once (fixed mask given, no affine), then time ``refine`` for each option set."""
+def _prepare(ct_path: Path, name: str, peak: float, folder: Path) -> dict:
+    """The clean and thick pairs of one CT and peak, with landmarks, written to ``folder`` (reused)."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    from MLVIRNETLib.io.images import read_image, write_image
+    from MLVIRNETLib.simulation.acquisition import LOW_DOSE_THICK_SLICE, simulate_acquisition
+    from MLVIRNETLib.simulation.cases import synthetic_breathing_case
+
+    stem = folder / f"{name}_{peak:g}mm"
+    files = {k: Path(f"{stem}_{k}") for k in ("fixed.nii.gz", "thick.nii.gz", "moving.nii.gz", "points.npz")}
+    if not all(p.exists() for p in files.values()):
+        fixed = read_image(ct_path)
+        case = synthetic_breathing_case(fixed, peak_mm=peak, seed=0, n_landmarks=100)
+        write_image(fixed, files["fixed.nii.gz"])
+        write_image(sitk.Cast(sitk.Round(case.moving), sitk.sitkInt16), files["moving.nii.gz"])
+        thick = simulate_acquisition(fixed, LOW_DOSE_THICK_SLICE, seed=1)
+        write_image(sitk.Cast(sitk.Round(thick), sitk.sitkInt16), files["thick.nii.gz"])
+        np.savez(files["points.npz"], fixed=case.fixed_points, moving=case.moving_points)
+    return {"clean": files["fixed.nii.gz"], "thick": files["thick.nii.gz"], "moving": files["moving.nii.gz"],
+            "points": files["points.npz"]}
+
+
+def _tre(field: Path, points: Path) -> tuple[float, float, float]:
+    """(mean, p95, initial mean) TRE in mm of ``field`` at the landmarks."""
     import numpy as np
     import torch
 
-    from MLVIRNETLib.io.images import read_image
-    from MLVIRNETLib.preprocessing.pair import PreprocessOptions, preprocess_pair
-    from MLVIRNETLib.registration.refine import RefineOptions, refine
+    from MLVIRNETLib.io.fields import read_field
 
-    pp = preprocess_pair(read_image(paths["fixed"]), read_image(paths["moving"]), read_image(paths["fixed_mask"]),
-                         options=PreprocessOptions())
-    pts = torch.as_tensor(np.load(paths["points"]), dtype=torch.float32)
-    target = torch.as_tensor(np.load(paths["targets"]), dtype=torch.float32)
-    for overrides in sweep:
-        opts = RefineOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-        t0 = time.perf_counter()
-        result = refine(pp.fixed, pp.moving, pp.grid, options=opts)
-        seconds = time.perf_counter() - t0
-        err = (result.deformation.map_points(pts)[0] - target).norm(dim=-1)
-        print(f"refine {json.dumps(overrides)}: {seconds:.1f} s, TRE {float(err.mean()):.2f} / p95 "
-              f"{float(err.quantile(0.95)):.2f} mm, folding {float(result.deformation.folding_fraction()):.5f}",
-              flush=True)
+    pts = np.load(points)
+    mapped = read_field(field).map_points(torch.as_tensor(pts["fixed"], dtype=torch.float32))[0].double().numpy()
+    err = np.linalg.norm(mapped - pts["moving"], axis=1)
+    initial = np.linalg.norm(pts["fixed"] - pts["moving"], axis=1)
+    return float(err.mean()), float(np.quantile(err, 0.95)), float(initial.mean())
+
+
+def _run(fixed: Path, moving: Path, preset: str, workdir: Path, device: str) -> dict:
+    """``mlvirnet register`` end to end in a fresh process."""
+    field = workdir / "field.nii.gz"
+    cmd = [sys.executable, "-c", _CLI, "register", str(fixed), str(moving), "-o", str(field), "--preset", preset,
+           "--json", "--quiet", "--device", device]
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise RuntimeError(f"mlvirnet register failed: {proc.stderr.strip()[-2000:]}")
+    info = json.loads(proc.stdout.strip().splitlines()[-1])
+    rss = json.loads(proc.stderr.strip().splitlines()[-1])["peak_rss_mb"]
+    return {"wall_s": wall, "timings": info["timings"], "peak_rss_mb": rss, "field": field,
+            "grid": info["network_grid"], "folding": info["folding_fraction"]}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=STANDARD, help=f"configurations (default {STANDARD})")
-    parser.add_argument("--list", action="store_true", help="list the configurations and exit")
-    parser.add_argument("--data", type=Path, default=None, help="fixed CT (default: the shared CPTAC scan)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--options", default="{}", help="JSON dict of RegistrationOptions overrides for every config")
-    parser.add_argument("--refine-sweep", default=None, metavar="JSON",
-                        help="instead of the configurations: time the refinement stage alone for each RefineOptions "
-                             "override in this JSON list, e.g. '[{\"iterations\": [80, 40]}, {\"optimizer\": \"adam\"}]'")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N for the register() configurations "
-                        "(the cli* ones pass it as --device)")
-    parser.add_argument("--warmup", type=int, default=0,
-                        help="untimed register() runs before the timed one, in the same process (use 1 on a GPU: "
-                             "the first call pays CUDA start-up); peak RSS then includes them")
-    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="CT:PEAK",
+                        help=f"CT name ({', '.join(CTS)}) and peak breathing motion in mm (default {DEFAULT_CASES})")
+    parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
+    parser.add_argument("--variants", nargs="+", default=["clean", "thick"], choices=("clean", "thick"))
+    parser.add_argument("--small", action="store_true", help="also the bundled CT at 100 x 100 x 50 voxels, 15 mm")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per row; the median wall time is reported")
+    parser.add_argument("--cache", type=Path, default=None, help="folder for the generated pairs (kept)")
+    parser.add_argument("--device", default="cpu", help="passed to mlvirnet register --device")
     args = parser.parse_args(argv)
-    if args.warmup < 0:
-        parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    if args.child is not None:
-        _child(json.loads(args.child))
-        return 0
-    if args.list:
-        for name, spec in CONFIGS.items():
-            print(f"{name}: {spec}")
-        for name, extra_args in CLI_CONFIGS.items():
-            print(f"{name}: mlvirnet register end to end (automatic lung mask) with {' '.join(extra_args)}")
-        return 0
-    data = args.data
-    if data is None:
-        from shared_data import shared_data_dir
+    from shared_data import shared_data_dir
 
-        shared = shared_data_dir()
-        if shared is None:
-            print("shared data not found (../shared/data); pass --data FIXED_CT", file=sys.stderr)
-            return 2
-        data = shared / "chest_ct" / "cptac_c3n00247_chest_ct.nii.gz"
-    extra = json.loads(args.options)
+    shared = shared_data_dir()
+    cases = []
+    for spec in args.cases:
+        name, _, peak = spec.partition(":")
+        if name not in CTS or not peak:
+            parser.error(f"--cases: expected CT:PEAK with CT one of {sorted(CTS)}, got {spec!r}")
+        cases.append((name, float(peak)))
+    if cases and shared is None:
+        print("shared data not found (../shared/data); use --cases with --small only", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="bench_register_") as tmp:
-        workdir = Path(tmp)
-        t0 = time.perf_counter()
-        paths = _prepare(workdir, data, args.seed)
-        print(f"prepared in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()}")
-        if args.refine_sweep is not None:
-            _refine_sweep(paths, json.loads(args.refine_sweep))
-            return 0
-        for name in args.configs:
-            if name in CLI_CONFIGS:
-                extra_args = [paths["random_model"] if a == "RANDOM" else a for a in CLI_CONFIGS[name]]
-                extra_args += ["--device", args.device]
-                out = _run_cli(paths, workdir, extra_args)
-                print(f"{name}: {json.dumps(out)}", flush=True)
-                continue
-            spec = dict(paths)
-            spec["options"] = {**CONFIGS[name], **extra}
-            spec["device"] = args.device
-            spec["warmup"] = args.warmup
-            proc = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
-                                  capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                print(f"{name}: FAILED: {proc.stderr.strip()[-2000:]}", flush=True)
-                continue
-            print(f"{name}: {proc.stdout.strip().splitlines()[-1]}", flush=True)
+        folder = args.cache if args.cache is not None else Path(tmp)
+        folder.mkdir(parents=True, exist_ok=True)
+        inputs = [(name, peak, shared / CTS[name]) for name, peak in cases]
+        if args.small:
+            inputs.append(("small", 15.0, _small_ct(folder)))
+        print(f"{os.cpu_count()} CPUs, torch threads: default; load average {os.getloadavg()}", flush=True)
+        print("| CT | motion | variant | preset | wall s | " + " | ".join(STAGES) + " | peak RSS MB | TRE mean (p95) mm |"
+              " grid |")
+        print("|" + "---|" * (9 + len(STAGES)))
+        for name, peak, ct_path in inputs:
+            pair = _prepare(ct_path, name, peak, folder)
+            for variant in args.variants:
+                for preset in args.presets:
+                    runs = [_run(pair[variant], pair["moving"], preset, Path(tmp), args.device)
+                            for _ in range(args.repeats)]
+                    run = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
+                    mean, p95, initial = _tre(run["field"], pair["points"])
+                    stages = " | ".join(f"{run['timings'].get(s, 0.0):.2f}" for s in STAGES)
+                    wall = statistics.median(r["wall_s"] for r in runs)
+                    print(f"| {name} | {peak:g} mm ({initial:.2f}) | {variant} | {preset} | {wall:.1f} | {stages} | "
+                          f"{run['peak_rss_mb']:.0f} | {mean:.3f} ({p95:.2f}) | {'x'.join(map(str, run['grid']))} |",
+                          flush=True)
     return 0
 
 

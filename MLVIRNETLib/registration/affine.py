@@ -24,6 +24,7 @@ import torch
 from ..core.deformation import Deformation
 from ..core.filters import gaussian_smooth, lowpass
 from ..core.geometry import ImageGrid, apply_affine
+from ..core.optimize import lbfgs
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..core.sampling import check_volume, grid_sample, inside_weight, sample
 from ..preprocessing.pair import HU_WINDOW, normalize_ct
@@ -363,22 +364,29 @@ class _Fitter:
 def _optimise_lbfgs(
     params: list[torch.nn.Parameter], objective: Callable[[], torch.Tensor], steps: int, report: Callable[[int], None]
 ) -> None:
-    """At most ``steps`` L-BFGS iterations (strong-Wolfe line search) of ``objective()`` (0-dim) over
-    ``params``; ``report(k)`` follows every evaluation, ``k`` = evaluations so far (at most ``steps``)."""
-    optimiser = torch.optim.LBFGS(params, lr=1.0, max_iter=steps, history_size=10, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-9, tolerance_change=1e-10)
-    evaluations = 0
+    """At most ``steps`` L-BFGS iterations (strong-Wolfe line search, :func:`MLVIRNETLib.core.optimize.lbfgs`)
+    of ``objective()`` (0-dim) over ``params``; ``report(k)`` follows every evaluation, ``k`` =
+    evaluations so far (at most ``steps``)."""
+    sizes = [p.numel() for p in params]
 
-    def closure() -> torch.Tensor:
-        nonlocal evaluations
-        optimiser.zero_grad()
+    def assign(x: torch.Tensor) -> None:
+        for p, piece in zip(params, torch.split(x, sizes)):
+            p.data.copy_(piece.view_as(p))
+
+    def f(x: torch.Tensor) -> tuple[float, torch.Tensor]:
+        assign(x)
+        for p in params:
+            p.grad = None
         loss = objective()
         loss.backward()
-        evaluations += 1
-        report(min(evaluations, steps))
-        return loss
+        return float(loss.detach()), torch.cat([p.grad.flatten() for p in params])
 
-    optimiser.step(closure)
+    x0 = torch.cat([p.detach().flatten() for p in params])
+    result = lbfgs(f, x0, max_iter=steps, tolerance_grad=1e-9, tolerance_change=1e-10,
+                   on_evaluation=lambda k, value: report(min(k, steps)))
+    assign(result.x)
+    for p in params:
+        p.grad = None
 
 
 def _optimise_adam(

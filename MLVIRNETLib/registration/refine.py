@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from ..core.deformation import Deformation
 from ..core.geometry import ImageGrid
+from ..core.optimize import lbfgs
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..core.pyramid import build_pyramid
 from ..core.sampling import check_volume, sample
@@ -432,7 +433,7 @@ def _optimise_lbfgs(
     The loss is a mean over voxels; L-BFGS sees it times the voxel count (a sum), so that the
     gradient has a scale: when no entry exceeds :data:`LBFGS_TOLERANCE_GRAD` the level is converged
     (identical images give pure rounding noise, which L-BFGS would otherwise amplify into large
-    steps). The unknowns are rescaled, ``u = scale * v``, so that torch's first trial step
+    steps). The unknowns are rescaled, ``u = scale * v``, so that the first trial step
     (``1 / |g|_1``) moves the fastest voxel by :data:`FIRST_STEP_VOXELS` of the level's smallest
     voxel size ``voxel_mm``; unscaled, it is a tiny step into the kink that trilinear interpolation
     has at voxel centres, which the line search accepts and the optimisation stalls.
@@ -449,26 +450,19 @@ def _optimise_lbfgs(
     scale = step * g_sum / g_max  # the first step min(1, 1/|g_v|_1) * g_v then moves u by ``step``
     if scale * g_sum < 1.0:
         scale = math.sqrt(step / g_max)
-    v = (u_inner.detach() / scale).requires_grad_(True)
-    optimiser = torch.optim.LBFGS(
-        [v], lr=1.0, max_iter=iterations, history_size=10, line_search_fn="strong_wolfe",
-        tolerance_grad=LBFGS_TOLERANCE_GRAD * scale, tolerance_change=LBFGS_TOLERANCE_CHANGE / scale,
-    )
-    evaluations = 0
 
-    def closure() -> torch.Tensor:
-        nonlocal evaluations
-        optimiser.zero_grad(set_to_none=True)
-        u_inner.data = v.detach() * scale
+    def f(v: torch.Tensor) -> tuple[float, torch.Tensor]:
+        u_inner.data = v * scale
         u_inner.grad = None
         loss, _ = objective()
         (loss * n_voxels).backward()
-        v.grad = u_inner.grad * scale
-        evaluations += 1
-        report(min(evaluations, iterations), loss)
-        return loss.detach() * n_voxels
+        return float(loss.detach()) * n_voxels, u_inner.grad * scale
 
-    optimiser.step(closure)
+    result = lbfgs(
+        f, u_inner.detach() / scale, max_iter=iterations, history=10,
+        tolerance_grad=LBFGS_TOLERANCE_GRAD * scale, tolerance_change=LBFGS_TOLERANCE_CHANGE / scale,
+        on_evaluation=lambda k, value: report(min(k, iterations), torch.tensor(value / n_voxels)),
+    )
     with torch.no_grad():
-        u_inner.data = v.detach() * scale
+        u_inner.data = result.x * scale
         u_inner.grad = None
