@@ -41,7 +41,8 @@ class RegistrationOptions:
     Attributes:
         network_size: grid ``(nx, ny, nz)`` of preprocessing and refinement over the crop box, or
             ``"auto"``: about cubic voxels, ``grid_max_voxels`` along the box's longest side but no
-            smaller than ``grid_min_spacing_fraction`` of the fixed image's smallest voxel size
+            smaller than ``grid_min_spacing_fraction`` of the fixed image's mean voxel size (the
+            geometric mean of its spacing: the grid then has no more voxels than the image in the box)
             (:func:`~MLVIRNETLib.preprocessing.pair.auto_grid_size`), so that the work follows the
             image. A model runs at its own input size on the same box (resampled from this grid;
             with ``refine_iterations=0`` the images are preprocessed straight to the model's size).
@@ -190,7 +191,9 @@ class RegistrationOptions:
         size = network_size if network_size is not None else self.network_size
         refine = self.refine_options()
         multiple = max(refine.level_factors) if sum(refine.iterations_per_level()) > 0 else 4
-        min_spacing = self.grid_min_spacing_fraction * min(fixed_spacing_mm) if fixed_spacing_mm is not None else 0.0
+        min_spacing = 0.0
+        if fixed_spacing_mm is not None:
+            min_spacing = self.grid_min_spacing_fraction * float(np.prod(fixed_spacing_mm)) ** (1.0 / 3.0)
         return PreprocessOptions(
             network_size=size if isinstance(size, str) else tuple(size),  # type: ignore[arg-type]
             hu_window=self.hu_window,

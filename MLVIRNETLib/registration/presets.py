@@ -6,7 +6,10 @@
     the defaults of :class:`RegistrationOptions`: network, then refinement on 1/4 and 1/2 of the
     working grid.
 ``accurate``
-    network, then refinement on 1/4, 1/2 and the whole working grid.
+    network, then refinement on a finer working grid (224 voxels along the lung box's longest
+    side instead of 160) with more iterations on its finer level: the accuracy follows the
+    resolution of the working grid, and this buys more of it per second than a third refinement
+    level at full resolution (docs/performance.md).
 
 Each preset is a set of :class:`RegistrationOptions` fields; anything passed beside it wins. The
 measured time and accuracy of each are in ``docs/performance.md`` (``benchmarks/bench_register.py``).
@@ -23,7 +26,7 @@ __all__ = ["DEFAULT_PRESET", "PRESETS", "preset_options"]
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"refine_iterations": 0},
     "standard": {},
-    "accurate": {"refine_levels": (4, 2, 1), "refine_iterations": (150, 60, 30)},
+    "accurate": {"grid_max_voxels": 224, "refine_iterations": (150, 80)},
 }
 """Preset name -> the :class:`RegistrationOptions` fields it sets (the rest keep their defaults)."""
 

@@ -18,8 +18,9 @@ def test_presets_set_what_they_say() -> None:
     assert preset_options("standard") == RegistrationOptions()
     fast = preset_options("fast")
     assert sum(fast.refine_options().iterations_per_level()) == 0
-    accurate = preset_options("accurate")
-    assert min(accurate.refine_levels) == 1 and len(accurate.refine_levels) == len(accurate.refine_iterations)
+    accurate, standard = preset_options("accurate"), preset_options("standard")
+    assert accurate.grid_max_voxels > standard.grid_max_voxels
+    assert sum(accurate.refine_options().iterations_per_level()) > sum(standard.refine_options().iterations_per_level())
     assert set(PRESETS) == {"fast", "standard", "accurate"}
 
 
