@@ -48,10 +48,13 @@ PRESETS = ("fast", "standard", "accurate")
 STAGES = ("lung_mask", "affine", "preprocess", "network", "refine", "field")
 
 _CLI = (
-    "import json, resource, sys\n"
+    "import json, sys\n"
     "from MLVIRNETLib.cli import main\n"
     "rc = main(sys.argv[1:])\n"
-    "print(json.dumps({'peak_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0}), file=sys.stderr)\n"
+    # VmHWM is this process's own peak; ru_maxrss would include the parent's size at fork (Linux keeps
+    # the larger of the two across exec), and the parent holds the generated pairs
+    "hwm = [line for line in open('/proc/self/status') if line.startswith('VmHWM:')][0].split()[1]\n"
+    "print(json.dumps({'peak_rss_mb': int(hwm) / 1024.0}), file=sys.stderr)\n"
     "sys.exit(rc)\n"
 )
 

@@ -48,7 +48,7 @@ from ..core.progress import CancelFn, Progress, ProgressFn
 from ..preprocessing.pair import PreprocessedPair, image_to_hu_tensor, mask_to_tensor, preprocess_pair
 from .affine import affine_register, compose_affine
 from .options import RegistrationOptions, RegistrationResult, as_options, field_of_view_lps, hu_messages, validate_pair
-from .refine import refine
+from .refine import identity_if_better, refine
 from .warp import _full_field
 
 if TYPE_CHECKING:
@@ -270,6 +270,8 @@ def _register(
             levels.extend(r.levels)
         if phi is None:
             phi = Deformation.identity(pp.grid, device=dev)
+        elif n_refine == 0:
+            phi = _no_motion_if_better(phi, pp, refine_opts, messages)
 
     with _timed("field", timings, dev):
         prog.stage(0.90, 0.10, "full-resolution field")
@@ -394,6 +396,19 @@ def _lung_masks(
             messages.append(f"no automatic moving lung mask ({exc}); mask term off")
             prog(1.0, messages[-1])
     return fixed_mask, moving_mask
+
+
+def _no_motion_if_better(phi: Deformation, pp: PreprocessedPair, refine_opts, messages: list[str]) -> Deformation:
+    """The network's ``phi``, or the identity when that fits the pair better (network alone): the
+    shipped network moves identical scans by up to 2 mm."""
+    factor = max(refine_opts.level_factors)
+    if any(n % factor or n // factor < 3 for n in pp.grid.size):
+        return phi
+    valid = pp.moving_valid if pp.moving_valid is not None and bool((pp.moving_valid < 0.999).any()) else None
+    chosen, identity = identity_if_better(pp.fixed, pp.moving, pp.grid, phi, refine_opts, valid)
+    if identity:
+        messages.append("the network's deformation fitted the images worse than no motion; kept the identity")
+    return chosen
 
 
 def _network_stage(

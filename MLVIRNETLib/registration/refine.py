@@ -204,6 +204,34 @@ def refine(
     return RefineResult(current.on_grid(grid), levels, losses)
 
 
+def identity_if_better(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    grid: ImageGrid,
+    deformation: Deformation,
+    options: RefineOptions | None = None,
+    moving_valid: torch.Tensor | None = None,
+) -> tuple[Deformation, bool]:
+    """``(deformation, False)``, or ``(identity, True)`` when the identity has the lower refinement
+    objective on the coarsest level of ``options`` (without optimising anything): what a network
+    alone should return for scans that did not move.
+
+    Args:
+        fixed, moving: ``(1, 1, D, H, W)`` normalised images on ``grid`` (divisible by the coarsest factor).
+        grid: their grid.
+        deformation: the candidate (any grid).
+        options: the objective's weights and levels (default :class:`RefineOptions`).
+        moving_valid: as in :func:`refine`.
+    """
+    opts = options if options is not None else RefineOptions()
+    weights = LossWeights(opts.alpha, 0.0, opts.ngf_eps)
+    level = _build_levels(fixed, moving, grid, (max(opts.level_factors),), None, None, None, moving_valid)[0]
+    chosen = _better_start(level, deformation, weights)
+    if chosen is deformation:
+        return deformation, False
+    return Deformation.identity(grid, device=fixed.device), True
+
+
 def _better_start(level: "_LevelData", initial: Deformation, weights: LossWeights) -> Deformation:
     """``initial`` or the identity on ``level.grid``, whichever has the lower objective on ``level``."""
     identity = Deformation.identity(level.grid, device=level.fixed.device)
