@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{os.cpu_count()} CPUs, torch threads: default; load average {os.getloadavg()}", flush=True)
         print("| CT | motion | variant | preset | wall s | " + " | ".join(STAGES) + " | peak RSS MB | TRE mean (p95) mm |"
               " grid |")
-        print("|" + "---|" * (9 + len(STAGES)))
+        print("|" + "---|" * (8 + len(STAGES)))
         for name, peak, ct_path in inputs:
             pair = _prepare(ct_path, name, peak, folder)
             for variant in args.variants:

@@ -56,8 +56,9 @@ class PreprocessOptions:
         crop_to_lungs: crop the fixed field of view to the lung bounding box (needs a fixed mask).
         crop_margin_mm: margin added on every side of the lung bounding box, mm.
         antialias: Gaussian low-pass before downsampling (recommended; off only for tests).
-        auto_max_voxels: with ``network_size="auto"``, the most voxels along the box's longest side.
-        auto_min_spacing_mm: with ``network_size="auto"``, the smallest voxel size of the grid, mm.
+        auto_max_voxels: with ``network_size="auto"``, the most voxels along each axis.
+        auto_min_spacing_mm: with ``network_size="auto"``, the smallest voxel size of the grid, mm
+            (one value, or one per axis ``(x, y, z)`` of the fixed image).
         size_multiple: with ``network_size="auto"``, every size is a multiple of this (the
             refinement's coarsest level divides it).
     """
@@ -68,7 +69,7 @@ class PreprocessOptions:
     crop_margin_mm: float = 10.0
     antialias: bool = True
     auto_max_voxels: int = 160
-    auto_min_spacing_mm: float = 0.0
+    auto_min_spacing_mm: float | tuple[float, float, float] = 0.0
     size_multiple: int = 4
 
     def __post_init__(self) -> None:
@@ -84,8 +85,11 @@ class PreprocessOptions:
             raise ValueError(
                 f"auto_max_voxels must be >= 4 and size_multiple >= 1, got {self.auto_max_voxels}, {self.size_multiple}"
             )
-        if not (math.isfinite(float(self.auto_min_spacing_mm)) and float(self.auto_min_spacing_mm) >= 0):
-            raise ValueError(f"auto_min_spacing_mm must be a finite value >= 0, got {self.auto_min_spacing_mm}")
+        floor = np.asarray(self.auto_min_spacing_mm, dtype=float)
+        if floor.shape not in ((), (3,)) or not (np.all(np.isfinite(floor)) and np.all(floor >= 0)):
+            raise ValueError(
+                f"auto_min_spacing_mm must be one or three finite values >= 0, got {self.auto_min_spacing_mm}"
+            )
         lo, hi = (float(v) for v in self.hu_window)
         if not (math.isfinite(lo) and math.isfinite(hi) and hi > lo):
             raise ValueError(f"hu_window must be (low, high) with high > low, got {self.hu_window}")
@@ -252,20 +256,24 @@ def network_grid(
     return box.resized(size), (tuple(lo), tuple(hi))  # type: ignore[return-value]
 
 
-def auto_grid_size(box: ImageGrid, max_voxels: int = 160, min_spacing_mm: float = 0.0,
+def auto_grid_size(box: ImageGrid, max_voxels: int = 160, min_spacing_mm: float | Sequence[float] = 0.0,
                    multiple: int = 4) -> tuple[int, int, int]:
-    """Voxels ``(nx, ny, nz)`` of a grid over ``box`` whose voxels are about cubic, of side
-    ``max(longest side / max_voxels, min_spacing_mm)`` mm, each size rounded to the nearest multiple of
-    ``multiple`` (at least ``multiple``, and at least 4).
+    """Voxels ``(nx, ny, nz)`` of a grid over ``box``: along each axis ``max_voxels``, but no more
+    than the box's extent divided by ``min_spacing_mm`` (one value, or one per axis ``(x, y, z)``),
+    each size rounded to the nearest multiple of ``multiple`` (at least ``multiple``, and at least 4).
 
-    A large field of view thus gets ``max_voxels`` along its longest side, and a small or coarse
-    scan a grid no finer than ``min_spacing_mm``: the work follows the image.
+    With ``min_spacing_mm`` a fraction of the image's own voxel size, a scan with fine voxels gets
+    ``max_voxels`` per axis and a small or coarse scan (or a thick-slice axis) a smaller grid: the
+    work follows the image.
     """
     extent = np.asarray(box.extent, dtype=float)
-    spacing = max(float(extent.max()) / int(max_voxels), float(min_spacing_mm))
+    floor = np.broadcast_to(np.asarray(min_spacing_mm, dtype=float), (3,))
     step = int(multiple)
     lowest = max(step, -(-4 // step) * step)
-    size = [max(lowest, int(round(e / spacing / step)) * step) for e in extent]
+    size = []
+    for e, s in zip(extent, floor):
+        n = float(max_voxels) if s <= 0 else min(float(max_voxels), e / s)
+        size.append(max(lowest, int(round(n / step)) * step))
     return tuple(size)  # type: ignore[return-value]
 
 

@@ -40,12 +40,12 @@ class RegistrationOptions:
 
     Attributes:
         network_size: grid ``(nx, ny, nz)`` of preprocessing and refinement over the crop box, or
-            ``"auto"``: about cubic voxels, ``grid_max_voxels`` along the box's longest side but no
-            smaller than ``grid_min_spacing_fraction`` of the fixed image's mean voxel size (the
-            geometric mean of its spacing: the grid then has no more voxels than the image in the box)
-            (:func:`~MLVIRNETLib.preprocessing.pair.auto_grid_size`), so that the work follows the
-            image. A model runs at its own input size on the same box (resampled from this grid;
-            with ``refine_iterations=0`` the images are preprocessed straight to the model's size).
+            ``"auto"``: ``grid_max_voxels`` along each axis, but voxels no smaller than
+            ``grid_min_spacing_fraction`` of the fixed image's voxel size along that axis
+            (:func:`~MLVIRNETLib.preprocessing.pair.auto_grid_size`), so that a small, coarse or
+            thick-slice scan gets a smaller grid. A model runs at its own input size on the same box
+            (resampled from this grid; with ``refine_iterations=0`` the images are preprocessed
+            straight to the model's size).
         grid_max_voxels: see ``network_size="auto"``.
         grid_min_spacing_fraction: see ``network_size="auto"``.
         refine_iterations: L-BFGS iterations per refinement level (int, or one per level);
@@ -191,16 +191,16 @@ class RegistrationOptions:
         size = network_size if network_size is not None else self.network_size
         refine = self.refine_options()
         multiple = max(refine.level_factors) if sum(refine.iterations_per_level()) > 0 else 4
-        min_spacing = 0.0
+        min_spacing: float | tuple[float, ...] = 0.0
         if fixed_spacing_mm is not None:
-            min_spacing = self.grid_min_spacing_fraction * float(np.prod(fixed_spacing_mm)) ** (1.0 / 3.0)
+            min_spacing = tuple(self.grid_min_spacing_fraction * float(v) for v in fixed_spacing_mm)
         return PreprocessOptions(
             network_size=size if isinstance(size, str) else tuple(size),  # type: ignore[arg-type]
             hu_window=self.hu_window,
             crop_to_lungs=self.crop_to_lungs,
             crop_margin_mm=self.crop_margin_mm,
             auto_max_voxels=int(self.grid_max_voxels),
-            auto_min_spacing_mm=float(min_spacing),
+            auto_min_spacing_mm=min_spacing,
             size_multiple=int(multiple),
         )
 

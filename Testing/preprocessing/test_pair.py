@@ -169,18 +169,21 @@ def test_auto_grid_follows_the_box_and_the_voxel_size() -> None:
     from MLVIRNETLib.preprocessing.pair import auto_grid_size
 
     box = ImageGrid((300, 200, 100), (1.0, 1.0, 2.0), (5.0, -3.0, 2.0))  # 300 x 200 x 200 mm
-    assert auto_grid_size(box, max_voxels=160) == (160, 108, 108)  # 1.875 mm voxels, multiples of 4
+    assert auto_grid_size(box, max_voxels=160) == (160, 160, 160)  # fine voxels: the cap on every axis
     assert auto_grid_size(box, max_voxels=160, min_spacing_mm=5.0) == (60, 40, 40)
-    assert auto_grid_size(box, max_voxels=160, multiple=8) == (160, 104, 104)
+    assert auto_grid_size(box, max_voxels=160, min_spacing_mm=(0.5, 0.5, 2.0)) == (160, 160, 100)  # thick slices
+    assert auto_grid_size(box, max_voxels=150, min_spacing_mm=(0.5, 0.5, 3.0), multiple=8) == (152, 152, 64)
     tiny = ImageGrid((10, 10, 2), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
     assert auto_grid_size(tiny, max_voxels=160, min_spacing_mm=3.0, multiple=4) == (4, 4, 4)
 
 
 def test_network_grid_auto_keeps_the_box() -> None:
     grid = ImageGrid((100, 90, 60), (0.8, 0.8, 2.5), (-40.0, 10.0, 5.0))
-    net, box = network_grid(grid, None, PreprocessOptions(network_size="auto", auto_min_spacing_mm=2.0))
+    net, box = network_grid(grid, None, PreprocessOptions(network_size="auto", auto_min_spacing_mm=(0.4, 0.4, 1.25)))
     assert box == ((0, 0, 0), (100, 90, 60))
     np.testing.assert_allclose(net.extent, grid.extent)
-    assert all(n % 4 == 0 for n in net.size) and max(net.spacing) <= 2.2
+    assert net.size == (160, 160, 120)
+    with pytest.raises(ValueError, match="auto_min_spacing_mm"):
+        PreprocessOptions(network_size="auto", auto_min_spacing_mm=(1.0, -1.0, 1.0))
     with pytest.raises(ValueError, match="'auto'"):
         PreprocessOptions(network_size="big")
