@@ -8,6 +8,9 @@ Holds:
     filters      Gaussian smoothing, box downsampling, anti-aliased resampling.
     devices      torch device choice and synchronisation.
     progress     the one progress/cancel protocol and :class:`RegistrationCancelled`.
+    sampling     trilinear sampling on grids (the only ``grid_sample`` caller; threaded on the CPU).
+    optimize     L-BFGS with a strong-Wolfe line search on one tensor of unknowns.
+    threads      the OpenMP wait policy (passive) set before torch loads (no torch needed).
 
 May import: torch, numpy and the standard library only; nothing else of MLVIRNETLib.
 

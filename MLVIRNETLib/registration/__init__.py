@@ -6,6 +6,7 @@ Holds:
     pipeline  :func:`register`, one function per stage.
     affine    the affine pre-alignment.
     refine    the variational multilevel refinement (instance optimisation).
+    fused_objective  its objective with a hand-written gradient (no autograd graph).
     warp      the full-resolution field and warped images, in slabs.
 
 May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.preprocessing`,

@@ -6,10 +6,10 @@
     the defaults of :class:`RegistrationOptions`: network, then refinement on 1/4 and 1/2 of the
     working grid.
 ``accurate``
-    network, then refinement on a finer working grid (224 voxels along the lung box's longest
-    side instead of 160) with more iterations on its finer level: the accuracy follows the
-    resolution of the working grid, and this buys more of it per second than a third refinement
-    level at full resolution (docs/performance.md).
+    network, then refinement on a finer working grid (at most 224 voxels per axis instead of 160)
+    with more iterations on its finer level: the accuracy follows the resolution of the working
+    grid, and this bought more of it per second than a third refinement level at full resolution
+    (docs/performance.md).
 
 Each preset is a set of :class:`RegistrationOptions` fields; anything passed beside it wins. The
 measured time and accuracy of each are in ``docs/performance.md`` (``benchmarks/bench_register.py``).

@@ -3,6 +3,7 @@
 Holds:
     breathing  smooth random and breathing-like deformations, synthetic pairs, landmarks.
     phantoms   CT-like phantoms around a lung mask (to test the lung mask).
+    acquisition  the same anatomy scanned again: thicker slices, coarser voxels, a lower dose.
 
 May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.preprocessing`.
 """

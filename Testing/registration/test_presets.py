@@ -43,3 +43,13 @@ def test_an_image_registered_to_itself_stays_put(voxels: str, preset: str) -> No
     result = register(ct, ct, options=preset_options(preset))
     length = result.deformation.displacement[0].norm(dim=0).numpy()
     assert float(np.max(length[lungs])) < 0.3
+
+
+def test_the_auto_grid_floor_follows_the_fixed_voxel_size() -> None:
+    """Half the fixed voxel size per axis, passed to preprocessing with the coarsest refinement factor."""
+    pre = RegistrationOptions().preprocess_options(None, (0.7, 0.8, 8.0))
+    assert pre.network_size == "auto" and pre.auto_max_voxels == 160 and pre.size_multiple == 4
+    np.testing.assert_allclose(pre.auto_min_spacing_mm, (0.35, 0.4, 4.0))
+    assert preset_options("accurate").preprocess_options(None, (1.0, 1.0, 1.0)).auto_max_voxels == 224
+    with pytest.raises(ValueError, match="grid_max_voxels"):
+        RegistrationOptions(grid_max_voxels=4)
