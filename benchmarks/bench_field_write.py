@@ -35,15 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     from MLVIRNETLib.preprocessing.lungmask import segment_lungs
     from MLVIRNETLib.simulation.breathing import breathing_deformation
 
-    ct = args.ct
-    if ct is None:
-        from shared_data import shared_data_dir
+    from shared_data import chest_ct_or_default
 
-        shared = shared_data_dir()
-        if shared is None:
-            print("shared data not found (../shared/data); pass --ct", file=sys.stderr)
-            return 2
-        ct = shared / "chest_ct" / "tcga_de_a4ma_chest_ct.nii.gz"
+    ct = chest_ct_or_default(args.ct, "tcga_de_a4ma_chest_ct.nii.gz", "--ct")
+    if ct is None:
+        return 2
     image = read_image(ct)
     grid = ImageGrid.from_sitk(image)
     coarse = breathing_deformation(grid.resized(tuple(max(4, int(e // 4)) for e in grid.extent)), segment_lungs(image),

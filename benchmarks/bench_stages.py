@@ -226,15 +226,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra_args in CLI_CONFIGS.items():
             print(f"{name}: mlvirnet register end to end (automatic lung mask) with {' '.join(extra_args)}")
         return 0
-    data = args.data
-    if data is None:
-        from shared_data import shared_data_dir
+    from shared_data import chest_ct_or_default
 
-        shared = shared_data_dir()
-        if shared is None:
-            print("shared data not found (../shared/data); pass --data FIXED_CT", file=sys.stderr)
-            return 2
-        data = shared / "chest_ct" / "cptac_c3n00247_chest_ct.nii.gz"
+    data = chest_ct_or_default(args.data, "cptac_c3n00247_chest_ct.nii.gz", "--data FIXED_CT")
+    if data is None:
+        return 2
     extra = json.loads(args.options)
     with tempfile.TemporaryDirectory(prefix="bench_register_") as tmp:
         workdir = Path(tmp)

@@ -56,15 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--preset", default="standard")
     parser.add_argument("--top", type=int, default=20, help="functions to list")
     args = parser.parse_args(argv)
-    ct = args.ct
-    if ct is None:
-        from shared_data import shared_data_dir
+    from shared_data import chest_ct_or_default
 
-        shared = shared_data_dir()
-        if shared is None:
-            print("shared data not found (../shared/data); pass --ct", file=sys.stderr)
-            return 2
-        ct = shared / "chest_ct" / "cptac_c3n00247_chest_ct.nii.gz"
+    ct = chest_ct_or_default(args.ct, "cptac_c3n00247_chest_ct.nii.gz", "--ct")
+    if ct is None:
+        return 2
     with tempfile.TemporaryDirectory(prefix="profile_register_") as tmp:
         fixed, moving = _pair(ct, Path(tmp), args.thick)
         command = ["register", str(fixed), str(moving), "-o", str(Path(tmp) / "field.nii.gz"), "--json", "--quiet",
