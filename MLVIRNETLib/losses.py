@@ -104,7 +104,7 @@ def _interior(t: torch.Tensor) -> torch.Tensor:
     return t[:, :, 1:-1, 1:-1, 1:-1]
 
 
-def _central_gradient(image: torch.Tensor, spacing: tuple[float, float, float]) -> tuple[torch.Tensor, ...]:
+def central_gradient(image: torch.Tensor, spacing: tuple[float, float, float]) -> tuple[torch.Tensor, ...]:
     """Central differences on the interior, in intensity per mm.
 
     Args:
@@ -182,8 +182,8 @@ def ngf(
 
     f = _as_compute(fixed)
     m = _as_compute(moving)
-    fx, fy, fz = _central_gradient(f, s)
-    mx, my, mz = _central_gradient(m, s)
+    fx, fy, fz = central_gradient(f, s)
+    mx, my, mz = central_gradient(m, s)
     e2 = eps * eps
     inner = fx * mx + fy * my + fz * mz + e2
     norm_f = fx * fx + fy * fy + fz * fz + e2
@@ -218,13 +218,18 @@ def curvature(displacement: torch.Tensor, spacing: Sequence[float]) -> torch.Ten
         0-dim tensor, unit mm^-2.
     """
     _check_5d(displacement, "displacement", channels=3)
-    sx, sy, sz = _check_spacing(spacing)
-    u = _as_compute(displacement)
+    lap = interior_laplacian(_as_compute(displacement), _check_spacing(spacing))
+    return 0.5 * (lap * lap).mean()
+
+
+def interior_laplacian(u: torch.Tensor, spacing: tuple[float, float, float]) -> torch.Tensor:
+    """Second central differences summed over the axes, per mm^2, at the interior voxels of
+    ``(N, C, D, H, W)``: ``(N, C, D-2, H-2, W-2)``."""
+    sx, sy, sz = spacing
     c = u[:, :, 1:-1, 1:-1, 1:-1]
     lap = (u[:, :, 1:-1, 1:-1, 2:] - 2.0 * c + u[:, :, 1:-1, 1:-1, :-2]) / (sx * sx)
     lap = lap + (u[:, :, 1:-1, 2:, 1:-1] - 2.0 * c + u[:, :, 1:-1, :-2, 1:-1]) / (sy * sy)
-    lap = lap + (u[:, :, 2:, 1:-1, 1:-1] - 2.0 * c + u[:, :, :-2, 1:-1, 1:-1]) / (sz * sz)
-    return 0.5 * (lap * lap).mean()
+    return lap + (u[:, :, 2:, 1:-1, 1:-1] - 2.0 * c + u[:, :, :-2, 1:-1, 1:-1]) / (sz * sz)
 
 
 def mask_loss(mask_fixed: torch.Tensor, mask_warped: torch.Tensor) -> torch.Tensor:

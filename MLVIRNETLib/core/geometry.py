@@ -443,6 +443,13 @@ class ImageGrid:
         )
 
 
+def normalized_to_index(coords: Array, n: int) -> Array:
+    """Normalised ``grid_sample`` coordinates (``align_corners=False``) along an axis of ``n``
+    voxels -> continuous voxel index along it (the inverse of
+    :meth:`ImageGrid.index_to_normalized_matrix` on one axis): ``-1 -> -0.5``, ``1 -> n - 0.5``."""
+    return ((coords + 1.0) * n - 1.0) / 2.0
+
+
 # ----------------------------------------------------------------------------------------------
 # Matrices on points
 # ----------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .geometry import ALIGN_CORNERS, ImageGrid, index_affine_terms, index_axis_to_array_axis
+from .geometry import ALIGN_CORNERS, ImageGrid, index_affine_terms, index_axis_to_array_axis, normalized_to_index
 
 
 def check_volume(data: torch.Tensor, grid: ImageGrid, name: str = "volume") -> None:
@@ -244,7 +244,7 @@ def inside_weight(coords: torch.Tensor, shape_zyx: tuple[int, int, int]) -> torc
     """
     weight = None
     for axis, n in enumerate(reversed(shape_zyx)):  # coords are (x, y, z); x runs along W
-        pos = ((coords[..., axis] + 1.0) * n - 1.0) / 2.0  # unnormalised voxel position
+        pos = normalized_to_index(coords[..., axis], n)
         w = torch.minimum(pos + 1.0, n - pos).clamp(0.0, 1.0)
         weight = w if weight is None else weight * w
     return weight[:, None]
@@ -269,7 +269,7 @@ def _separable_linear(
         n_tgt = target.size[axis]
         idx = torch.arange(n_tgt, dtype=torch.float64, device=data.device)
         norm = scale[axis] * idx + shift[axis]
-        pos = ((norm + 1.0) * n_src - 1.0) / 2.0  # unnormalise (align_corners=False)
+        pos = normalized_to_index(norm, n_src)
         if zeros:  # source index i is padded index i + 1; beyond one voxel outside, all is zero
             pad = [0, 0, 0, 0, 0, 0]
             pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = 1

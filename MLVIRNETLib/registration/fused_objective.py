@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from ..core.geometry import ImageGrid
 from ..core.sampling import grid_sample, sampler_backward
+from ..losses import central_gradient, interior_laplacian  # the very differences of registration_loss
 
 __all__ = ["FusedLevel", "fused_level_loss"]
 
@@ -68,23 +69,14 @@ class FusedLevel:
         # (kept as numbers on the host: reading them never waits for a device)
         self.base = self.grid.world_to_normalized(self.grid.world_points(dtype=torch.float64))[None].to(dtype).to(device)
         self.linear = np.asarray(self.grid.world_to_normalized_matrix(), dtype=float)[:3, :3]
-        self.fixed_grad = _central(self.fixed, self.grid.spacing)
+        self.fixed_grad = central_gradient(self.fixed, self.grid.spacing)
         e2 = float(self.ngf_eps) ** 2
         fx, fy, fz = self.fixed_grad
         self.fixed_norm = fx * fx + fy * fy + fz * fz + e2
 
 
-def _central(image: torch.Tensor, spacing) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Central differences at interior voxels, ``(gx, gy, gz)`` (same as :mod:`MLVIRNETLib.losses`)."""
-    sx, sy, sz = spacing
-    gx = (image[:, :, 1:-1, 1:-1, 2:] - image[:, :, 1:-1, 1:-1, :-2]) / (2.0 * sx)
-    gy = (image[:, :, 1:-1, 2:, 1:-1] - image[:, :, 1:-1, :-2, 1:-1]) / (2.0 * sy)
-    gz = (image[:, :, 2:, 1:-1, 1:-1] - image[:, :, :-2, 1:-1, 1:-1]) / (2.0 * sz)
-    return gx, gy, gz
-
-
 def _central_adjoint(gx: torch.Tensor, gy: torch.Tensor, gz: torch.Tensor, spacing, shape) -> torch.Tensor:
-    """The adjoint of :func:`_central`: the gradient on the full ``(N, C, D, H, W)`` volume of
+    """The adjoint of the central differences (``losses.central_gradient``): the gradient on the full ``(N, C, D, H, W)`` volume of
     ``sum(gx * Dx v + gy * Dy v + gz * Dz v)`` with respect to ``v``."""
     sx, sy, sz = spacing
     out = gx.new_zeros(shape)
@@ -98,17 +90,8 @@ def _central_adjoint(gx: torch.Tensor, gy: torch.Tensor, gz: torch.Tensor, spaci
     return out
 
 
-def _laplacian(u: torch.Tensor, spacing) -> torch.Tensor:
-    """Interior Laplacian of ``(N, 3, D, H, W)`` (as :func:`MLVIRNETLib.losses.curvature`)."""
-    sx, sy, sz = spacing
-    c = u[:, :, 1:-1, 1:-1, 1:-1]
-    lap = (u[:, :, 1:-1, 1:-1, 2:] - 2.0 * c + u[:, :, 1:-1, 1:-1, :-2]) / (sx * sx)
-    lap = lap + (u[:, :, 1:-1, 2:, 1:-1] - 2.0 * c + u[:, :, 1:-1, :-2, 1:-1]) / (sy * sy)
-    return lap + (u[:, :, 2:, 1:-1, 1:-1] - 2.0 * c + u[:, :, :-2, 1:-1, 1:-1]) / (sz * sz)
-
-
 def _laplacian_adjoint(g: torch.Tensor, spacing, shape) -> torch.Tensor:
-    """The adjoint of :func:`_laplacian` applied to interior values ``g``."""
+    """The adjoint of ``losses.interior_laplacian`` applied to interior values ``g``."""
     sx, sy, sz = spacing
     out = g.new_zeros(shape)
     centre = g * (-2.0 / (sx * sx) - 2.0 / (sy * sy) - 2.0 / (sz * sz))
@@ -144,7 +127,7 @@ def _value_and_gradient(level: FusedLevel, u_inner: torch.Tensor, need_gradient:
     # NGF at the interior voxels
     e2 = float(level.ngf_eps) ** 2
     ax, ay, az = level.fixed_grad
-    bx, by, bz = _central(warped, spacing)
+    bx, by, bz = central_gradient(warped, spacing)
     inner = ax * bx + ay * by + az * bz + e2
     norm_m = bx * bx + by * by + bz * bz + e2
     ratio = inner / (level.fixed_norm * norm_m)
@@ -164,7 +147,7 @@ def _value_and_gradient(level: FusedLevel, u_inner: torch.Tensor, need_gradient:
         scale = 1.0 / total_w
 
     # curvature
-    lap = _laplacian(u, spacing)
+    lap = interior_laplacian(u, spacing)
     count = lap.numel()
     curv = 0.5 * (lap * lap).sum() / count
     total = ngf + level.alpha * curv

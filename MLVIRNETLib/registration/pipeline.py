@@ -261,10 +261,9 @@ def _register(
     with _timed("refine", timings, dev):
         if n_refine > 0:
             prog.stage(0.35, 0.55, "refinement")
-            valid = pp.moving_valid if pp.moving_valid is not None and bool((pp.moving_valid < 0.999).any()) else None
             r = refine(
                 pp.fixed, pp.moving, pp.grid, initial=phi, options=refine_opts,
-                fixed_mask=pp.fixed_mask, moving_mask=pp.moving_mask, progress=prog, moving_valid=valid,
+                fixed_mask=pp.fixed_mask, moving_mask=pp.moving_mask, progress=prog, moving_valid=_partial_moving_view(pp),
             )
             phi = r.deformation
             levels.extend(r.levels)
@@ -398,14 +397,21 @@ def _lung_masks(
     return fixed_mask, moving_mask
 
 
+def _partial_moving_view(pp: PreprocessedPair):
+    """``pp.moving_valid`` where the moving data miss part of the working grid, else None (the
+    objective then needs no field-of-view weights)."""
+    if pp.moving_valid is not None and bool((pp.moving_valid < 0.999).any()):
+        return pp.moving_valid
+    return None
+
+
 def _no_motion_if_better(phi: Deformation, pp: PreprocessedPair, refine_opts, messages: list[str]) -> Deformation:
     """The network's ``phi``, or the identity when that fits the pair better (network alone): the
     shipped network moves identical scans by up to 2 mm."""
     factor = max(refine_opts.level_factors)
     if any(n % factor or n // factor < 3 for n in pp.grid.size):
         return phi
-    valid = pp.moving_valid if pp.moving_valid is not None and bool((pp.moving_valid < 0.999).any()) else None
-    chosen, identity = identity_if_better(pp.fixed, pp.moving, pp.grid, phi, refine_opts, valid)
+    chosen, identity = identity_if_better(pp.fixed, pp.moving, pp.grid, phi, refine_opts, _partial_moving_view(pp))
     if identity:
         messages.append("the network's deformation fitted the images worse than no motion; kept the identity")
     return chosen

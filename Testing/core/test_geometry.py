@@ -321,3 +321,17 @@ def test_order_helpers_types_copies_and_errors() -> None:
     for bad in ([1, 2], np.zeros((4, 2)), torch.zeros(3, 4), np.float64(1.0)):
         with pytest.raises((ValueError, TypeError)):
             xyz_to_zyx(bad)
+
+
+def test_normalized_to_index_inverts_the_normalised_coordinates() -> None:
+    """On an oblique, anisotropic grid with a non-zero origin: index -> world -> normalised -> index."""
+    from conftest import oblique_grid
+
+    from MLVIRNETLib.core.geometry import normalized_to_index
+
+    grid = oblique_grid(size=(14, 10, 12), spacing=(0.7, 1.3, 2.5), origin=(-12.5, 20.25, 33.0))
+    index = np.array([[0.0, 0.0, 0.0], [13.0, 9.0, 11.0], [-0.5, 4.25, 11.5], [6.3, -0.5, 2.0]])
+    normalized = np.asarray(grid.world_to_normalized(grid.index_to_world(index)))
+    back = np.stack([normalized_to_index(normalized[:, a], grid.size[a]) for a in range(3)], axis=1)
+    np.testing.assert_allclose(back, index, atol=1e-9)
+    np.testing.assert_allclose(normalized_to_index(np.array([-1.0, 1.0]), 14), [-0.5, 13.5])

@@ -346,3 +346,30 @@ def test_extension_files():
     for key in ("scm", "scmurl", "scmrevision", "depends", "homepage", "contributors", "category", "iconurl", "description", "screenshoturls"):
         assert s4ext.get(key, "").strip(), f"MLVIRNET.s4ext lacks {key}"
     assert s4ext["category"].strip() == "Registration"
+
+
+def test_widget_calls_logic_methods_with_keywords_they_take_and_presets_the_library_has(module_tree):
+    """The keywords the widget passes to ``self.logic.<method>(...)`` are parameters of that method,
+    and the module's preset names map to presets of the library (both only run inside Slicer)."""
+    import inspect
+
+    sys.path.insert(0, str(ROOT))
+    try:
+        from MLVIRNETLib.mrml.logic import MLVIRNETLogic
+        from MLVIRNETLib.registration.presets import PRESETS as LIBRARY_PRESETS
+    finally:
+        sys.path.remove(str(ROOT))
+    for node in ast.walk(module_tree):
+        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
+            continue
+        owner = node.func.value
+        if not (isinstance(owner, ast.Attribute) and owner.attr == "logic" and isinstance(owner.value, ast.Name)
+                and owner.value.id == "self") or not hasattr(MLVIRNETLogic, node.func.attr):
+            continue
+        parameters = inspect.signature(getattr(MLVIRNETLogic, node.func.attr)).parameters
+        passed = {k.arg for k in node.keywords if k.arg is not None}
+        assert passed <= set(parameters), (node.func.attr, node.lineno, sorted(passed - set(parameters)))
+    presets = next(n.value for n in module_tree.body if isinstance(n, ast.Assign)
+                   and any(isinstance(t, ast.Name) and t.id == "PRESETS" for t in n.targets))
+    names = ast.literal_eval(presets)
+    assert names and set(names.values()) <= set(LIBRARY_PRESETS), names
