@@ -266,6 +266,8 @@ class LossWeights:
         beta: mask alignment weight (unit-less).
         ngf_eps: NGF edge parameter, intensity units per mm. The default suits intensities scaled
             to about ``[0, 1]`` over the lung window at 1-3 mm voxels.
+        truth: training only, per mm^2: weight of :func:`displacement_error` against a known
+            deformation (synthetic pairs); 0 = the paper's unsupervised loss.
 
     The defaults are our starting point for the mean-normalised terms of this module, not values
     copied from the paper (whose terms are integrals); tune them on validation data.
@@ -274,13 +276,34 @@ class LossWeights:
     alpha: float = 1.0
     beta: float = 1.0
     ngf_eps: float = 0.01
+    truth: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "ngf_eps"):
+        for name in ("alpha", "beta", "ngf_eps", "truth"):
             v = float(getattr(self, name))
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"LossWeights.{name} must be a finite value >= 0, got {getattr(self, name)!r}")
             setattr(self, name, v)
+
+
+def displacement_error(displacement: torch.Tensor, truth: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean squared distance, mm^2, between a predicted and a known displacement on one grid.
+
+    Args:
+        displacement, truth: ``(N, 3, D, H, W)`` displacements in mm.
+        weight: optional ``(N, 1, D, H, W)`` voxel weights (e.g. the fixed lungs); the mean is
+            weighted by them.
+
+    Raises:
+        ValueError: shapes that differ or are not ``(N, 3, D, H, W)``.
+    """
+    _check_5d(displacement, "displacement", channels=3)
+    if truth.shape != displacement.shape:
+        raise ValueError(f"truth shape {tuple(truth.shape)} differs from displacement shape {tuple(displacement.shape)}")
+    sq = ((displacement - truth) ** 2).sum(dim=1, keepdim=True)
+    if weight is None:
+        return sq.mean()
+    return (sq * weight).sum() / weight.sum().clamp_min(1e-6)
 
 
 def registration_loss(

@@ -14,6 +14,7 @@ from MLVIRNETLib.losses import (
     NGFLoss,
     RegistrationLoss,
     curvature,
+    displacement_error,
     mask_loss,
     ngf,
     registration_loss,
@@ -264,3 +265,28 @@ def test_bad_inputs_raise_value_error_naming_shapes():
         registration_loss(img, img, torch.zeros(1, 3, 6, 6, 6), sp, LossWeights(), mask_fixed=img)
     with pytest.raises(ValueError, match="alpha"):
         LossWeights(alpha=-1.0)
+
+
+# ----------------------------------------------------------------------------------------------
+# displacement_error (the supervised training term)
+# ----------------------------------------------------------------------------------------------
+def test_displacement_error_is_the_mean_squared_distance_in_mm2():
+    truth = torch.zeros((2, 3, 4, 5, 6))
+    pred = truth.clone()
+    pred[:, 0] = 3.0  # 3 mm along x
+    pred[:, 2] = 4.0  # 4 mm along z: 5 mm apart everywhere
+    assert float(displacement_error(pred, truth)) == pytest.approx(25.0)
+    weight = torch.zeros((2, 1, 4, 5, 6))
+    weight[..., :2] = 1.0
+    pred[..., 2:] = 0.0  # exact where the weight is 0
+    assert float(displacement_error(pred, truth, weight)) == pytest.approx(25.0)
+    assert float(displacement_error(pred, truth)) == pytest.approx(25.0 * 2 / 6)
+
+
+def test_displacement_error_checks_shapes():
+    with pytest.raises(ValueError, match="truth shape"):
+        displacement_error(torch.zeros((1, 3, 4, 4, 4)), torch.zeros((1, 3, 4, 4, 5)))
+    with pytest.raises(ValueError, match="displacement"):
+        displacement_error(torch.zeros((1, 2, 4, 4, 4)), torch.zeros((1, 2, 4, 4, 4)))
+    with pytest.raises(ValueError, match="truth"):
+        LossWeights(truth=-1.0)

@@ -14,12 +14,20 @@ noise) the moving image. ``register`` is run four ways:
 (``RegistrationOptions.network_precision``: ``float32``, ``float16`` = CUDA's AMP precision,
 ``bfloat16``; reduced precisions are emulated, and slow, on CPUs without native support).
 
+``--thick-peaks`` (default 30 mm) runs those peaks once more with the fixed scan acquired again
+with thick slices and a low dose (``simulate_acquisition``: 1 x 1 x 2.5 mm, 40 HU correlated
+noise). ``--identity`` (default on) registers each CT to itself, at its own voxels and resampled
+to 3 mm, with the model alone, and reports the displacement at 300 lung landmarks: of the result,
+and of the network's own output before the pipeline's check that keeps the identity when it fits
+the images better.
+
 Reported per run: mean and 95th percentile landmark TRE (fixed -> moving, 100 distinctive lung
 points), per cent of lung voxels of the fixed grid with ``det J <= 0`` and the ``register`` time.
 
     python benchmarks/evaluate_model.py                         # shipped default model
     python benchmarks/evaluate_model.py --model runs/x/model.pt --threads 2
     python benchmarks/evaluate_model.py --variants model --peaks 20 --precisions float32 float16 bfloat16
+    python benchmarks/evaluate_model.py --peaks 20 30 --variants model model+refine   # the model card's table
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ def main() -> int:
     from MLVIRNETLib.paths import default_model_path
     from MLVIRNETLib.preprocessing.lungmask import segment_lungs
     from MLVIRNETLib.registration import NETWORK_PRECISIONS, RegistrationOptions, register
+    from MLVIRNETLib.simulation.acquisition import LOW_DOSE_THICK_SLICE, simulate_acquisition
     from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,11 +67,48 @@ def main() -> int:
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=NETWORK_PRECISIONS,
                         help="network precisions of the variants with a model (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--thick-peaks", nargs="*", type=float, default=[30.0],
+                        help="peaks also run with a thick-slice low-dose fixed scan (1x1x2.5 mm, 40 HU)")
+    parser.add_argument("--identity", action=argparse.BooleanOptionalAction, default=True,
+                        help="also register each CT to itself, at its own voxels and at 3 mm")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--json", type=Path, help="also write all results to this JSON file")
     args = parser.parse_args()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
+    runs = [(v, p) for v in args.variants for p in (args.precisions if v != "refine" else ["auto"])]
+    identity_rows: list[dict] = []
+
+    def _run(fixed, moving, fixed_lungs, variant: str, precision: str):
+        opts = RegistrationOptions(network_precision=precision)
+        if variant == "model":
+            opts.refine_iterations = 0
+        model = None if variant == "refine" else args.model
+        t0 = time.perf_counter()
+        result = register(fixed, moving, fixed_lungs, None, model=model, device="cpu", options=opts)
+        return result, time.perf_counter() - t0
+
+    def _identity_rows(name: str, ct) -> list[dict]:
+        """The scan as fixed and moving, at its own voxels and at 3 mm: displacement at 300 lung
+        landmarks, of the model alone and of the network's own output (before the pipeline's
+        check that keeps the identity when it fits better)."""
+        out = []
+        for voxels, scan in (("full", ct), ("3 mm", _resampled(ct, 3.0))):
+            scan_lungs = segment_lungs(scan)
+            pts = torch.as_tensor(sample_landmarks(scan, scan_lungs, n=300, seed=args.seed), dtype=torch.float32)
+            lung_arr = torch.as_tensor(sitk.GetArrayFromImage(scan_lungs) > 0)
+            result, secs = _run(scan, scan, scan_lungs, "model", "auto")
+            moved = (result.deformation.map_points(pts)[0] - pts).norm(dim=-1)
+            # the network's composed output on the working grid, in the pre-aligned frame
+            raw = result.level_deformations[-1]
+            raw_moved = (raw.map_points(pts.to(raw.displacement.device))[0].cpu() - pts).norm(dim=-1)
+            out.append({"image": name, "voxels": voxels, "landmarks": int(pts.shape[0]),
+                        "model_mean": float(moved.mean()), "model_max": float(moved.max()),
+                        "network_mean": float(raw_moved.mean()), "network_max": float(raw_moved.max()),
+                        "folding_percent": jacobian_stats(result.deformation, lung_arr)["folding_percent"],
+                        "time_s": secs})
+            print(json.dumps(out[-1]), file=sys.stderr, flush=True)
+        return out
     images = args.images
     if images is None:
         data = shared_data_dir()
@@ -72,34 +118,36 @@ def main() -> int:
 
     rows = []
     for path in images:
-        fixed = read_image(path)
-        lungs = segment_lungs(fixed)
-        grid = ImageGrid.from_sitk(fixed)
-        lung_arr = torch.as_tensor(sitk.GetArrayFromImage(lungs) > 0)
+        ct = read_image(path)
+        lungs = segment_lungs(ct)
+        grid = ImageGrid.from_sitk(ct)
         for peak in args.peaks:
             truth = breathing_deformation(grid, lungs, peak_mm=peak, seed=args.seed)
-            moving, _ = make_synthetic_pair(fixed, truth, lungs, noise_hu=10.0, seed=args.seed)
-            pts = sample_landmarks(fixed, lungs, n=100, seed=args.seed)
+            moving, _ = make_synthetic_pair(ct, truth, lungs, noise_hu=10.0, seed=args.seed)
+            pts = sample_landmarks(ct, lungs, n=100, seed=args.seed)
             targets = truth.map_points(torch.as_tensor(pts, dtype=torch.float32))[0].double().numpy()
-            before = tre(pts, targets)
-            rows.append({"image": path.name, "peak_mm": peak, "variant": "initial", "tre_mean": before.mean,
-                         "tre_p95": before.p95, "folding_percent": 0.0, "time_s": 0.0})
-            runs = [(v, p) for v in args.variants for p in (args.precisions if v != "refine" else ["auto"])]
-            for variant, precision in runs:
-                opts = RegistrationOptions(network_precision=precision)
-                if variant == "model":
-                    opts.refine_iterations = 0
-                model = None if variant == "refine" else args.model
-                t0 = time.perf_counter()
-                result = register(fixed, moving, lungs, None, model=model, device="cpu", options=opts)
-                secs = time.perf_counter() - t0
-                after = tre(pts, targets, result.deformation)
-                fold = jacobian_stats(result.deformation, lung_arr)["folding_percent"]
-                name = variant if precision == "auto" else f"{variant} ({precision})"
-                rows.append({"image": path.name, "peak_mm": peak, "variant": name, "tre_mean": after.mean,
-                             "tre_p95": after.p95, "folding_percent": fold, "time_s": secs,
-                             "network_s": result.timings.get("network", 0.0)})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            fixed_scans = [("", ct, lungs)]
+            if peak in args.thick_peaks:
+                # the fixed scan acquired again with thick slices and a low dose: the truth, a map
+                # of world mm, and the landmarks stay valid
+                thick = simulate_acquisition(ct, LOW_DOSE_THICK_SLICE, seed=args.seed)
+                fixed_scans.append((" thick low-dose fixed", thick, segment_lungs(thick)))
+            for label, fixed, fixed_lungs in fixed_scans:
+                before = tre(pts, targets)
+                rows.append({"image": path.name + label, "peak_mm": peak, "variant": "initial",
+                             "tre_mean": before.mean, "tre_p95": before.p95, "folding_percent": 0.0, "time_s": 0.0})
+                lung_arr = torch.as_tensor(sitk.GetArrayFromImage(fixed_lungs) > 0)
+                for variant, precision in runs:
+                    result, secs = _run(fixed, moving, fixed_lungs, variant, precision)
+                    after = tre(pts, targets, result.deformation)
+                    fold = jacobian_stats(result.deformation, lung_arr)["folding_percent"]
+                    name = variant if precision == "auto" else f"{variant} ({precision})"
+                    rows.append({"image": path.name + label, "peak_mm": peak, "variant": name,
+                                 "tre_mean": after.mean, "tre_p95": after.p95, "folding_percent": fold,
+                                 "time_s": secs, "network_s": result.timings.get("network", 0.0)})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        if args.identity:
+            identity_rows.extend(_identity_rows(path.name, ct))
 
     print(f"model: {args.model}")
     print("| CT | peak (mm) | variant | mean TRE (mm) | p95 TRE (mm) | folding (% lung) | time (s) |")
@@ -107,9 +155,29 @@ def main() -> int:
     for r in rows:
         print(f"| {r['image']} | {r['peak_mm']:.0f} | {r['variant']} | {r['tre_mean']:.2f} | {r['tre_p95']:.2f} | "
               f"{r['folding_percent']:.3f} | {r['time_s']:.1f} |")
+    if identity_rows:
+        print()
+        print("| CT | voxels | model alone: mean / max (mm) | network output: mean / max (mm) | folding (% lung) |")
+        print("|---|---|---|---|---|")
+        for r in identity_rows:
+            print(f"| {r['image']} | {r['voxels']} | {r['model_mean']:.3f} / {r['model_max']:.3f} | "
+                  f"{r['network_mean']:.3f} / {r['network_max']:.3f} | {r['folding_percent']:.3f} |")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        args.json.write_text(json.dumps({"registrations": rows, "identity": identity_rows}, indent=1))
     return 0
+
+
+def _resampled(image, spacing_mm: float):
+    """``image`` on a grid of about ``spacing_mm`` voxels over the same box (linear, int16 HU)."""
+    import SimpleITK as sitk
+
+    from MLVIRNETLib.core.geometry import ImageGrid
+
+    grid = ImageGrid.from_sitk(image)
+    target = grid.resized(tuple(max(1, round(e / spacing_mm)) for e in grid.extent))
+    reference = sitk.Image(list(target.size), sitk.sitkInt16)
+    target.copy_to_sitk(reference)
+    return sitk.Resample(image, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
 
 
 if __name__ == "__main__":

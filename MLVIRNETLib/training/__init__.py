@@ -1,5 +1,10 @@
 """Progressive training of mlVIRNET: configuration, data sources, the training loop, checkpoints.
 
+Modules: ``config`` (the YAML schema), ``pairs`` (training pairs; 4D-CT phase and CSV manifest
+sources), ``synthetic_pairs`` (self-supervised pairs from single CTs), ``appearance`` (acquisition
+differences between the two scans of a synthetic pair), ``trainer``, ``validation``,
+``checkpoint``, ``run_log``.
+
 Entry points: :func:`~MLVIRNETLib.training.config.load_config` and
 :func:`~MLVIRNETLib.training.trainer.train` (the ``mlvirnet train`` command).
 """

@@ -37,6 +37,7 @@ from ..networks.model_files import to_plain
 __all__ = [
     "ScheduleConfig",
     "SyntheticMotionConfig",
+    "AppearanceConfig",
     "SourceConfig",
     "DataConfig",
     "TrainConfig",
@@ -104,6 +105,9 @@ class ScheduleConfig:
         validate_every: steps between validations (and at the end of every level).
         checkpoint_every: steps between checkpoints (and at the end of every level).
         num_threads: torch CPU threads (``None`` leaves torch's default).
+        init_model: a model file (same network architecture) whose weights start the run instead
+            of the Xavier initialisation: fine-tuning. Every level then continues from its own
+            weights (``warm_start`` copies nothing). Relative to the config file.
     """
 
     steps: int = 1200
@@ -116,8 +120,11 @@ class ScheduleConfig:
     validate_every: int = 100
     checkpoint_every: int = 25
     num_threads: int | None = None
+    init_model: str | None = None
 
     def __post_init__(self) -> None:
+        if self.init_model is not None and (not isinstance(self.init_model, str) or not self.init_model):
+            raise ValueError(f"schedule.init_model must be a model file path, got {self.init_model!r}")
         self.steps = _positive_int(self.steps, "schedule.steps")
         if self.level_steps is not None:
             if not isinstance(self.level_steps, (list, tuple)) or not self.level_steps:
@@ -166,6 +173,10 @@ class SyntheticMotionConfig:
         swap_probability: probability that the original CT is the fixed image (otherwise the
             deformed one is).
         velocity_spacing_mm: voxel size of the velocity grid the motion is built on, mm.
+        sliding_mm: width of the lung/chest-wall transition of the breathing model, mm
+            (:func:`MLVIRNETLib.simulation.breathing.breathing_deformation`; smaller = sharper sliding).
+        identical_probability: probability of a pair without motion (the same scan twice, each with
+            its own noise and acquisition), so that no motion maps to no displacement.
     """
 
     peak_mm: tuple[float, float] = (4.0, 32.0)
@@ -178,9 +189,13 @@ class SyntheticMotionConfig:
     density_change: bool = True
     swap_probability: float = 0.5
     velocity_spacing_mm: float = 8.0
+    sliding_mm: tuple[float, float] = (6.0, 6.0)
+    identical_probability: float = 0.0
 
     def __post_init__(self) -> None:
         self.peak_mm = _range(self.peak_mm, "motion.peak_mm")
+        self.sliding_mm = _range(self.sliding_mm, "motion.sliding_mm")
+        self.identical_probability = _finite(self.identical_probability, "motion.identical_probability", 0.0, 1.0)
         self.random_mm = _range(self.random_mm, "motion.random_mm")
         self.random_smoothness_mm = _finite(self.random_smoothness_mm, "motion.random_smoothness_mm", 1.0)
         self.translation_mm = _finite(self.translation_mm, "motion.translation_mm", 0.0)
@@ -191,6 +206,50 @@ class SyntheticMotionConfig:
             raise ValueError(f"motion.density_change must be true or false, got {self.density_change!r}")
         self.swap_probability = _finite(self.swap_probability, "motion.swap_probability", 0.0, 1.0)
         self.velocity_spacing_mm = _finite(self.velocity_spacing_mm, "motion.velocity_spacing_mm", 1.0)
+
+
+@dataclass
+class AppearanceConfig:
+    """How the two scans of a synthetic pair differ besides the motion (real pairs come from
+    different acquisitions). Applied on the network grid, each to one image of the pair chosen at
+    random (:mod:`MLVIRNETLib.training.appearance`); the default changes nothing.
+
+    Attributes:
+        thick_slice_probability: probability that one image gets thicker slices.
+        slice_thickness_mm: its slice thickness ``[min, max]``, mm (a box slice profile along the
+            grid's third axis, the slice direction).
+        low_dose_probability: probability that one image gets low-dose noise.
+        low_dose_noise_hu: its extra noise ``[min, max]``, HU on the network grid, correlated over
+            about one voxel.
+        hu_offset_hu: largest calibration offset added to each image, HU.
+        fov_cut_probability: probability that one image has a smaller field of view.
+        fov_cut_fraction: the part of the box it misses ``[min, max]``, at one face along one axis
+            (air there, as the preprocessing pads a scan outside its field of view).
+    """
+
+    thick_slice_probability: float = 0.0
+    slice_thickness_mm: tuple[float, float] = (2.5, 8.0)
+    low_dose_probability: float = 0.0
+    low_dose_noise_hu: tuple[float, float] = (10.0, 40.0)
+    hu_offset_hu: float = 0.0
+    fov_cut_probability: float = 0.0
+    fov_cut_fraction: tuple[float, float] = (0.05, 0.25)
+
+    def __post_init__(self) -> None:
+        for name in ("thick_slice_probability", "low_dose_probability", "fov_cut_probability"):
+            setattr(self, name, _finite(getattr(self, name), f"appearance.{name}", 0.0, 1.0))
+        self.slice_thickness_mm = _range(self.slice_thickness_mm, "appearance.slice_thickness_mm")
+        self.low_dose_noise_hu = _range(self.low_dose_noise_hu, "appearance.low_dose_noise_hu")
+        self.hu_offset_hu = _finite(self.hu_offset_hu, "appearance.hu_offset_hu", 0.0)
+        self.fov_cut_fraction = _range(self.fov_cut_fraction, "appearance.fov_cut_fraction")
+        if self.fov_cut_fraction[1] >= 0.9:
+            raise ValueError(f"appearance.fov_cut_fraction must stay below 0.9, got {list(self.fov_cut_fraction)}")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any difference is drawn at all."""
+        return (self.thick_slice_probability > 0 or self.low_dose_probability > 0 or self.hu_offset_hu > 0
+                or self.fov_cut_probability > 0)
 
 
 @dataclass
@@ -210,6 +269,7 @@ class SourceConfig:
             moving_landmarks`` (paths relative to the CSV file).
         weight: relative sampling frequency among the training sources.
         motion: synthetic motion settings.
+        appearance: synthetic sources: acquisition differences between the two scans of a pair.
         peaks_mm: validation only: one synthetic pair per peak (and per image and direction).
         auto_masks: phases and manifest sources: compute lung masks where none are given (a scan
             where that fails, e.g. a crop without the whole lung, trains without the mask term).
@@ -223,6 +283,7 @@ class SourceConfig:
     csv: str | None = None
     weight: float = 1.0
     motion: SyntheticMotionConfig = field(default_factory=SyntheticMotionConfig)
+    appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
     peaks_mm: list[float] = field(default_factory=lambda: [10.0, 20.0, 30.0])
     auto_masks: bool = False
 
@@ -231,6 +292,8 @@ class SourceConfig:
             raise ValueError(f"data source kind must be one of {SOURCE_KINDS}, got {self.kind!r}")
         if isinstance(self.motion, dict):
             self.motion = SyntheticMotionConfig(**_check_keys(self.motion, SyntheticMotionConfig, "motion"))
+        if isinstance(self.appearance, dict):
+            self.appearance = AppearanceConfig(**_check_keys(self.appearance, AppearanceConfig, "appearance"))
         if self.kind in ("synthetic", "phases"):
             if not isinstance(self.images, list) or not self.images:
                 raise ValueError(f"a {self.kind!r} source needs a non-empty list 'images'")
@@ -321,6 +384,8 @@ class TrainConfig:
             for src in named.data.train + named.data.validation:
                 src.map_paths(lambda p: Path(p).name)
             named.output_dir = Path(named.output_dir).name
+            if named.schedule.init_model:
+                named.schedule.init_model = Path(named.schedule.init_model).name
             return named.to_dict()
         return to_plain({**asdict(self), "network": self.network.to_dict()})
 
@@ -346,6 +411,9 @@ def config_from_dict(d: dict, base_dir: str | Path | None = None) -> TrainConfig
             src.resolve_paths(base)
         out = Path(cfg.output_dir).expanduser()
         cfg.output_dir = str(out if out.is_absolute() else (base / out).resolve())
+        if cfg.schedule.init_model:
+            init = Path(cfg.schedule.init_model).expanduser()
+            cfg.schedule.init_model = str(init if init.is_absolute() else (base / init).resolve())
     return cfg
 
 

@@ -8,7 +8,10 @@ for what the affine pre-alignment leaves), the pair on the network grid is
   ``HU_A + 1000 = (HU_S(d(x)) + 1000) * det J_d(x)`` in lung-like voxels), and
 * ``B(x) = S(x)``,
 
-each with its own Gaussian noise. With probability ``1 - swap_probability`` the pair is
+each with its own Gaussian noise and, where the source's ``appearance`` asks for them, its own
+acquisition differences (:mod:`MLVIRNETLib.training.appearance`: slice thickness, low-dose noise,
+calibration offset, field of view). A share of the pairs (``identical_probability``) has no motion
+at all. With probability ``1 - swap_probability`` the pair is
 ``(fixed, moving) = (A, B)`` and the truth is ``d``; otherwise ``(B, A)`` with truth ``d^-1``
 (computed only when asked for, for validation). No inverse is needed for the images, so a pair
 costs a few samplings on the network grid.
@@ -35,7 +38,8 @@ from ..core.sampling import check_volume, sample, sample_on_grid
 from ..preprocessing.pair import AIR_HU, HU_WINDOW, expand_box, image_to_hu_tensor, normalize_ct
 from ..registration.affine import compose_affine
 from ..simulation.breathing import breathing_deformation, invert_deformation, random_smooth_deformation, rigid_matrix
-from .config import SyntheticMotionConfig
+from .appearance import apply_appearance, draw_appearance
+from .config import AppearanceConfig, SyntheticMotionConfig
 from .pairs import TrainingPair, labels_to_channels
 
 __all__ = ["PreparedCT", "SyntheticSource", "prepare_ct"]
@@ -121,14 +125,18 @@ class SyntheticSource:
         size: network input size ``(nx, ny, nz)``.
         motion: the random motion settings.
         masks, labels: optional lung masks / label maps per image (``None`` entries allowed).
+        appearance: acquisition differences between the two scans (default: none).
     """
 
     def __init__(self, images: list[str], size: tuple[int, int, int], motion: SyntheticMotionConfig | None = None,
-                 masks: list[str] | None = None, labels: list[str] | None = None) -> None:
+                 masks: list[str] | None = None, labels: list[str] | None = None,
+                 appearance: AppearanceConfig | None = None) -> None:
         from ..io.images import read_image
 
         self.size = tuple(int(s) for s in size)
         self.motion = motion if motion is not None else SyntheticMotionConfig()
+        self.appearance = appearance if appearance is not None else AppearanceConfig()
+        self.with_truth = False  # training pairs carry their known deformation (supervised loss term)
         self.scans: list[PreparedCT] = []
         for k, path in enumerate(images):
             img = read_image(path)
@@ -145,11 +153,17 @@ class SyntheticSource:
     # -- pairs ---------------------------------------------------------------------------------
     def sample(self, generator: torch.Generator) -> TrainingPair:
         k = int(torch.randint(len(self.scans), (1,), generator=generator))
-        return self.make_pair(k, generator)
+        return self.make_pair(k, generator, with_truth=self.with_truth)
 
     def make_pair(self, index: int, generator: torch.Generator, peak_mm: float | None = None,
                   swap: bool | None = None, with_truth: bool = False) -> TrainingPair:
-        """One pair from scan ``index``; ``peak_mm`` and ``swap`` override the random choices."""
+        """One pair from scan ``index``; ``peak_mm`` and ``swap`` override the random choices.
+
+        A pair with a given ``peak_mm`` (validation) never has the identical-pair motion or the
+        acquisition differences. The choices this module added after the first shipped model
+        (sliding width, identical pairs, appearance) come from a second generator seeded from
+        this pair's seed, so the pairs of configs without them are unchanged.
+        """
         cfg = self.motion
         scan = self.scans[index]
         grid = self.network_grid(scan, _uniform(generator, *cfg.crop_margin_mm))
@@ -158,15 +172,21 @@ class SyntheticSource:
         coarse = grid.resized(tuple(max(4, n // 2) for n in grid.size))
         peak = _uniform(generator, *cfg.peak_mm) if peak_mm is None else float(peak_mm)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-        d = self._breathing(scan, coarse, peak, seed)
+        extra = torch.Generator().manual_seed(seed + 104_729)
+        identical = peak_mm is None and float(torch.rand((), generator=extra)) < cfg.identical_probability
+        sliding = _uniform(extra, *cfg.sliding_mm)
+        d = Deformation.identity(coarse) if identical else self._breathing(scan, coarse, peak, seed, sliding)
         rnd = _uniform(generator, *cfg.random_mm)
+        if identical:
+            rnd, peak = 0.0, 0.0
         if rnd > 0:
             r = random_smooth_deformation(coarse, rnd, cfg.random_smoothness_mm, seed + 1, cfg.velocity_spacing_mm)
             d = d.compose(r)
         rot = [_uniform(generator, -cfg.rotation_deg, cfg.rotation_deg) for _ in range(3)]
         trans = [_uniform(generator, -cfg.translation_mm, cfg.translation_mm) for _ in range(3)]
         centre = grid.index_to_world(0.5 * (np.asarray(grid.size, dtype=float) - 1.0))
-        d = compose_affine(rigid_matrix(rot, trans, centre), d)
+        if not identical:
+            d = compose_affine(rigid_matrix(rot, trans, centre), d)
         det_coarse = jacobian_determinant(d.displacement, coarse)
         d = d.on_grid(grid)
         noise = [_uniform(generator, *cfg.noise_hu) for _ in range(2)]
@@ -181,6 +201,8 @@ class SyntheticSource:
             hu_a = hu_a + weight * ((hu_a + 1000.0) * det - 1000.0 - hu_a)
         hu_b = sample_on_grid(scan.hu - AIR_HU, scan.hu_grid, grid, padding_mode="zeros") + AIR_HU
         lab_b = sample_on_grid(scan.labels, scan.label_grid, grid, padding_mode="zeros")
+        if peak_mm is None and self.appearance.enabled:
+            hu_a, hu_b = apply_appearance((hu_a, hu_b), grid, draw_appearance(self.appearance, extra), extra)
         hu_a = hu_a + noise[0] * torch.randn(hu_a.shape, generator=generator)
         hu_b = hu_b + noise[1] * torch.randn(hu_b.shape, generator=generator)
         img_a, img_b = normalize_ct(hu_a, HU_WINDOW), normalize_ct(hu_b, HU_WINDOW)
@@ -192,15 +214,15 @@ class SyntheticSource:
         else:
             truth = d if with_truth else None
             fixed, moving, f_lab, m_lab = img_a, img_b, lab_a, lab_b
-        name = f"{scan.name} peak {peak:.1f} mm{' swapped' if do_swap else ''}"
+        name = f"{scan.name} {'identical' if identical else f'peak {peak:.1f} mm'}{' swapped' if do_swap else ''}"
         return TrainingPair(grid, fixed.contiguous(), moving.contiguous(), f_lab.contiguous(), m_lab.contiguous(),
                             truth, name=name)
 
-    def _breathing(self, scan: PreparedCT, grid: ImageGrid, peak: float, seed: int) -> Deformation:
+    def _breathing(self, scan: PreparedCT, grid: ImageGrid, peak: float, seed: int, sliding_mm: float) -> Deformation:
         """A breathing map of about ``peak`` mm; lowered by 30 % steps while it would fold."""
         for _ in range(6):
             try:
-                return breathing_deformation(grid, scan.lung_mask, peak, seed,
+                return breathing_deformation(grid, scan.lung_mask, peak, seed, sliding_mm=sliding_mm,
                                              velocity_spacing_mm=self.motion.velocity_spacing_mm)
             except ValueError:
                 peak *= 0.7

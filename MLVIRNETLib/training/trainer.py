@@ -34,7 +34,7 @@ import torch
 
 from ..core.devices import resolve_device
 from ..core.pyramid import build_pyramid
-from ..losses import registration_loss
+from ..losses import displacement_error, registration_loss
 from ..networks.cascade import MultilevelNet, build_network, freeze_levels, init_level_from, parameter_count
 from ..networks.model_files import save_model
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -72,7 +72,21 @@ def step_seed(seed: int, step: int, rank: int, index: int) -> int:
 
 def initial_network(config: TrainConfig) -> MultilevelNet:
     """The untrained net: Xavier initialisation from ``config.seed`` (global RNG untouched), heads
-    scaled by ``schedule.head_scale``."""
+    scaled by ``schedule.head_scale``; or, with ``schedule.init_model``, that model's weights.
+
+    Raises:
+        ValueError: ``init_model`` has another architecture than ``config.network``.
+    """
+    if config.schedule.init_model:
+        from ..networks.model_files import load_model
+
+        net, info = load_model(config.schedule.init_model)
+        mine = {k: v for k, v in config.network.to_dict().items() if k != "input_size"}
+        theirs = {k: v for k, v in info["config"].to_dict().items() if k != "input_size"}
+        if mine != theirs:
+            raise ValueError(f"schedule.init_model {config.schedule.init_model} has the network {theirs}, "
+                             f"the config asks for {mine}")
+        return net
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         net = build_network(config.network)
@@ -87,14 +101,17 @@ def build_sources(config: TrainConfig) -> MixedSource:
     size = tuple(config.network.input_size)
     sources, weights = [], []
     for src in config.data.train:
-        sources.append(_make_source(src, size))
+        source = _make_source(src, size)
+        if isinstance(source, SyntheticSource):
+            source.with_truth = config.loss.truth > 0  # the supervised term needs the known motion
+        sources.append(source)
         weights.append(src.weight)
     return MixedSource(sources, weights)
 
 
 def _make_source(src, size):
     if src.kind == "synthetic":
-        return SyntheticSource(src.images, size, src.motion, src.masks, src.labels)
+        return SyntheticSource(src.images, size, src.motion, src.masks, src.labels, src.appearance)
     if src.kind == "phases":
         return PhaseSource(src.images, size, src.masks, src.auto_masks)
     return ManifestSource(src.csv, size, src.auto_masks)
@@ -150,6 +167,11 @@ def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tu
         wm = out.deformation.warp(mm, grid, padding_mode="zeros")
     loss, terms = registration_loss(out.fixed_levels[-1], out.warped, out.deformation.displacement, grid.spacing,
                                     config.loss, fm, wm)
+    if config.loss.truth > 0 and pair.truth is not None:
+        lungs = None if fm is None else fm.sum(dim=1, keepdim=True).clamp(0, 1)
+        err = displacement_error(out.deformation.displacement, pair.truth.on_grid(grid).displacement, lungs)
+        loss = loss + config.loss.truth * err
+        terms = {**terms, "truth": err, "total": loss}
     return loss, {k: v.detach() for k, v in terms.items()}
 
 
@@ -331,7 +353,7 @@ def _train_stage(run: _Run, stage: int, start: int, end: int) -> None:
     ``L-1-stage`` trains with the ``stage + 1`` coarsest levels active."""
     config, net = run.config, run.net
     level, active = net.num_levels - 1 - stage, stage + 1
-    if run.step == start and stage > 0 and config.schedule.warm_start:
+    if run.step == start and stage > 0 and config.schedule.warm_start and not config.schedule.init_model:
         init_level_from(net, level + 1, level)
     params = _set_trainable(net, level)
     net.train()

@@ -63,6 +63,21 @@ def test_file_names_only_drops_the_machine_paths(tmp_path):
         assert d[key] == full[key]
 
 
+def test_appearance_and_init_model_load_and_travel_as_names(tmp_path):
+    d = _base()
+    d["schedule"]["init_model"] = "../models/v1.pt"
+    d["data"]["train"][0]["appearance"] = {"thick_slice_probability": 0.3, "slice_thickness_mm": [2.5, 8]}
+    d["data"]["train"][0]["motion"] = {"sliding_mm": [2, 6], "identical_probability": 0.1}
+    cfg = load_config(_write(tmp_path, d))
+    assert cfg.schedule.init_model == str((tmp_path / "models" / "v1.pt").resolve())
+    src = cfg.data.train[0]
+    assert src.appearance.thick_slice_probability == 0.3 and src.appearance.slice_thickness_mm == (2.5, 8.0)
+    assert src.appearance.enabled and not cfg.data.train[1].appearance.enabled
+    assert src.motion.sliding_mm == (2.0, 6.0) and src.motion.identical_probability == 0.1
+    assert cfg.to_dict(file_names_only=True)["schedule"]["init_model"] == "v1.pt"
+    assert config_from_dict(cfg.to_dict()).to_dict() == cfg.to_dict()
+
+
 def test_equal_split_gives_the_remainder_to_the_coarse_levels():
     d = _base()
     d["network"]["levels"] = 3
@@ -84,6 +99,10 @@ def test_equal_split_gives_the_remainder_to_the_coarse_levels():
         (lambda d: d["data"]["train"][1].update(images=["one.nii.gz"]), "at least 2"),
         (lambda d: d["data"]["train"][0].update(masks=["m1", "m2"]), "masks"),
         (lambda d: d["data"]["train"][0].update(motion={"peak_mm": [30, 10]}), "peak_mm"),
+        (lambda d: d["data"]["train"][0].update(motion={"identical_probability": 2}), "identical_probability"),
+        (lambda d: d["data"]["train"][0].update(appearance={"low_dose_probability": -0.1}), "low_dose_probability"),
+        (lambda d: d["data"]["train"][0].update(appearance={"thick_slices": 0.5}), "thick_slices"),
+        (lambda d: d["schedule"].update(init_model=""), "init_model"),
         (lambda d: d["data"].update(train=[]), "data.train"),
         (lambda d: d["network"].update(input_size=[18, 16, 16]), "divisible"),
         (lambda d: d["loss"] if False else d.update(loss={"alpha": -1}), "alpha"),

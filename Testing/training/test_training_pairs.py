@@ -8,7 +8,7 @@ import pytest
 import torch
 from training_phantom import phantom_grid, write_phantom
 
-from MLVIRNETLib.training.config import SyntheticMotionConfig
+from MLVIRNETLib.training.config import AppearanceConfig, SyntheticMotionConfig
 from MLVIRNETLib.training.pairs import ManifestSource, MixedSource, PhaseSource, labels_to_channels
 from MLVIRNETLib.training.synthetic_pairs import SyntheticSource
 
@@ -54,6 +54,41 @@ def test_truth_maps_fixed_to_moving(source, swap):
     after = float(((pair.fixed_masks - warped_masks) ** 2).mean())
     assert after < 0.5 * before
     assert 8.0 < float(pair.truth.displacement.norm(dim=1).max()) < 20.0
+
+
+def test_identical_pairs_have_no_motion_and_the_identity_as_truth(phantom):
+    """``identical_probability: 1``: the same scan twice (noise-free here), truth the identity."""
+    _, ct, mask, _, _ = phantom
+    motion = SyntheticMotionConfig(peak_mm=(12.0, 12.0), noise_hu=(0.0, 0.0), translation_mm=5.0, rotation_deg=3.0,
+                                   identical_probability=1.0)
+    src = SyntheticSource([str(ct)], SIZE, motion, masks=[str(mask)])
+    pair = src.make_pair(0, torch.Generator().manual_seed(4), with_truth=True)
+    assert "identical" in pair.name
+    assert torch.allclose(pair.fixed, pair.moving, atol=1e-5)
+    assert float(pair.truth.displacement.abs().max()) < 1e-4
+    # validation pairs (a given peak) always move
+    moved = src.make_pair(0, torch.Generator().manual_seed(4), peak_mm=12.0, with_truth=True)
+    assert float(moved.truth.displacement.norm(dim=1).max()) > 8.0
+
+
+def test_appearance_changes_the_images_not_the_truth(phantom):
+    """With every acquisition difference on, the pair differs from the plain one only in its
+    intensities: same grid, same motion (truth), same masks."""
+    _, ct, mask, _, _ = phantom
+    motion = SyntheticMotionConfig(peak_mm=(10.0, 10.0), noise_hu=(0.0, 0.0))
+    look = AppearanceConfig(thick_slice_probability=1, slice_thickness_mm=(12.0, 12.0), low_dose_probability=1,
+                            hu_offset_hu=30, fov_cut_probability=1)
+    plain = SyntheticSource([str(ct)], SIZE, motion, masks=[str(mask)])
+    real = SyntheticSource([str(ct)], SIZE, motion, masks=[str(mask)], appearance=look)
+    a = plain.make_pair(0, torch.Generator().manual_seed(8), swap=False, with_truth=True)
+    b = real.make_pair(0, torch.Generator().manual_seed(8), swap=False, with_truth=True)
+    assert a.grid == b.grid and torch.equal(a.truth.displacement, b.truth.displacement)
+    assert torch.equal(a.fixed_masks, b.fixed_masks) and torch.equal(a.moving_masks, b.moving_masks)
+    assert not torch.equal(a.fixed, b.fixed) and not torch.equal(a.moving, b.moving)
+    # validation pairs (a given peak) keep the plain appearance
+    c = plain.make_pair(0, torch.Generator().manual_seed(8), peak_mm=10.0, swap=False)
+    d = real.make_pair(0, torch.Generator().manual_seed(8), peak_mm=10.0, swap=False)
+    assert torch.equal(c.fixed, d.fixed) and torch.equal(c.moving, d.moving)
 
 
 def test_same_generator_seed_same_pair(source):

@@ -99,6 +99,53 @@ def test_progressive_schedule_freezes_coarse_levels_and_warm_starts(data):
                for k in convs if k.startswith("nets.0.")) > 0.05
 
 
+def test_init_model_starts_every_level_from_that_model(data):
+    """Fine-tuning: the run starts from the given model's weights (no Xavier, no warm-start copy),
+    and a model of another architecture is refused by name."""
+    from MLVIRNETLib.training.trainer import initial_network
+
+    base = train(load_config(_config(data, "base", level_steps=[3, 2], warm_start=False)), quiet=True)
+    cfg = load_config(_config(data, "tuned", level_steps=[0, 2], init_model=str(base.model_path)))
+    start = initial_network(cfg).state_dict()
+    for k, v in _weights(base.model_path).items():
+        assert torch.equal(start[k], v), k
+    tuned = _weights(train(cfg, quiet=True).model_path)
+    before = _weights(base.model_path)
+    convs = [k for k in tuned if k.startswith("nets.0.") and k.endswith("weight") and tuned[k].ndim == 5]
+    # level 0 moved by about the learning rate per step from its own weights, not from level 1's
+    assert max(float((tuned[k] - before[k]).abs().max()) for k in convs) <= 2 * 1.5 * 0.002
+    assert max(float((tuned[k] - before[k.replace("nets.0.", "nets.1.")]).abs().max()) for k in convs) > 0.01
+    other = load_config(_config(data, "other", init_model=str(base.model_path)))
+    other.network.features = 8
+    with pytest.raises(ValueError, match="init_model"):
+        initial_network(other)
+
+
+def test_the_supervised_term_adds_its_weight_times_the_displacement_error(data):
+    """``loss.truth > 0``: synthetic pairs carry their known deformation, and the loss of a pair is
+    the paper's loss plus ``truth * displacement_error`` inside the fixed lungs."""
+    from MLVIRNETLib.losses import displacement_error
+    from MLVIRNETLib.training.trainer import build_sources, initial_network, pair_loss
+
+    cfg = load_config(_config(data, "truth"))
+    cfg.loss.truth = 0.05
+    net = initial_network(cfg)
+    source = build_sources(cfg).sources[0]
+    assert source.with_truth
+    pair = source.sample(torch.Generator().manual_seed(2))
+    assert pair.truth is not None
+    with torch.no_grad():
+        loss, terms = pair_loss(net, pair, cfg, 2)
+        cfg.loss.truth = 0.0
+        plain, plain_terms = pair_loss(net, pair, cfg, 2)
+        out = net(pair.fixed, pair.moving, pair.grid)
+        lungs = pair.fixed_masks.sum(dim=1, keepdim=True).clamp(0, 1)
+        err = displacement_error(out.deformation.displacement, pair.truth.on_grid(out.grids[-1]).displacement, lungs)
+    assert "truth" not in plain_terms and float(terms["truth"]) == pytest.approx(float(err), rel=1e-5)
+    assert float(err) > 1.0  # an untrained net is far from the truth
+    assert float(loss) == pytest.approx(float(plain) + 0.05 * float(err), rel=1e-5)
+
+
 def test_single_level_network_trains(data):
     cfg = load_config(_config(data, "single", steps=4))
     cfg.network.levels = 1
