@@ -9,6 +9,7 @@ synthetic pair can be made harder while its ground truth (a map in world mm) sta
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +20,7 @@ from ..core.filters import gaussian_smooth, resample_antialiased
 from ..core.geometry import ImageGrid
 from ..preprocessing.pair import image_to_hu_tensor
 
-__all__ = ["AcquisitionOptions", "LOW_DOSE_THICK_SLICE", "simulate_acquisition"]
+__all__ = ["AcquisitionOptions", "LOW_DOSE_THICK_SLICE", "correlated_noise", "simulate_acquisition"]
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,19 @@ def _grid_with_spacing(grid: ImageGrid, spacing_mm: tuple[float, float, float]) 
     return grid.resized(size)
 
 
-def _correlated_noise(grid: ImageGrid, options: AcquisitionOptions, seed: int) -> torch.Tensor:
-    """``(1, 1, D, H, W)`` Gaussian noise on ``grid`` with standard deviation ``options.noise_hu``,
-    smoothed by ``options.noise_correlation_mm``."""
-    gen = torch.Generator().manual_seed(int(seed))
-    noise = torch.randn((1, 1, *grid.shape_zyx), generator=gen)
-    sigma_vox = [options.noise_correlation_mm / s for s in grid.spacing]  # x, y, z
+def correlated_noise(shape: tuple[int, ...], std_hu: float, generator: torch.Generator,
+                     sigma_vox: Sequence[float] = (1.0, 1.0, 1.0)) -> torch.Tensor:
+    """Gaussian noise ``(N, C, D, H, W)`` of standard deviation ``std_hu``, smoothed by
+    ``sigma_vox = (sx, sy, sz)`` voxels and rescaled to ``std_hu`` (CT noise is not white: the
+    reconstruction kernel correlates it)."""
+    noise = torch.randn(shape, generator=generator)
     if max(sigma_vox) > 0.2:
         noise = gaussian_smooth(noise, sigma_vox)
-    return noise * (options.noise_hu / noise.std().clamp_min(1e-12))
+    return noise * (float(std_hu) / noise.std().clamp_min(1e-12))
+
+
+def _correlated_noise(grid: ImageGrid, options: AcquisitionOptions, seed: int) -> torch.Tensor:
+    """:func:`correlated_noise` on ``grid`` with the deviation and correlation (mm) of ``options``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    sigma_vox = [options.noise_correlation_mm / s for s in grid.spacing]  # x, y, z
+    return correlated_noise((1, 1, *grid.shape_zyx), options.noise_hu, gen, sigma_vox)

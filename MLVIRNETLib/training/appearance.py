@@ -17,12 +17,13 @@ from dataclasses import dataclass
 import torch
 
 from ..core.filters import gaussian_smooth
-from ..core.geometry import ImageGrid
+from ..core.geometry import ImageGrid, index_axis_to_array_axis
 from ..preprocessing.pair import AIR_HU
+from ..simulation.acquisition import correlated_noise
 from .config import AppearanceConfig
 
 __all__ = ["AppearanceDraw", "draw_appearance", "apply_appearance", "thicker_slices", "correlated_noise",
-           "cut_field_of_view"]
+           "cut_field_of_view", "uniform"]
 
 
 def thicker_slices(hu: torch.Tensor, grid: ImageGrid, thickness_mm: float) -> torch.Tensor:
@@ -39,21 +40,11 @@ def thicker_slices(hu: torch.Tensor, grid: ImageGrid, thickness_mm: float) -> to
     return gaussian_smooth(hu, [0.0, 0.0, math.sqrt(var) / s_z])
 
 
-def correlated_noise(shape: tuple[int, ...], std_hu: float, generator: torch.Generator,
-                     correlation_vox: float = 1.0) -> torch.Tensor:
-    """Gaussian noise of standard deviation ``std_hu`` smoothed over ``correlation_vox`` voxels
-    (CT noise is not white: the reconstruction kernel correlates it)."""
-    noise = torch.randn(shape, generator=generator)
-    if correlation_vox > 0.2:
-        noise = gaussian_smooth(noise, [correlation_vox] * 3)
-    return noise * (float(std_hu) / noise.std().clamp_min(1e-12))
-
-
 def cut_field_of_view(hu: torch.Tensor, axis: int, fraction: float, upper: bool) -> torch.Tensor:
     """``hu`` with the part ``fraction`` of the box at one face along grid axis ``axis`` (0 = x,
     1 = y, 2 = z) replaced by air: a scan with a smaller field of view, padded as the preprocessing
     pads it."""
-    dim = 4 - axis  # x -> W (4), y -> H (3), z -> D (2)
+    dim = 2 + index_axis_to_array_axis(axis)  # after the (N, C) dimensions
     n = hu.shape[dim]
     k = int(round(float(fraction) * n))
     if k <= 0:
@@ -83,7 +74,8 @@ class AppearanceDraw:
     cut: tuple[int, int, float, bool] | None = None
 
 
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
+def uniform(generator: torch.Generator, lo: float, hi: float) -> float:
+    """One value drawn uniformly from ``[lo, hi]`` (float64 draws, as every pair choice)."""
     return lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
 
 
@@ -99,15 +91,15 @@ def draw_appearance(config: AppearanceConfig, generator: torch.Generator) -> App
     """Draw the differences of one pair (always the same number of random values, so later draws
     of ``generator`` do not depend on which differences were chosen)."""
     thick = _chance(generator, config.thick_slice_probability)
-    thickness, thick_image = _uniform(generator, *config.slice_thickness_mm), _which(generator)
+    thickness, thick_image = uniform(generator, *config.slice_thickness_mm), _which(generator)
     noisy = _chance(generator, config.low_dose_probability)
-    noise, noisy_image = _uniform(generator, *config.low_dose_noise_hu), _which(generator)
-    offsets = (_uniform(generator, -config.hu_offset_hu, config.hu_offset_hu),
-               _uniform(generator, -config.hu_offset_hu, config.hu_offset_hu))
+    noise, noisy_image = uniform(generator, *config.low_dose_noise_hu), _which(generator)
+    offsets = (uniform(generator, -config.hu_offset_hu, config.hu_offset_hu),
+               uniform(generator, -config.hu_offset_hu, config.hu_offset_hu))
     cut = _chance(generator, config.fov_cut_probability)
     # slices are cut most often in real scans (the scan range differs): z twice as likely
     axis = (0, 1, 2, 2)[int(torch.randint(4, (1,), generator=generator))]
-    cut_draw = (_which(generator), axis, _uniform(generator, *config.fov_cut_fraction), bool(_which(generator)))
+    cut_draw = (_which(generator), axis, uniform(generator, *config.fov_cut_fraction), bool(_which(generator)))
     return AppearanceDraw(thickness if thick else None, thick_image, noise if noisy else None, noisy_image,
                           offsets, cut_draw if cut else None)
 

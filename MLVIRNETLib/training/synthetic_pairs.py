@@ -38,7 +38,7 @@ from ..core.sampling import check_volume, sample, sample_on_grid
 from ..preprocessing.pair import AIR_HU, HU_WINDOW, expand_box, image_to_hu_tensor, normalize_ct
 from ..registration.affine import compose_affine
 from ..simulation.breathing import breathing_deformation, invert_deformation, random_smooth_deformation, rigid_matrix
-from .appearance import apply_appearance, draw_appearance
+from .appearance import apply_appearance, draw_appearance, uniform
 from .config import AppearanceConfig, SyntheticMotionConfig
 from .pairs import TrainingPair, labels_to_channels
 
@@ -113,10 +113,6 @@ def prepare_ct(image: sitk.Image, size: tuple[int, int, int], mask: sitk.Image |
     return PreparedCT(name, grid, box, hu_s.contiguous(), hu_grid, channels.contiguous(), label_grid, lung_img)
 
 
-def _uniform(generator: torch.Generator, lo: float, hi: float) -> float:
-    return lo + (hi - lo) * float(torch.rand((), generator=generator, dtype=torch.float64))
-
-
 class SyntheticSource:
     """Random breathing pairs from a list of CTs (see the module docstring).
 
@@ -166,30 +162,30 @@ class SyntheticSource:
         """
         cfg = self.motion
         scan = self.scans[index]
-        grid = self.network_grid(scan, _uniform(generator, *cfg.crop_margin_mm))
+        grid = self.network_grid(scan, uniform(generator, *cfg.crop_margin_mm))
         # the motion is smooth: build and compose it on a grid of half the resolution, then
         # evaluate it once on the network grid (trilinear; exact for the affine part inside)
         coarse = grid.resized(tuple(max(4, n // 2) for n in grid.size))
-        peak = _uniform(generator, *cfg.peak_mm) if peak_mm is None else float(peak_mm)
+        peak = uniform(generator, *cfg.peak_mm) if peak_mm is None else float(peak_mm)
         seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
         extra = torch.Generator().manual_seed(seed + 104_729)
         identical = peak_mm is None and float(torch.rand((), generator=extra)) < cfg.identical_probability
-        sliding = _uniform(extra, *cfg.sliding_mm)
+        sliding = uniform(extra, *cfg.sliding_mm)
         d = Deformation.identity(coarse) if identical else self._breathing(scan, coarse, peak, seed, sliding)
-        rnd = _uniform(generator, *cfg.random_mm)
+        rnd = uniform(generator, *cfg.random_mm)
         if identical:
             rnd, peak = 0.0, 0.0
         if rnd > 0:
             r = random_smooth_deformation(coarse, rnd, cfg.random_smoothness_mm, seed + 1, cfg.velocity_spacing_mm)
             d = d.compose(r)
-        rot = [_uniform(generator, -cfg.rotation_deg, cfg.rotation_deg) for _ in range(3)]
-        trans = [_uniform(generator, -cfg.translation_mm, cfg.translation_mm) for _ in range(3)]
+        rot = [uniform(generator, -cfg.rotation_deg, cfg.rotation_deg) for _ in range(3)]
+        trans = [uniform(generator, -cfg.translation_mm, cfg.translation_mm) for _ in range(3)]
         centre = grid.index_to_world(0.5 * (np.asarray(grid.size, dtype=float) - 1.0))
         if not identical:
             d = compose_affine(rigid_matrix(rot, trans, centre), d)
         det_coarse = jacobian_determinant(d.displacement, coarse)
         d = d.on_grid(grid)
-        noise = [_uniform(generator, *cfg.noise_hu) for _ in range(2)]
+        noise = [uniform(generator, *cfg.noise_hu) for _ in range(2)]
         do_swap = bool(float(torch.rand((), generator=generator)) < cfg.swap_probability) if swap is None else swap
 
         pts = d.points()  # (1, D, H, W, 3): A(x) = S(d(x))
