@@ -98,10 +98,54 @@ def _nifti_float_type(header: bytes) -> np.dtype | None:
 
 
 def _nifti_chunks(p: Path) -> Iterator[bytes]:
-    opener = gzip.open if _is_gzip(p) else open
-    with opener(p, "rb") as fh:
+    if _is_gzip(p):
+        yield from _gunzip_chunks(p)
+        return
+    with open(p, "rb") as fh:
         while chunk := fh.read(_CHUNK):
             yield chunk
+
+
+def _gunzip_chunks(p: Path) -> Iterator[bytes]:
+    """The decompressed content of a gzip file, at most ``4 * _CHUNK`` bytes at a time.
+
+    zlib checks each member's CRC-32 and length trailer itself (``wbits=31``), in C, on large
+    chunks: about twice as fast as :mod:`gzip`'s reader, which computes the CRC separately over
+    small buffers. Members may follow each other (``cat a.gz b.gz``) and zero bytes may pad the
+    end, as :mod:`gzip` allows.
+
+    Raises:
+        EOFError: the stream ends inside a member (a truncated file).
+        gzip.BadGzipFile: bytes after a member that start no other member.
+        zlib.error: damaged compressed data, or a CRC-32 or length mismatch.
+    """
+    limit = 4 * _CHUNK
+    member = zlib.decompressobj(wbits=31)
+    started = False  # has the current member been given any byte?
+    with open(p, "rb") as fh:
+        while raw := fh.read(_CHUNK):
+            data = raw
+            while data:
+                if not started:
+                    data = data.lstrip(b"\x00")  # zero padding between or after members
+                    if not data:
+                        break
+                    if data[:1] != b"\x1f":
+                        raise gzip.BadGzipFile("bytes after a gzip member that start no other member")
+                    started = True
+                out = member.decompress(data, limit)
+                if out:
+                    yield out
+                if member.eof:
+                    data = member.unused_data
+                    member, started = zlib.decompressobj(wbits=31), False
+                else:
+                    data = member.unconsumed_tail
+    while started and not member.eof:  # output still held back by the limit
+        out = member.decompress(member.unconsumed_tail, limit)
+        if not out:
+            raise EOFError("compressed file ended before the end-of-stream marker was reached")
+        yield out
 
 
 def check_nifti(path: PathLike, shown: PathLike | None = None) -> int:
@@ -124,7 +168,9 @@ def check_nifti(path: PathLike, shown: PathLike | None = None) -> int:
     pending = b""
     try:
         chunks = _nifti_chunks(p)
-        first = next(chunks, b"")  # a whole MiB unless the file is shorter: the header is in it
+        first = b""
+        while len(first) < 540 and (chunk := next(chunks, b"")):  # the header, whatever the chunking
+            first += chunk
         expected = nifti_expected_length(first[:540], shown)
         if expected is None:
             return 0

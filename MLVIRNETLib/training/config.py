@@ -105,6 +105,10 @@ class ScheduleConfig:
         validate_every: steps between validations (and at the end of every level).
         checkpoint_every: steps between checkpoints (and at the end of every level).
         num_threads: torch CPU threads (``None`` leaves torch's default).
+        data_workers: processes that make the training pairs ahead of the steps (0: the training
+            process makes each pair itself). Each pair depends only on the seed, the step and the
+            rank, so the run is the same for any number. Worth it where pairs cost more than a
+            step, e.g. on a GPU; each worker uses one CPU thread.
         init_model: a model file (same network architecture) whose weights start the run instead
             of the Xavier initialisation: fine-tuning. Every level then continues from its own
             weights (``warm_start`` copies nothing). Relative to the config file.
@@ -120,6 +124,7 @@ class ScheduleConfig:
     validate_every: int = 100
     checkpoint_every: int = 25
     num_threads: int | None = None
+    data_workers: int = 0
     init_model: str | None = None
 
     def __post_init__(self) -> None:
@@ -142,6 +147,7 @@ class ScheduleConfig:
         self.checkpoint_every = _positive_int(self.checkpoint_every, "schedule.checkpoint_every")
         if self.num_threads is not None:
             self.num_threads = _positive_int(self.num_threads, "schedule.num_threads")
+        self.data_workers = _positive_int(self.data_workers, "schedule.data_workers", 0)
 
     def steps_per_level(self, levels: int) -> list[int]:
         """Steps of each level, coarse to fine (``level_steps`` or ``steps`` split equally)."""

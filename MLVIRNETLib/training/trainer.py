@@ -27,7 +27,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ __all__ = ["train", "TrainResult", "build_sources", "build_validation_pairs", "i
 
 # configuration entries that may differ when a run is resumed (where the files are, which device,
 # how many CPU threads)
-_RESUME_MAY_DIFFER = ("output_dir", "device", "schedule.num_threads")
+_RESUME_MAY_DIFFER = ("output_dir", "device", "schedule.num_threads", "schedule.data_workers")
 
 
 @dataclass
@@ -361,9 +361,10 @@ def _train_stage(run: _Run, stage: int, start: int, end: int) -> None:
     if run.ckpt is not None and run.step > start and run.ckpt.get("optimizer_stage") == stage:
         optimizer.load_state_dict(run.ckpt["optimizer"])
     model = _parallel_model(net, run.dist, run.device)
+    pairs = _pair_stream(run, end)
     while run.step < end:
         lr = _learning_rate(config, run.step - start, end - start)
-        terms_sum = _optimizer_step(run, model, optimizer, lr, active)
+        terms_sum = _optimizer_step(run, model, optimizer, lr, active, pairs)
         run.step += 1
         _after_step(run, optimizer, stage, level, active, lr, terms_sum, at_end=run.step == end)
     if run.dist.world > 1:
@@ -381,18 +382,54 @@ def _parallel_model(net: MultilevelNet, dist: _Dist, device: torch.device) -> to
     return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
 
 
+class StepPairs(torch.utils.data.Dataset):
+    """The training pairs of steps ``first .. last - 1``, ``batch`` per step, in order: item ``k`` is
+    pair ``k % batch`` of step ``first + k // batch``, drawn with :func:`step_seed` (so any process
+    makes the same pair)."""
+
+    def __init__(self, data: MixedSource, seed: int, rank: int, batch: int, first: int, last: int) -> None:
+        self.data, self.seed, self.rank, self.batch, self.first, self.last = data, seed, rank, batch, first, last
+
+    def __len__(self) -> int:
+        return max(0, self.last - self.first) * self.batch
+
+    def __getitem__(self, k: int) -> TrainingPair:
+        step, i = self.first + k // self.batch, k % self.batch
+        return self.data.sample(torch.Generator().manual_seed(step_seed(self.seed, step, self.rank, i)))
+
+
+def _pair_stream(run: _Run, end: int) -> Iterator[TrainingPair]:
+    """The pairs of steps ``run.step .. end - 1`` in order, made by ``schedule.data_workers``
+    processes ahead of time (or here, one by one, with none)."""
+    schedule = run.config.schedule
+    pairs = StepPairs(run.data, run.config.seed, run.dist.rank, schedule.batch_size, run.step, end)
+    if schedule.data_workers == 0:
+        return (pairs[k] for k in range(len(pairs)))
+    loader = torch.utils.data.DataLoader(pairs, batch_size=None, shuffle=False, num_workers=schedule.data_workers,
+                                         collate_fn=_as_is, worker_init_fn=_one_thread)
+    return iter(loader)
+
+
+def _as_is(pair: TrainingPair) -> TrainingPair:
+    return pair
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)  # the workers share the CPU with each other and with the training process
+
+
 def _optimizer_step(run: _Run, model: torch.nn.Module, optimizer: torch.optim.Optimizer, lr: float,
-                    active: int) -> dict[str, float]:
-    """One step of ``optimizer`` at learning rate ``lr`` on the batch of step ``run.step`` (gradients
-    of the batch mean loss); returns the batch means of the loss terms."""
+                    active: int, pairs: Iterator[TrainingPair]) -> dict[str, float]:
+    """One step of ``optimizer`` at learning rate ``lr`` on the batch of step ``run.step``, the next
+    ``batch_size`` pairs of ``pairs`` (gradients of the batch mean loss); returns the batch means of
+    the loss terms."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     optimizer.zero_grad(set_to_none=True)
     terms_sum: dict[str, float] = {}
     b = run.config.schedule.batch_size
     for i in range(b):
-        gen = torch.Generator().manual_seed(step_seed(run.config.seed, run.step, run.dist.rank, i))
-        pair = run.data.sample(gen).to(run.device)
+        pair = next(pairs).to(run.device)
         sync = model.no_sync() if (run.dist.world > 1 and i < b - 1) else contextlib.nullcontext()
         with sync:
             loss, terms = pair_loss(model, pair, run.config, active)

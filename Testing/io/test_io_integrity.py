@@ -245,3 +245,57 @@ def test_ants_composite_and_list_map_points_like_sitk_composite(ants_like):
         read_field(folder / "out1Warp.nii.gz")
     with pytest.raises(ValueError, match="only linear transforms"):
         read_field(folder / "out0GenericAffine.mat")
+
+
+# ----------------------------------------------------------------------------------------------
+# The gzip stream of a .nii.gz, checked with zlib (io.integrity._gunzip_chunks)
+# ----------------------------------------------------------------------------------------------
+def _payload(n: int, seed: int = 0) -> bytes:
+    """Half random, half runs of one byte: output chunks both shorter and longer than the input."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, n // 2, dtype=np.uint8).tobytes() + bytes(n - n // 2)
+
+
+@pytest.mark.parametrize("layout", ["one member", "two members", "zero padding", "padding between members"])
+@pytest.mark.parametrize("level", [0, 6])
+def test_gunzip_chunks_equal_pythons_gzip(tmp_path, layout, level):
+    import gzip
+
+    from MLVIRNETLib.io.integrity import _CHUNK, _gunzip_chunks
+
+    a, b = _payload(3 * _CHUNK + 12345, 1), _payload(9 * _CHUNK + 7, 2)  # b: 4.5 MiB of zeros, one output limit
+    ga, gb = gzip.compress(a, compresslevel=level), gzip.compress(b, compresslevel=level)
+    raw = {"one member": ga, "two members": ga + gb, "zero padding": ga + bytes(5000),
+           "padding between members": ga + bytes(_CHUNK + 3) + gb}[layout]
+    path = tmp_path / "x.gz"
+    path.write_bytes(raw)
+    chunks = list(_gunzip_chunks(path))
+    assert b"".join(chunks) == gzip.decompress(raw)
+    assert max(map(len, chunks)) <= 4 * _CHUNK
+
+
+@pytest.mark.parametrize("damage", ["crc", "length", "data", "truncated", "garbage after"])
+def test_damaged_gzip_stream_is_refused_like_pythons_gzip(tmp_path, damage, sitk_image):
+    import gzip
+
+    from MLVIRNETLib.io.integrity import check_nifti
+
+    good = write_image(sitk_image, tmp_path / "ct.nii.gz")
+    raw = bytearray(good.read_bytes())
+    if damage == "crc":
+        raw[-8] ^= 0xFF
+    elif damage == "length":
+        raw[-1] ^= 0x01
+    elif damage == "data":
+        raw[len(raw) // 2] ^= 0x55
+    elif damage == "truncated":
+        raw = raw[:-5]
+    else:
+        raw += b"not gzip"
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises((OSError, EOFError, ValueError)):  # what Python's own reader does with it
+        gzip.decompress(bytes(raw))
+    with pytest.raises(ValueError, match=r"bad\.nii\.gz is truncated or damaged"):
+        check_nifti(bad)
+    assert check_nifti(good) == 0

@@ -219,3 +219,21 @@ def test_torchrun_two_processes(data):
     rows = (data / "run_ddp" / "metrics.csv").read_text().splitlines()
     assert "0,0,1,info,world_size,2,0.0" in rows
     assert load_model(data / "run_ddp" / "model.pt")[1]["metadata"]["hardware"]["processes"] == 2
+
+
+def test_data_workers_give_the_same_run(data):
+    """Pairs made ahead by worker processes are the pairs the training process would make: the
+    same losses at every step and the same weights, with two workers and with none."""
+    cfg0 = load_config(_config(data, "workers0", steps=6, batch_size=2))
+    cfg2 = load_config(_config(data, "workers2", steps=6, batch_size=2, data_workers=2))
+    assert cfg2.schedule.data_workers == 2
+    train(cfg0, quiet=True)
+    train(cfg2, quiet=True)
+
+    def losses(run: str) -> list[str]:
+        rows = (data / run / "metrics.csv").read_text().splitlines()
+        return [r.rsplit(",", 1)[0] for r in rows if ",train," in r]  # without the elapsed time
+
+    assert len(losses("run_workers0")) > 6 and losses("run_workers0") == losses("run_workers2")
+    w0, w2 = _weights(data / "run_workers0" / "model.pt"), _weights(data / "run_workers2" / "model.pt")
+    assert all(torch.equal(w0[k], w2[k]) for k in w0)
