@@ -18,7 +18,7 @@ Defaults: the two held-out CTs (``lungct_0103_0005``, the IBSI CT; no shipped mo
 on them) at 20 and 30 mm, and the 512 x 512 x 126 TCGA CT at 20 mm for the time target.
 
     python benchmarks/bench_register.py                              # everything (about 20 min)
-    python benchmarks/bench_register.py --cts tcga --peaks 20 --presets fast standard
+    python benchmarks/bench_register.py --cases tcga:20 --presets fast standard
     python benchmarks/bench_register.py --cache /tmp/bench_cases     # keep the generated pairs
     python benchmarks/bench_register.py --small                      # also a 100 x 100 x 50 pair
 """

@@ -277,6 +277,12 @@ class SourceConfig:
         motion: synthetic motion settings.
         appearance: synthetic sources: acquisition differences between the two scans of a pair.
         peaks_mm: validation only: one synthetic pair per peak (and per image and direction).
+        register_landmarks: validation only, synthetic sources: when > 0, each image at each peak
+            also becomes a full-resolution synthetic breathing case with this many landmarks
+            (:func:`~MLVIRNETLib.simulation.cases.synthetic_breathing_case`, the cases of the model
+            card's acceptance), which :func:`~MLVIRNETLib.registration.register` aligns with the
+            net alone (affine + network, no refinement) once every level is active. Reported as
+            ``register_tre_mm``, ``register_tre_p95_mm`` and ``register_initial_tre_mm``.
         auto_masks: phases and manifest sources: compute lung masks where none are given (a scan
             where that fails, e.g. a crop without the whole lung, trains without the mask term).
             Synthetic sources always compute missing masks.
@@ -291,6 +297,7 @@ class SourceConfig:
     motion: SyntheticMotionConfig = field(default_factory=SyntheticMotionConfig)
     appearance: AppearanceConfig = field(default_factory=AppearanceConfig)
     peaks_mm: list[float] = field(default_factory=lambda: [10.0, 20.0, 30.0])
+    register_landmarks: int = 0
     auto_masks: bool = False
 
     def __post_init__(self) -> None:
@@ -315,6 +322,9 @@ class SourceConfig:
         if not isinstance(self.peaks_mm, list) or not self.peaks_mm:
             raise ValueError(f"peaks_mm must be a non-empty list, got {self.peaks_mm!r}")
         self.peaks_mm = [_finite(p, "peaks_mm[]", 0.0) for p in self.peaks_mm]
+        self.register_landmarks = _positive_int(self.register_landmarks, "register_landmarks", 0)
+        if self.register_landmarks and self.kind != "synthetic":
+            raise ValueError(f"register_landmarks needs a 'synthetic' validation source, not {self.kind!r}")
 
     def map_paths(self, fn: Callable[[str], str]) -> None:
         """Replace every file path of the source (images, masks, labels, csv) by ``fn(path)``."""

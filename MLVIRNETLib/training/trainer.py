@@ -42,7 +42,7 @@ from .config import TrainConfig
 from .pairs import ManifestSource, MixedSource, PhaseSource, TrainingPair
 from .run_log import RunLog
 from .synthetic_pairs import SyntheticSource
-from .validation import validate
+from .validation import RegistrationCase, registration_cases, validate, validate_by_registration
 
 __all__ = ["train", "TrainResult", "build_sources", "build_validation_pairs", "initial_network", "step_seed"]
 
@@ -134,6 +134,15 @@ def build_validation_pairs(config: TrainConfig) -> list[TrainingPair]:
         else:
             pairs.extend(source.pairs)
     return pairs
+
+
+def build_registration_cases(config: TrainConfig) -> list[RegistrationCase]:
+    """The full-resolution cases of the validation sources with ``register_landmarks > 0``."""
+    cases: list[RegistrationCase] = []
+    for src in config.data.validation:
+        if src.register_landmarks > 0:
+            cases.extend(registration_cases(src.images, src.masks, src.peaks_mm, src.register_landmarks, config.seed + 1))
+    return cases
 
 
 def _set_trainable(net: MultilevelNet, level: int) -> list[torch.nn.Parameter]:
@@ -273,6 +282,7 @@ class _Run:
     bar: Any
     last_val: dict[str, float]
     progress: Callable[[int, int, dict], None] | None
+    val_cases: list[RegistrationCase] = field(default_factory=list)
 
     @property
     def ckpt_path(self) -> Path:
@@ -344,7 +354,7 @@ def _open_run(config: TrainConfig, resume: bool, quiet: bool, progress, dist: _D
     bar = _progress_bar(total, step, quiet or not dist.main)
     last_val: dict[str, float] = dict(ckpt.get("validation", {})) if ckpt is not None else {}
     run = _Run(config, dist, device, net, out_dir, ckpt, step, total, elapsed0, t0, data, val_pairs, log, bar,
-               last_val, progress)
+               last_val, progress, build_registration_cases(config) if dist.main else [])
     return run, bounds
 
 
@@ -453,8 +463,10 @@ def _after_step(run: _Run, optimizer: torch.optim.Optimizer, stage: int, level: 
         run.bar.update(1)
     if run.progress is not None:
         run.progress(step, run.total, terms_sum)
-    if dist.main and run.val_pairs and (step % schedule.validate_every == 0 or at_end):
-        run.last_val = validate(run.net, run.val_pairs, active)
+    if dist.main and (run.val_pairs or run.val_cases) and (step % schedule.validate_every == 0 or at_end):
+        run.last_val = validate(run.net, run.val_pairs, active) if run.val_pairs else {}
+        if run.val_cases and active == run.net.num_levels:  # register() runs every level of the net
+            run.last_val.update(validate_by_registration(run.net, run.val_cases))
         run.log.log(step, stage, level, "val", run.last_val, elapsed)
     if dist.main and (step % schedule.checkpoint_every == 0 or at_end):
         save_checkpoint(run.ckpt_path, {

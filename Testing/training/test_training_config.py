@@ -104,6 +104,8 @@ def test_equal_split_gives_the_remainder_to_the_coarse_levels():
         (lambda d: d["data"]["train"][0].update(appearance={"thick_slices": 0.5}), "thick_slices"),
         (lambda d: d["schedule"].update(init_model=""), "init_model"),
         (lambda d: d["schedule"].update(data_workers=-1), "schedule.data_workers"),
+        (lambda d: d["data"]["validation"][0].update(register_landmarks=20), "register_landmarks needs a 'synthetic'"),
+        (lambda d: d["data"]["train"][0].update(register_landmarks=-3), "register_landmarks"),
         (lambda d: d["schedule"].update(data_workers=1.5), "schedule.data_workers"),
         (lambda d: d["data"].update(train=[]), "data.train"),
         (lambda d: d["network"].update(input_size=[18, 16, 16]), "divisible"),
