@@ -50,13 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ct", type=Path, default=None, help="a .nii.gz CT (default: the shared TCGA CT)")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args(argv)
+    import SimpleITK as sitk
     import torch
 
     from MLVIRNETLib.core.deformation import Deformation
     from MLVIRNETLib.core.geometry import ImageGrid
     from MLVIRNETLib.io.fields import write_field
-    import SimpleITK as sitk
-
     from MLVIRNETLib.io.images import read_image
     from MLVIRNETLib.io.integrity import check_input, check_nifti
 
