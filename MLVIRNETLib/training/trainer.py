@@ -141,7 +141,8 @@ def build_registration_cases(config: TrainConfig) -> list[RegistrationCase]:
     cases: list[RegistrationCase] = []
     for src in config.data.validation:
         if src.register_landmarks > 0:
-            cases.extend(registration_cases(src.images, src.masks, src.peaks_mm, src.register_landmarks, config.seed + 1))
+            cases.extend(registration_cases(src.images, src.masks, src.peaks_mm, src.register_landmarks,
+                                            config.seed + 1))
     return cases
 
 
