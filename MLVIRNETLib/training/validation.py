@@ -96,19 +96,26 @@ def registration_cases(images: list[str], masks: list[str] | None, peaks_mm: lis
                        seed: int) -> list[RegistrationCase]:
     """Each CT of ``images`` moved by synthetic breathing of each peak (mm), with ``n_landmarks``
     landmarks (:func:`~MLVIRNETLib.simulation.cases.synthetic_breathing_case`, ``seed``); the lungs
-    are ``masks`` (nonzero voxels) or, without them, found automatically."""
+    are ``masks`` (nonzero voxels) or, without them, found automatically.
+
+    Raises:
+        ValueError: an unreadable image or mask, or no lungs in an image, naming the image.
+    """
     from ..io.images import read_image
     from ..preprocessing.lungmask import segment_lungs
     from ..simulation.cases import synthetic_breathing_case
 
     cases = []
     for i, path in enumerate(images):
-        ct = read_image(path)
-        lungs = segment_lungs(ct) if masks is None else sitk.Cast(read_image(masks[i]) > 0, sitk.sitkUInt8)
-        for peak in peaks_mm:
-            case = synthetic_breathing_case(ct, peak_mm=peak, seed=seed, n_landmarks=n_landmarks, lungs=lungs)
-            cases.append(RegistrationCase(f"{path} {peak:g} mm", ct, case.moving, lungs,
-                                          np.asarray(case.fixed_points), np.asarray(case.moving_points)))
+        try:
+            ct = read_image(path)
+            lungs = segment_lungs(ct) if masks is None else sitk.Cast(read_image(masks[i]) > 0, sitk.sitkUInt8)
+            for peak in peaks_mm:
+                case = synthetic_breathing_case(ct, peak_mm=peak, seed=seed, n_landmarks=n_landmarks, lungs=lungs)
+                cases.append(RegistrationCase(f"{path} {peak:g} mm", ct, case.moving, lungs,
+                                              np.asarray(case.fixed_points), np.asarray(case.moving_points)))
+        except ValueError as exc:
+            raise ValueError(f"validation case from {path} (register_landmarks): {exc}") from None
     return cases
 
 

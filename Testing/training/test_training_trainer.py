@@ -283,3 +283,16 @@ def test_validation_by_registration_measures_fixed_to_moving_tre(data):
     assert abs(metrics["register_initial_tre_mm"] - np.linalg.norm(shift)) < 1e-6
     assert metrics["register_tre_mm"] < 0.4 * np.linalg.norm(shift)  # 2.1 of 7.1 mm measured
     assert metrics["register_tre_p95_mm"] < 0.6 * np.linalg.norm(shift)
+
+
+def test_validation_case_without_lungs_names_the_image(tmp_path):
+    import SimpleITK as sitk
+
+    from MLVIRNETLib.training.validation import registration_cases
+
+    flat = sitk.Image([40, 40, 30], sitk.sitkInt16) + 40  # soft tissue only: no lungs
+    flat.SetSpacing((5.0, 5.0, 5.0))
+    path = tmp_path / "no_lungs.nii.gz"
+    sitk.WriteImage(flat, str(path))
+    with pytest.raises(ValueError, match=r"validation case from .*no_lungs\.nii\.gz \(register_landmarks\)"):
+        registration_cases([str(path)], None, [20.0], 10, seed=0)
