@@ -20,9 +20,11 @@ from MLVIRNETLib.training import load_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def test_the_file_is_small_safe_and_describes_its_training():
-    """The shipped model file was made by the config shipped beside it."""
-    model, config = "mlvirnet_default.pt", "mlvirnet_default.yaml"
+@pytest.mark.parametrize("folder", ["", "v1"])
+def test_the_file_is_small_safe_and_describes_its_training(folder):
+    """The shipped model file (v2) was made by the config shipped beside it, and so was model v1,
+    which that config starts from."""
+    model, config = f"{folder}/mlvirnet_default.pt".lstrip("/"), f"{folder}/mlvirnet_default.yaml".lstrip("/")
     path = resource_path("Models", model)
     assert path.is_file(), f"Resources/Models/{model} is missing"
     assert path.stat().st_size <= 10 * 1024 * 1024
@@ -87,3 +89,15 @@ def test_model_alone_on_a_held_out_ct(shared_data):
     assert after.mean < 0.6 * before.mean
     assert jac["folding_percent"] < 0.5
     assert np.isfinite(after.mean)
+
+
+def test_model_v2_keeps_the_coarser_levels_of_model_v1():
+    """Model v2 trained only its finest level, starting from v1 (its config's level_steps [0, 0, 480]):
+    the two coarser nets, batch-norm statistics included, are v1's to the bit."""
+    v2, _ = load_model(resource_path("Models", "mlvirnet_default.pt"))
+    v1, _ = load_model(resource_path("Models", "v1", "mlvirnet_default.pt"))
+    for level in (1, 2):
+        a, b = v1.nets[level].state_dict(), v2.nets[level].state_dict()
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), level
+    a, b = v1.nets[0].state_dict(), v2.nets[0].state_dict()
+    assert not all(torch.equal(a[k], b[k]) for k in a)  # the finest level did train
