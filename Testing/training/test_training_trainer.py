@@ -263,6 +263,7 @@ def test_validation_by_registration_measures_fixed_to_moving_tre(data):
     import numpy as np
     import SimpleITK as sitk
 
+    from MLVIRNETLib.core.geometry import ImageGrid, zyx_to_xyz
     from MLVIRNETLib.io.images import read_image
     from MLVIRNETLib.networks.cascade import NetworkConfig, build_network
     from MLVIRNETLib.training.validation import RegistrationCase, validate_by_registration
@@ -271,8 +272,8 @@ def test_validation_by_registration_measures_fixed_to_moving_tre(data):
     lungs = sitk.Cast(read_image(data / "a_mask.nii.gz") > 0, sitk.sitkUInt8)
     shift = np.array([4.0, -3.0, 5.0])  # mm, x_moving = x_fixed + shift
     moving = sitk.Resample(fixed, fixed, sitk.TranslationTransform(3, tuple(-shift)), sitk.sitkLinear, -1000.0)
-    idx = np.argwhere(sitk.GetArrayViewFromImage(lungs))[::97][:, ::-1]  # (i, j, k) of lung voxels
-    points = np.array([fixed.TransformContinuousIndexToPhysicalPoint(tuple(float(v) for v in p)) for p in idx])
+    idx = zyx_to_xyz(np.argwhere(sitk.GetArrayViewFromImage(lungs))[::97])  # (i, j, k) of lung voxels
+    points = ImageGrid.from_sitk(fixed).index_to_world(idx.astype(float))
     net = build_network(NetworkConfig(levels=2, features=4, depth=2, input_size=[16, 16, 16]))
     with torch.no_grad():
         for unet in net.nets:
