@@ -10,12 +10,15 @@ the increase of the peak RSS over the RSS after building the net and inputs, and
 
 ``--fuse`` folds every batch norm into its convolution first (:func:`fuse_batchnorm`, same
 result as eval mode); ``--contiguous`` runs the U-Nets in the default memory layout instead of
-their default ``channels_last_3d`` (to measure what that layout brings).
+their default ``channels_last_3d`` (to measure what that layout brings). ``--symmetric`` runs the
+cascade both ways in one batch and averages (``MultilevelNet.forward(symmetric=True)``, the
+``network_symmetric`` option).
 
 Example::
 
     python benchmarks/bench_cascade.py --size 160 --device cpu --threads 2 --repeats 3 --fuse
     python benchmarks/bench_cascade.py --size 96 --device cuda --precision float32,fp16 --repeats 20 --warmup 3
+    python benchmarks/bench_cascade.py --size 96 --device cpu --threads 2 --repeats 5 --symmetric
 """
 
 from __future__ import annotations
@@ -47,7 +50,8 @@ def _current_rss_mib() -> float:
 
 
 def run_one(
-    size: int, device_name: str, precision: str, threads: int, repeats: int, warmup: int, channels_last: bool, fuse: bool
+    size: int, device_name: str, precision: str, threads: int, repeats: int, warmup: int, channels_last: bool, fuse: bool,
+    symmetric: bool = False,
 ) -> dict:
     """Benchmark one configuration in this process; returns a dict of measurements."""
     torch.set_num_threads(threads)
@@ -66,7 +70,7 @@ def run_one(
 
     def forward():
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=use_autocast):
-            out = net(fixed, moving, grid)
+            out = net(fixed, moving, grid, symmetric=symmetric)
         synchronize(device)
         return out
 
@@ -89,6 +93,7 @@ def run_one(
         "threads": torch.get_num_threads(),
         "channels_last": channels_last,
         "fused_batchnorm": fuse,
+        "symmetric": symmetric,
         "repeats": repeats,
         "median_s": statistics.median(times),
         "min_s": min(times),
@@ -117,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=1, help="untimed forward passes first")
     p.add_argument("--contiguous", action="store_true", help="run the U-Nets in the default layout, not channels_last_3d")
     p.add_argument("--fuse", action="store_true", help="fold batch norms into the convolutions (inference copy)")
+    p.add_argument("--symmetric", action="store_true", help="run the cascade both ways and average")
     p.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # internal: run in this process
     args = p.parse_args(argv)
@@ -130,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.single:
         res = run_one(
-            args.size, args.device, precisions[0], args.threads, args.repeats, args.warmup, not args.contiguous, args.fuse
+            args.size, args.device, precisions[0], args.threads, args.repeats, args.warmup, not args.contiguous, args.fuse,
+            args.symmetric,
         )
         print(json.dumps(res))
         return 0
@@ -145,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, CPU capability {capability}, load average {load} at start; "
         f"cascade 3 levels x UNet3D(features=16, depth=3); input {args.size}^3, batch 1; "
-        f"fused BN {args.fuse}, channels_last_3d {not args.contiguous}"
+        f"fused BN {args.fuse}, channels_last_3d {not args.contiguous}, symmetric {args.symmetric}"
     )
     if "bf16" in precisions and "cpu" in devices and "AVX512" not in capability:
         print("note: this CPU has no AVX-512: bf16 3-D convolutions fall back to a slow reference kernel")
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             ]
             cmd += ["--contiguous"] if args.contiguous else []
             cmd += ["--fuse"] if args.fuse else []
+            cmd += ["--symmetric"] if args.symmetric else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{dev} {prec}: failed:\n{proc.stderr.strip()[-2000:]}")

@@ -28,6 +28,7 @@ points), per cent of lung voxels of the fixed grid with ``det J <= 0`` and the `
     python benchmarks/evaluate_model.py --model runs/x/model.pt --threads 2
     python benchmarks/evaluate_model.py --variants model --peaks 20 --precisions float32 float16 bfloat16
     python benchmarks/evaluate_model.py --peaks 20 30 --variants model model+refine   # the model card's table
+    python benchmarks/evaluate_model.py --peaks 20 30 --variants model --symmetric      # the network both ways
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main() -> int:
     from MLVIRNETLib.io.images import read_image
     from MLVIRNETLib.paths import default_model_path
     from MLVIRNETLib.preprocessing.lungmask import segment_lungs
-    from MLVIRNETLib.registration import NETWORK_PRECISIONS, RegistrationOptions, register
+    from MLVIRNETLib.registration import NETWORK_PRECISIONS, PRESETS, preset_options, register
     from MLVIRNETLib.simulation.acquisition import LOW_DOSE_THICK_SLICE, simulate_acquisition
     from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
 
@@ -67,6 +68,10 @@ def main() -> int:
     parser.add_argument("--precisions", nargs="+", default=["auto"], choices=NETWORK_PRECISIONS,
                         help="network precisions of the variants with a model (default: auto)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--preset", default="standard", choices=sorted(PRESETS),
+                        help="registration preset of every variant (model alone: without its refinement)")
+    parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
+                        help="run the network both ways and average (network_symmetric; default: the preset's)")
     parser.add_argument("--thick-peaks", nargs="*", type=float, default=[30.0],
                         help="peaks also run with a thick-slice low-dose fixed scan (1x1x2.5 mm, 40 HU)")
     parser.add_argument("--identity", action=argparse.BooleanOptionalAction, default=True,
@@ -80,7 +85,8 @@ def main() -> int:
     identity_rows: list[dict] = []
 
     def _run(fixed, moving, fixed_lungs, variant: str, precision: str):
-        opts = RegistrationOptions(network_precision=precision)
+        overrides = {} if args.symmetric is None else {"network_symmetric": args.symmetric}
+        opts = preset_options(args.preset, network_precision=precision, **overrides)
         if variant == "model":
             opts.refine_iterations = 0
         model = None if variant == "refine" else args.model
@@ -149,7 +155,8 @@ def main() -> int:
         if args.identity:
             identity_rows.extend(_identity_rows(path.name, ct))
 
-    print(f"model: {args.model}")
+    print(f"model: {args.model}, preset: {args.preset}, symmetric network: "
+          f"{preset_options(args.preset).network_symmetric if args.symmetric is None else args.symmetric}")
     print("| CT | peak (mm) | variant | mean TRE (mm) | p95 TRE (mm) | folding (% lung) | time (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

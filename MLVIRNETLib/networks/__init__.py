@@ -8,8 +8,9 @@ Holds:
 May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io` (atomic writes).
 """
 
-from .cascade import MultilevelNet, MultilevelOutput, NetworkConfig, build_network
+from .cascade import MultilevelNet, MultilevelOutput, NetworkConfig, build_network, symmetric_correction
 from .model_files import load_model, save_model
 from .unet import UNet3D
 
-__all__ = ["MultilevelNet", "MultilevelOutput", "NetworkConfig", "UNet3D", "build_network", "load_model", "save_model"]
+__all__ = ["MultilevelNet", "MultilevelOutput", "NetworkConfig", "UNet3D", "build_network", "load_model", "save_model",
+           "symmetric_correction"]

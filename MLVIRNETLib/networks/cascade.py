@@ -122,6 +122,7 @@ class MultilevelNet(nn.Module):
         moving: torch.Tensor,
         grid: ImageGrid,
         active_levels: int | None = None,
+        symmetric: bool = False,
     ) -> MultilevelOutput:
         """Register ``moving`` to ``fixed``.
 
@@ -131,6 +132,10 @@ class MultilevelNet(nn.Module):
             grid: the common grid; sizes divisible by :attr:`divisor`.
             active_levels: run only the coarsest ``k`` levels (progressive training); the output
                 then lives on level ``levels - k``'s grid. ``None`` runs all levels.
+            symmetric: on every level run the net both ways, ``(F_l, W_l)`` and ``(W_l, F_l)``, in
+                one batch, and keep :func:`symmetric_correction` of the two (inference; twice the
+                convolutions). Identical inputs then give a correction of second order in the
+                net's own bias instead of the bias itself.
 
         Returns:
             :class:`MultilevelOutput`; displacements are float32 even under autocast.
@@ -151,8 +156,16 @@ class MultilevelNet(nn.Module):
             m_l = moving_pyr[level][0]
             # M_l warped by the exact composition of all coarser corrections (none on the coarsest)
             m_in = compose_all(levels, g_l).warp(m_l, g_l) if levels else m_l
-            u_vox = self.nets[level](torch.cat([f_l, m_in.to(f_l.dtype)], dim=1))
-            levels.append(Deformation.from_voxel_displacement(g_l, u_vox.float()))
+            m_in = m_in.to(f_l.dtype)
+            if symmetric:
+                both = self.nets[level](torch.cat([torch.cat([f_l, m_in], 1), torch.cat([m_in, f_l], 1)], 0)).float()
+                n = f_l.shape[0]
+                forward_l = Deformation.from_voxel_displacement(g_l, both[:n])
+                backward_l = Deformation.from_voxel_displacement(g_l, both[n:])
+                levels.append(symmetric_correction(forward_l, backward_l))
+            else:
+                u_vox = self.nets[level](torch.cat([f_l, m_in], dim=1))
+                levels.append(Deformation.from_voxel_displacement(g_l, u_vox.float()))
             grids.append(g_l)
             fixed_levels.append(f_l)
             moving_levels.append(m_l)
@@ -167,6 +180,36 @@ class MultilevelNet(nn.Module):
             moving_levels=moving_levels,
             net_inputs=net_inputs,
         )
+
+
+def symmetric_correction(forward: Deformation, backward: Deformation) -> Deformation:
+    """The average of a forward estimate and the inverse of a backward one, to second order.
+
+    ``forward`` maps fixed to moving, ``x -> x + u(x)``; ``backward`` was estimated with the two
+    images swapped, ``y -> y + w(y)``, so ideally ``w(x + u(x)) = -u(x)`` (it is the inverse). The
+    result is ``x + ½ (u(x) - w(x + u(x)))``: ``u`` itself when ``backward`` is the exact inverse of
+    ``forward``, and for identical images, where a net returns the same bias ``b`` both ways,
+    ``½ (b(x) - b(x + b(x)))``, which is of the order of ``|∇b| |b|`` instead of ``|b|``.
+
+    Args:
+        forward: ``u`` on a grid, displacement ``(N, 3, D, H, W)`` LPS mm.
+        backward: ``w`` on the same grid, same shape.
+
+    Returns:
+        the corrected deformation on the same grid.
+
+    Raises:
+        ValueError: the two are on different grids or have different shapes.
+    """
+    if forward.grid != backward.grid or forward.displacement.shape != backward.displacement.shape:
+        raise ValueError(
+            f"symmetric_correction needs two deformations on one grid with one shape, got "
+            f"{tuple(forward.displacement.shape)} on {forward.grid.size} and "
+            f"{tuple(backward.displacement.shape)} on {backward.grid.size}"
+        )
+    # (w ∘ u)(x) - x = u(x) + w(x + u(x)), so ½ (u - w(x + u)) = u - ½ ((w ∘ u)(x) - x)
+    round_trip = compose_all([backward, forward], forward.grid).displacement
+    return Deformation(forward.grid, forward.displacement - 0.5 * round_trip)
 
 
 # ----------------------------------------------------------------------------------------------

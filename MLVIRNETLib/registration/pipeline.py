@@ -436,7 +436,7 @@ def _network_stage(
         net_fixed = resample_antialiased(pp.fixed, pp.grid, net_grid)
         net_moving = resample_antialiased(pp.moving, pp.grid, net_grid)
     with torch.inference_mode(), _autocast(dev, opts, messages), convolution_progress(net, prog):
-        out = net(net_fixed, net_moving, net_grid)
+        out = net(net_fixed, net_moving, net_grid, symmetric=opts.network_symmetric)
     phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())
     levels = []
     for i in range(len(out.levels)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 
@@ -12,6 +13,7 @@ import torch
 from conftest import rotation_matrix
 
 from MLVIRNETLib.cli import main
+from MLVIRNETLib.cli.register import add_registration_arguments, registration_settings
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.fields import read_field
 from MLVIRNETLib.paths import bundled_ct_path
@@ -179,6 +181,19 @@ def test_preset_chooses_the_stages(images, tmp_path, capsys, preset: str, refine
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (info["timings"]["refine"] > 0.01) == refine_ran
     assert read_field(field).grid.is_close(images["grid"], tol_mm=1e-3)
+
+
+@pytest.mark.parametrize("argv,symmetric", [
+    ([], False), (["--preset", "accurate"], True), (["--symmetric-network"], True),
+    (["--preset", "accurate", "--no-symmetric-network"], False), (["--preset", "fast", "--symmetric-network"], True),
+])
+def test_symmetric_network_follows_the_preset_unless_given(argv: list[str], symmetric: bool) -> None:
+    """--symmetric-network / --no-symmetric-network override the preset's network_symmetric (on in
+    accurate only), in register and batch alike."""
+    parser = argparse.ArgumentParser()
+    add_registration_arguments(parser)
+    options, _ = registration_settings(parser.parse_args(argv))
+    assert options.network_symmetric is symmetric
 
 
 def test_unknown_preset_and_compression_are_refused(images, tmp_path, capsys) -> None:

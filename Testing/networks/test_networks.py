@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from MLVIRNETLib.core.deformation import compose_all
+from MLVIRNETLib.core.deformation import Deformation, compose_all
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.core.sampling import resample_to_grid
 from MLVIRNETLib.networks.cascade import (
@@ -17,6 +17,7 @@ from MLVIRNETLib.networks.cascade import (
     fuse_batchnorm,
     init_level_from,
     parameter_count,
+    symmetric_correction,
 )
 from MLVIRNETLib.networks.unet import UNet3D, xavier_init
 
@@ -173,6 +174,79 @@ def test_total_is_exact_composition_of_levels():
     # the composition order matters: the reverse order gives a different field
     reverse = compose_all(out.levels[::-1], grid).displacement
     assert float((reverse - u).abs().max()) > 1e-3
+
+
+def _linear_field(grid: ImageGrid, matrix: np.ndarray, centre: np.ndarray) -> Deformation:
+    """``u(x) = A (x - c)`` on ``grid`` (float64 points, float32 field)."""
+    a, c = torch.as_tensor(matrix), torch.as_tensor(centre)
+    return Deformation.from_function(grid, lambda x: (x - c) @ a.T)
+
+
+def _grid_centre(grid: ImageGrid) -> np.ndarray:
+    return grid.world_points(dtype=torch.float64).mean(dim=(0, 1, 2)).numpy()
+
+
+@pytest.mark.parametrize("scale", [0.85, 0.95, 1.0])
+def test_symmetric_correction_keeps_a_forward_estimate_whose_inverse_is_the_backward_one(scale):
+    """A scaling about the grid centre, ``x -> c + s (x - c)``, and its exact inverse: the average of
+    the forward estimate and the inverted backward one is the forward estimate (a linear field is
+    sampled exactly, and a contraction keeps ``x + u(x)`` inside the grid)."""
+    grid = _oblique_grid()
+    c = _grid_centre(grid)
+    forward = _linear_field(grid, (scale - 1.0) * np.eye(3), c)
+    backward = _linear_field(grid, (1.0 / scale - 1.0) * np.eye(3), c)
+    result = symmetric_correction(forward, backward)
+    assert result.grid == grid
+    torch.testing.assert_close(result.displacement, forward.displacement, rtol=0, atol=1e-4)
+
+
+def test_symmetric_correction_of_one_bias_both_ways_is_second_order():
+    """Identical images: a net that returns the same ``b(x) = A (x - c)`` both ways. The result is
+    ``½ (b(x) - b(x + b(x))) = -½ A² (x - c)``, and a constant bias cancels exactly."""
+    grid = _oblique_grid()
+    c = _grid_centre(grid)
+    a = np.array([[0.02, -0.01, 0.03], [0.00, -0.04, 0.01], [0.02, 0.01, 0.05]])
+    bias = _linear_field(grid, a, c)
+    expected = _linear_field(grid, -0.5 * a @ a, c)
+    result = symmetric_correction(bias, bias)
+    assert float(bias.displacement.abs().max()) < 2.0  # so x + b(x) of the inner voxels stays in the grid
+    inner = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
+    torch.testing.assert_close(result.displacement[inner], expected.displacement[inner], rtol=0, atol=1e-4)
+    assert float(result.displacement.abs().max()) < 0.05 * float(bias.displacement.abs().max())
+    shift = Deformation(grid, torch.tensor([1.5, -2.0, 0.7]).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape_zyx).clone())
+    assert float(symmetric_correction(shift, shift).displacement.abs().max()) < 1e-5
+
+
+def test_symmetric_correction_refuses_two_grids():
+    grid = _oblique_grid()
+    other = ImageGrid((16, 16, 8), grid.spacing, grid.origin, grid.direction)
+    with pytest.raises(ValueError, match="one grid"):
+        symmetric_correction(Deformation.identity(grid), Deformation.identity(other))
+
+
+def test_symmetric_cascade_averages_both_directions_on_every_level():
+    """The coarsest level is symmetric_correction(net(F, M), net(M, F)) with the channels in that
+    order; a batch of two pairs gives what each pair gives alone; identical images move far less
+    than without the symmetric mode."""
+    grid = _oblique_grid()
+    f, m = _images(grid, batch=2, seed=3)
+    net = _small_net(seed=3)
+    with torch.no_grad():
+        out = net(f, m, grid, symmetric=True)
+        f_l, g_l = out.fixed_levels[0], out.grids[0]
+        m_l = out.moving_levels[0]
+        forward = Deformation.from_voxel_displacement(g_l, net.nets[2](torch.cat([f_l, m_l], 1)))
+        backward = Deformation.from_voxel_displacement(g_l, net.nets[2](torch.cat([m_l, f_l], 1)))
+        torch.testing.assert_close(out.levels[0].displacement, symmetric_correction(forward, backward).displacement,
+                                   rtol=0, atol=1e-5)
+        for i in range(2):
+            alone = net(f[i:i + 1], m[i:i + 1], grid, symmetric=True)
+            torch.testing.assert_close(alone.deformation.displacement, out.deformation.displacement[i:i + 1],
+                                       rtol=0, atol=1e-4)
+        plain = net(f[:1], f[:1], grid).deformation.displacement.abs().max()
+        symmetric = net(f[:1], f[:1], grid, symmetric=True).deformation.displacement.abs().max()
+    assert float(plain) > 0.3
+    assert float(symmetric) < 0.1 * float(plain)
 
 
 def test_level_net_output_is_voxels_along_index_axes():

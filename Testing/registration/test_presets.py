@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
+import torch
 from conftest import bundled_ct_3mm
+
+from MLVIRNETLib.core.geometry import ImageGrid
 
 from MLVIRNETLib.paths import bundled_ct_path
 from MLVIRNETLib.preprocessing.lungmask import segment_lungs
@@ -21,6 +24,7 @@ def test_presets_set_what_they_say() -> None:
     accurate, standard = preset_options("accurate"), preset_options("standard")
     assert accurate.grid_max_voxels > standard.grid_max_voxels
     assert sum(accurate.refine_options().iterations_per_level()) > sum(standard.refine_options().iterations_per_level())
+    assert accurate.network_symmetric and not standard.network_symmetric and not fast.network_symmetric
     assert set(PRESETS) == {"fast", "standard", "accurate"}
 
 
@@ -43,6 +47,21 @@ def test_an_image_registered_to_itself_stays_put(voxels: str, preset: str) -> No
     result = register(ct, ct, options=preset_options(preset))
     length = result.deformation.displacement[0].norm(dim=0).numpy()
     assert float(np.max(length[lungs])) < 0.3
+
+
+@pytest.mark.parametrize("voxels", ["3 mm", "full resolution"])
+def test_the_symmetric_network_leaves_an_image_registered_to_itself_almost_in_place(voxels: str) -> None:
+    """#13: the shipped network's own output (before the pipeline's identity check) on identical
+    scans, run both ways and averaged, stays below 0.3 mm inside the lungs."""
+    ct = bundled_ct_3mm() if voxels == "3 mm" else sitk.ReadImage(str(bundled_ct_path()))
+    lungs = segment_lungs(ct)
+    result = register(ct, ct, lungs, options=preset_options("fast", network_symmetric=True))
+    network = result.level_deformations[-1]  # the composed cascade output, on the working grid
+    inside = torch.as_tensor(sitk.GetArrayFromImage(lungs) > 0)
+    lung_points = ImageGrid.from_sitk(ct).world_points(dtype=torch.float64)[inside].float()
+    assert lung_points.shape[0] > 1000
+    moved = network.displacement_at(lung_points)[0].norm(dim=-1)
+    assert float(moved.max()) < 0.3
 
 
 def test_the_auto_grid_floor_follows_the_fixed_voxel_size() -> None:
