@@ -156,16 +156,7 @@ class MultilevelNet(nn.Module):
             m_l = moving_pyr[level][0]
             # M_l warped by the exact composition of all coarser corrections (none on the coarsest)
             m_in = compose_all(levels, g_l).warp(m_l, g_l) if levels else m_l
-            m_in = m_in.to(f_l.dtype)
-            if symmetric:
-                both = self.nets[level](torch.cat([torch.cat([f_l, m_in], 1), torch.cat([m_in, f_l], 1)], 0)).float()
-                n = f_l.shape[0]
-                forward_l = Deformation.from_voxel_displacement(g_l, both[:n])
-                backward_l = Deformation.from_voxel_displacement(g_l, both[n:])
-                levels.append(symmetric_correction(forward_l, backward_l))
-            else:
-                u_vox = self.nets[level](torch.cat([f_l, m_in], dim=1))
-                levels.append(Deformation.from_voxel_displacement(g_l, u_vox.float()))
+            levels.append(self._correction(level, f_l, m_in.to(f_l.dtype), g_l, symmetric))
             grids.append(g_l)
             fixed_levels.append(f_l)
             moving_levels.append(m_l)
@@ -180,6 +171,19 @@ class MultilevelNet(nn.Module):
             moving_levels=moving_levels,
             net_inputs=net_inputs,
         )
+
+    def _correction(
+        self, level: int, fixed: torch.Tensor, warped: torch.Tensor, grid: ImageGrid, symmetric: bool
+    ) -> Deformation:
+        """The correction ``y_l`` of level ``level`` from ``F_l`` and ``W_l`` (both ``(N, 1, D, H, W)``
+        on ``grid``), one way or both ways (see :meth:`forward`)."""
+        net = self.nets[level]
+        if not symmetric:
+            return Deformation.from_voxel_displacement(grid, net(torch.cat([fixed, warped], dim=1)).float())
+        both = net(torch.cat([torch.cat([fixed, warped], dim=1), torch.cat([warped, fixed], dim=1)], dim=0)).float()
+        n = fixed.shape[0]
+        return symmetric_correction(Deformation.from_voxel_displacement(grid, both[:n]),
+                                    Deformation.from_voxel_displacement(grid, both[n:]))
 
 
 def symmetric_correction(forward: Deformation, backward: Deformation) -> Deformation:
