@@ -20,10 +20,10 @@ from MLVIRNETLib.training import load_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("folder", ["", "v1"])
+@pytest.mark.parametrize("folder", ["", "v2", "v1"])
 def test_the_file_is_small_safe_and_describes_its_training(folder):
-    """The shipped model file (v2) was made by the config shipped beside it, and so was model v1,
-    which that config starts from."""
+    """The shipped model file (v3) was made by the config shipped beside it, and so were model v2,
+    which that config starts from, and model v1, which v2 starts from."""
     model, config = f"{folder}/mlvirnet_default.pt".lstrip("/"), f"{folder}/mlvirnet_default.yaml".lstrip("/")
     path = resource_path("Models", model)
     assert path.is_file(), f"Resources/Models/{model} is missing"
@@ -91,13 +91,14 @@ def test_model_alone_on_a_held_out_ct(shared_data):
     assert np.isfinite(after.mean)
 
 
-def test_model_v2_keeps_the_coarser_levels_of_model_v1():
-    """Model v2 trained only its finest level, starting from v1 (its config's level_steps [0, 0, 480]):
-    the two coarser nets, batch-norm statistics included, are v1's to the bit."""
-    v2, _ = load_model(resource_path("Models", "mlvirnet_default.pt"))
-    v1, _ = load_model(resource_path("Models", "v1", "mlvirnet_default.pt"))
-    for level in (1, 2):
-        a, b = v1.nets[level].state_dict(), v2.nets[level].state_dict()
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), level
-    a, b = v1.nets[0].state_dict(), v2.nets[0].state_dict()
-    assert not all(torch.equal(a[k], b[k]) for k in a)  # the finest level did train
+@pytest.mark.parametrize("newer,older,kept", [("v2", "v1", (1, 2)), ("", "v2", (2,))])
+def test_each_model_keeps_the_levels_its_config_did_not_train(newer, older, kept):
+    """Model v2 trained only the finest level of v1 (level_steps [0, 0, 480]); model v3 the middle
+    and finest levels of v2 ([0, 300, 200]). The levels left alone, batch-norm statistics
+    included, are the older model's to the bit; the trained ones differ."""
+    new, _ = load_model(resource_path("Models", *filter(None, [newer]), "mlvirnet_default.pt"))
+    old, _ = load_model(resource_path("Models", older, "mlvirnet_default.pt"))
+    for level in range(3):
+        a, b = old.nets[level].state_dict(), new.nets[level].state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.equal(a[k], b[k]) for k in a) == (level in kept), level
