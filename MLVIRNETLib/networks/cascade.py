@@ -139,8 +139,15 @@ class MultilevelNet(nn.Module):
 
         Returns:
             :class:`MultilevelOutput`; displacements are float32 even under autocast.
+
+        Raises:
+            ValueError: bad inputs (:meth:`check_inputs`), a bad ``active_levels``, or ``symmetric``
+                in training mode.
         """
         self.check_inputs(fixed, moving, grid)
+        if symmetric and self.training:
+            raise ValueError("symmetric=True is for inference: in training mode the batch norms would mix both "
+                             "directions into their statistics; call net.eval() first")
         k = self.num_levels if active_levels is None else active_levels
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.num_levels:
             raise ValueError(f"active_levels must be an integer in 1..{self.num_levels}, got {active_levels!r}")
@@ -179,11 +186,16 @@ class MultilevelNet(nn.Module):
         on ``grid``), one way or both ways (see :meth:`forward`)."""
         net = self.nets[level]
         if not symmetric:
-            return Deformation.from_voxel_displacement(grid, net(torch.cat([fixed, warped], dim=1)).float())
+            u_vox = net(torch.cat([fixed, warped], dim=1)).float()
+            # the mm conversion (and the round trip below) in float32 even under autocast: bf16
+            # world coordinates of 200 mm are 1 mm apart
+            with torch.autocast(fixed.device.type, enabled=False):
+                return Deformation.from_voxel_displacement(grid, u_vox)
         both = net(torch.cat([torch.cat([fixed, warped], dim=1), torch.cat([warped, fixed], dim=1)], dim=0)).float()
         n = fixed.shape[0]
-        return symmetric_correction(Deformation.from_voxel_displacement(grid, both[:n]),
-                                    Deformation.from_voxel_displacement(grid, both[n:]))
+        with torch.autocast(fixed.device.type, enabled=False):
+            return symmetric_correction(Deformation.from_voxel_displacement(grid, both[:n]),
+                                        Deformation.from_voxel_displacement(grid, both[n:]))
 
 
 def symmetric_correction(forward: Deformation, backward: Deformation) -> Deformation:

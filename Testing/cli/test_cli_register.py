@@ -189,7 +189,7 @@ def test_preset_chooses_the_stages(images, tmp_path, capsys, preset: str, refine
 ])
 def test_symmetric_network_follows_the_preset_unless_given(argv: list[str], symmetric: bool) -> None:
     """--symmetric-network / --no-symmetric-network override the preset's network_symmetric (on in
-    accurate only), in register and batch alike."""
+    accurate only); register and batch share these arguments and this helper."""
     parser = argparse.ArgumentParser()
     add_registration_arguments(parser)
     options, _ = registration_settings(parser.parse_args(argv))

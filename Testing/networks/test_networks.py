@@ -186,15 +186,16 @@ def _grid_centre(grid: ImageGrid) -> np.ndarray:
     return grid.world_points(dtype=torch.float64).mean(dim=(0, 1, 2)).numpy()
 
 
-@pytest.mark.parametrize("scale", [0.85, 0.95, 1.0])
-def test_symmetric_correction_keeps_a_forward_estimate_whose_inverse_is_the_backward_one(scale):
-    """A scaling about the grid centre, ``x -> c + s (x - c)``, and its exact inverse: the average of
-    the forward estimate and the inverted backward one is the forward estimate (a linear field is
-    sampled exactly, and a contraction keeps ``x + u(x)`` inside the grid)."""
+@pytest.mark.parametrize("scales", [(0.85, 0.85, 0.85), (0.95, 0.95, 0.95), (0.8, 0.9, 0.97)])
+def test_symmetric_correction_keeps_a_forward_estimate_whose_inverse_is_the_backward_one(scales):
+    """A scaling about the grid centre, ``x -> c + S (x - c)`` (isotropic or not), and its exact
+    inverse: the average of the forward estimate and the inverted backward one is the forward
+    estimate (a linear field is sampled exactly, and a contraction keeps ``x + u(x)`` inside the grid)."""
     grid = _oblique_grid()
     c = _grid_centre(grid)
-    forward = _linear_field(grid, (scale - 1.0) * np.eye(3), c)
-    backward = _linear_field(grid, (1.0 / scale - 1.0) * np.eye(3), c)
+    scale = np.diag(scales)
+    forward = _linear_field(grid, scale - np.eye(3), c)
+    backward = _linear_field(grid, np.linalg.inv(scale) - np.eye(3), c)
     result = symmetric_correction(forward, backward)
     assert result.grid == grid
     torch.testing.assert_close(result.displacement, forward.displacement, rtol=0, atol=1e-4)
@@ -225,20 +226,21 @@ def test_symmetric_correction_refuses_two_grids():
 
 
 def test_symmetric_cascade_averages_both_directions_on_every_level():
-    """The coarsest level is symmetric_correction(net(F, M), net(M, F)) with the channels in that
-    order; a batch of two pairs gives what each pair gives alone; identical images move far less
-    than without the symmetric mode."""
+    """Every level is symmetric_correction(net(F_l, W_l), net(W_l, F_l)) with the channels in that
+    order, W_l the moving image warped by the coarser levels; a batch of two pairs gives what each
+    pair gives alone; identical images move far less than without the symmetric mode; training mode
+    is refused."""
     grid = _oblique_grid()
     f, m = _images(grid, batch=2, seed=3)
     net = _small_net(seed=3)
     with torch.no_grad():
         out = net(f, m, grid, symmetric=True)
-        f_l, g_l = out.fixed_levels[0], out.grids[0]
-        m_l = out.moving_levels[0]
-        forward = Deformation.from_voxel_displacement(g_l, net.nets[2](torch.cat([f_l, m_l], 1)))
-        backward = Deformation.from_voxel_displacement(g_l, net.nets[2](torch.cat([m_l, f_l], 1)))
-        torch.testing.assert_close(out.levels[0].displacement, symmetric_correction(forward, backward).displacement,
-                                   rtol=0, atol=1e-5)
+        for i, level in enumerate((2, 1, 0)):
+            f_l, g_l, w_l = out.fixed_levels[i], out.grids[i], out.net_inputs[i]
+            forward = Deformation.from_voxel_displacement(g_l, net.nets[level](torch.cat([f_l, w_l], 1)))
+            backward = Deformation.from_voxel_displacement(g_l, net.nets[level](torch.cat([w_l, f_l], 1)))
+            torch.testing.assert_close(out.levels[i].displacement,
+                                       symmetric_correction(forward, backward).displacement, rtol=0, atol=1e-5)
         for i in range(2):
             alone = net(f[i:i + 1], m[i:i + 1], grid, symmetric=True)
             torch.testing.assert_close(alone.deformation.displacement, out.deformation.displacement[i:i + 1],
@@ -247,6 +249,25 @@ def test_symmetric_cascade_averages_both_directions_on_every_level():
         symmetric = net(f[:1], f[:1], grid, symmetric=True).deformation.displacement.abs().max()
     assert float(plain) > 0.3
     assert float(symmetric) < 0.1 * float(plain)
+    with pytest.raises(ValueError, match="inference"):
+        net.train()(f, m, grid, symmetric=True)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_levels_are_float32_millimetres_under_autocast(symmetric):
+    """Under bf16 autocast the net runs in bf16, but every level's displacement in mm (and the
+    round trip of the symmetric mode) is float32 and agrees with the float32 run to the net's
+    own bf16 error."""
+    grid = _oblique_grid()
+    f, m = _images(grid, seed=5)
+    net = _small_net(seed=5)
+    with torch.no_grad():
+        reference = net(f, m, grid, symmetric=symmetric)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = net(f, m, grid, symmetric=symmetric)
+    for a, b in zip(reference.levels, low.levels):
+        assert b.displacement.dtype == torch.float32
+        assert float((a.displacement - b.displacement).abs().max()) < 0.1
 
 
 def test_level_net_output_is_voxels_along_index_axes():
