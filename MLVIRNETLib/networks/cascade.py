@@ -189,13 +189,21 @@ class MultilevelNet(nn.Module):
             u_vox = net(torch.cat([fixed, warped], dim=1)).float()
             # the mm conversion (and the round trip below) in float32 even under autocast: bf16
             # world coordinates of 200 mm are 1 mm apart
-            with torch.autocast(fixed.device.type, enabled=False):
+            with _without_autocast(fixed.device):
                 return Deformation.from_voxel_displacement(grid, u_vox)
         both = net(torch.cat([torch.cat([fixed, warped], dim=1), torch.cat([warped, fixed], dim=1)], dim=0)).float()
         n = fixed.shape[0]
-        with torch.autocast(fixed.device.type, enabled=False):
+        with _without_autocast(fixed.device):
             return symmetric_correction(Deformation.from_voxel_displacement(grid, both[:n]),
                                         Deformation.from_voxel_displacement(grid, both[n:]))
+
+
+def _without_autocast(device: torch.device):
+    """A context that turns autocast off on ``device`` (CPU and CUDA; other devices, such as the
+    ``meta`` device of the device tests, have no autocast to turn off)."""
+    if device.type in ("cpu", "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def symmetric_correction(forward: Deformation, backward: Deformation) -> Deformation:
