@@ -84,9 +84,10 @@ def main() -> int:
     runs = [(v, p) for v in args.variants for p in (args.precisions if v != "refine" else ["auto"])]
     identity_rows: list[dict] = []
 
+    symmetric = preset_options(args.preset).network_symmetric if args.symmetric is None else args.symmetric
+
     def _run(fixed, moving, fixed_lungs, variant: str, precision: str):
-        overrides = {} if args.symmetric is None else {"network_symmetric": args.symmetric}
-        opts = preset_options(args.preset, network_precision=precision, **overrides)
+        opts = preset_options(args.preset, network_precision=precision, network_symmetric=symmetric)
         if variant == "model":
             opts.refine_iterations = 0
         model = None if variant == "refine" else args.model
@@ -155,8 +156,7 @@ def main() -> int:
         if args.identity:
             identity_rows.extend(_identity_rows(path.name, ct))
 
-    print(f"model: {args.model}, preset: {args.preset}, symmetric network: "
-          f"{preset_options(args.preset).network_symmetric if args.symmetric is None else args.symmetric}")
+    print(f"model: {args.model}, preset: {args.preset}, symmetric network: {symmetric}")
     print("| CT | peak (mm) | variant | mean TRE (mm) | p95 TRE (mm) | folding (% lung) | time (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -184,18 +184,18 @@ class MultilevelNet(nn.Module):
     ) -> Deformation:
         """The correction ``y_l`` of level ``level`` from ``F_l`` and ``W_l`` (both ``(N, 1, D, H, W)``
         on ``grid``), one way or both ways (see :meth:`forward`)."""
-        net = self.nets[level]
-        if not symmetric:
-            u_vox = net(torch.cat([fixed, warped], dim=1)).float()
-            # the mm conversion (and the round trip below) in float32 even under autocast: bf16
-            # world coordinates of 200 mm are 1 mm apart
-            with _without_autocast(fixed.device):
-                return Deformation.from_voxel_displacement(grid, u_vox)
-        both = net(torch.cat([torch.cat([fixed, warped], dim=1), torch.cat([warped, fixed], dim=1)], dim=0)).float()
+        pairs = [torch.cat([fixed, warped], dim=1)]
+        if symmetric:
+            pairs.append(torch.cat([warped, fixed], dim=1))
+        u_vox = self.nets[level](torch.cat(pairs, dim=0)).float()
         n = fixed.shape[0]
+        # the mm conversion and the round trip in float32 even under autocast: bf16 world
+        # coordinates of 200 mm are 1 mm apart
         with _without_autocast(fixed.device):
-            return symmetric_correction(Deformation.from_voxel_displacement(grid, both[:n]),
-                                        Deformation.from_voxel_displacement(grid, both[n:]))
+            forward = Deformation.from_voxel_displacement(grid, u_vox[:n])
+            if not symmetric:
+                return forward
+            return symmetric_correction(forward, Deformation.from_voxel_displacement(grid, u_vox[n:]))
 
 
 def _without_autocast(device: torch.device):
