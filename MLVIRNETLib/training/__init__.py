@@ -3,7 +3,8 @@
 Modules: ``config`` (the YAML schema), ``pairs`` (training pairs; 4D-CT phase and CSV manifest
 sources), ``synthetic_pairs`` (self-supervised pairs from single CTs), ``appearance`` (acquisition
 differences between the two scans of a synthetic pair), ``trainer``, ``validation``,
-``checkpoint``, ``run_log``.
+``checkpoint``, ``run_log``, ``sizing`` (a run sized to a time budget from the measured rate of its
+pairs) and ``data_copies`` (smaller copies of training CTs, for machines that receive little data).
 
 Entry points: :func:`~MLVIRNETLib.training.config.load_config` and
 :func:`~MLVIRNETLib.training.trainer.train` (the ``mlvirnet train`` command).
