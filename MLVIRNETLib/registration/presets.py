@@ -9,7 +9,8 @@
     network, then refinement on a finer working grid (at most 224 voxels per axis instead of 160)
     with more iterations on its finer level: the accuracy follows the resolution of the working
     grid, and this bought more of it per second than a third refinement level at full resolution
-    (docs/performance.md). The network runs both ways and averages (``network_symmetric``).
+    (docs/performance.md). The network runs one way: with model v4, running it both ways
+    (``network_symmetric``) made this preset no more accurate on the held-out CTs (docs/performance.md).
 
 Each preset is a set of :class:`RegistrationOptions` fields; anything passed beside it wins. The
 measured time and accuracy of each are in ``docs/performance.md`` (``benchmarks/bench_register.py``).
@@ -26,7 +27,7 @@ __all__ = ["DEFAULT_PRESET", "PRESETS", "preset_options"]
 PRESETS: dict[str, dict[str, Any]] = {
     "fast": {"refine_iterations": 0},
     "standard": {},
-    "accurate": {"grid_max_voxels": 224, "refine_iterations": (150, 80), "network_symmetric": True},
+    "accurate": {"grid_max_voxels": 224, "refine_iterations": (150, 80)},
 }
 """Preset name -> the :class:`RegistrationOptions` fields it sets (the rest keep their defaults)."""
 

@@ -184,12 +184,13 @@ def test_preset_chooses_the_stages(images, tmp_path, capsys, preset: str, refine
 
 
 @pytest.mark.parametrize("argv,symmetric", [
-    ([], False), (["--preset", "accurate"], True), (["--symmetric-network"], True),
-    (["--preset", "accurate", "--no-symmetric-network"], False), (["--preset", "fast", "--symmetric-network"], True),
+    ([], False), (["--preset", "accurate"], False), (["--symmetric-network"], True),
+    (["--preset", "accurate", "--symmetric-network"], True), (["--preset", "fast", "--symmetric-network"], True),
+    (["--symmetric-network", "--no-symmetric-network"], False),
 ])
 def test_symmetric_network_follows_the_preset_unless_given(argv: list[str], symmetric: bool) -> None:
-    """--symmetric-network / --no-symmetric-network override the preset's network_symmetric (on in
-    accurate only); register and batch share these arguments and this helper."""
+    """--symmetric-network / --no-symmetric-network override the preset's network_symmetric (off in
+    every preset); register and batch share these arguments and this helper."""
     parser = argparse.ArgumentParser()
     add_registration_arguments(parser)
     options, _ = registration_settings(parser.parse_args(argv))

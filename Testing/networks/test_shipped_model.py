@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -20,10 +22,11 @@ from MLVIRNETLib.training import load_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("folder", ["", "v2", "v1"])
+@pytest.mark.parametrize("folder", ["", "v3", "v2", "v1"])
 def test_the_file_is_small_safe_and_describes_its_training(folder):
-    """The shipped model file (v3) was made by the config shipped beside it, and so were model v2,
-    which that config starts from, and model v1, which v2 starts from."""
+    """The shipped model file (v4) was made by the config shipped beside it (its second stage), and
+    so were model v3, which its first stage starts from, model v2, which v3 starts from, and model
+    v1, which v2 starts from."""
     model, config = f"{folder}/mlvirnet_default.pt".lstrip("/"), f"{folder}/mlvirnet_default.yaml".lstrip("/")
     path = resource_path("Models", model)
     assert path.is_file(), f"Resources/Models/{model} is missing"
@@ -91,14 +94,30 @@ def test_model_alone_on_a_held_out_ct(shared_data):
     assert np.isfinite(after.mean)
 
 
-@pytest.mark.parametrize("newer,older,kept", [("v2", "v1", (1, 2)), ("", "v2", (2,))])
+@pytest.mark.parametrize("newer,older,kept", [("v2", "v1", (1, 2)), ("v3", "v2", (2,)), ("", "v3", ())])
 def test_each_model_keeps_the_levels_its_config_did_not_train(newer, older, kept):
     """Model v2 trained only the finest level of v1 (level_steps [0, 0, 480]); model v3 the middle
-    and finest levels of v2 ([0, 300, 200]). The levels left alone, batch-norm statistics
-    included, are the older model's to the bit; the trained ones differ."""
+    and finest levels of v2 ([0, 300, 200]); model v4 every level of v3 (its first stage). The
+    levels left alone, batch-norm statistics included, are the older model's to the bit; the
+    trained ones differ."""
     new, _ = load_model(resource_path("Models", *filter(None, [newer]), "mlvirnet_default.pt"))
     old, _ = load_model(resource_path("Models", older, "mlvirnet_default.pt"))
     for level in range(3):
         a, b = old.nets[level].state_dict(), new.nets[level].state_dict()
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a) == (level in kept), level
+
+
+def test_the_two_stages_of_model_v4_chain_up():
+    """The shipped config (stage 2) starts from the model that stage 1 writes, stage 1 from model v3,
+    and stage 1 trains every level (so none of v3's is kept, as the test above checks)."""
+    root = Path(__file__).resolve().parents[2]
+    stage1 = load_config(root / "benchmarks" / "model_v4" / "stage1.yaml")
+    stage2 = load_config(resource_path("Models", "mlvirnet_default.yaml"))
+    assert Path(stage2.schedule.init_model) == Path(stage1.output_dir) / "model.pt"
+    assert Path(stage1.schedule.init_model) == resource_path("Models", "v3", "mlvirnet_default.pt").resolve()
+    assert all(n > 0 for n in stage1.schedule.level_steps)
+    assert stage2.schedule.level_steps[0] == 0
+    # the same data, network and loss in both stages
+    assert stage1.to_dict()["data"] == stage2.to_dict()["data"]
+    assert stage1.network == stage2.network and stage1.loss == stage2.loss
