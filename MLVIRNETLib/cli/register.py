@@ -67,7 +67,7 @@ def add_registration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
     p.add_argument("--symmetric-network", action=argparse.BooleanOptionalAction, default=None,
                    help="run the network both ways and average (about 1.4x the network's time; no motion gives "
-                        "almost no displacement; default: on for the accurate preset)")
+                        "almost no displacement; default: off in every preset)")
     p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
                    help="working grid of preprocessing and refinement (default: follows the lung box and the "
                         "image, at most 160 per axis; a model runs at its own input size)")

@@ -23,7 +23,7 @@ __all__ = ["pair_rate", "scaled_level_steps", "write_sized_config"]
 
 
 def pair_rate(config_path: str | Path, seconds: float) -> float:
-    """Training pairs per second that the config's ``schedule.data_workers`` processes make (one
+    """Training pairs (not steps: a step takes ``schedule.batch_size`` of them) per second that the config's ``schedule.data_workers`` processes make (one
     with 0 workers), measured for ``seconds`` after each worker has delivered two pairs.
 
     The pairs are drawn with another seed than the run's; only their rate is wanted.
@@ -74,8 +74,10 @@ def write_sized_config(config_path: str | Path, total: int, out_path: str | Path
     by default, so that its relative paths stay valid. The rest of the text is kept as it is.
 
     Raises:
-        ValueError: the config has no ``steps:`` and ``level_steps:`` lines in its ``schedule``, or
-            the written file does not read back with the new steps (then nothing is written).
+        ValueError: the config has no ``steps:`` and ``level_steps: [...]`` lines (both are
+            needed, indented under ``schedule``); nothing is written.
+        OSError: the file could not be written, or did not read back with the new steps
+            (:class:`~MLVIRNETLib.io.integrity.IncompleteWriteError`); no file is left at the path.
     """
     src = Path(config_path)
     cfg = load_config(src)

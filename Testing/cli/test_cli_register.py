@@ -17,6 +17,7 @@ from MLVIRNETLib.cli.register import add_registration_arguments, registration_se
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.fields import read_field
 from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.registration.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -195,6 +196,17 @@ def test_symmetric_network_follows_the_preset_unless_given(argv: list[str], symm
     add_registration_arguments(parser)
     options, _ = registration_settings(parser.parse_args(argv))
     assert options.network_symmetric is symmetric
+
+
+def test_a_preset_that_runs_the_network_both_ways_is_followed(monkeypatch) -> None:
+    """No shipped preset runs the network both ways since model v4; one that did would be
+    followed unless --no-symmetric-network is given."""
+    monkeypatch.setitem(PRESETS, "accurate", {**PRESETS["accurate"], "network_symmetric": True})
+    parser = argparse.ArgumentParser()
+    add_registration_arguments(parser)
+    for argv, symmetric in ((["--preset", "accurate"], True), (["--preset", "accurate", "--no-symmetric-network"], False)):
+        options, _ = registration_settings(parser.parse_args(argv))
+        assert options.network_symmetric is symmetric
 
 
 def test_unknown_preset_and_compression_are_refused(images, tmp_path, capsys) -> None:

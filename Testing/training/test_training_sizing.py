@@ -59,9 +59,10 @@ def test_a_config_without_level_steps_is_refused_and_nothing_is_written(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]
 
 
-def test_the_pair_rate_is_measured_with_the_data_of_the_config(tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])
+def test_the_pair_rate_is_measured_with_the_data_of_the_config(tmp_path, workers):
     write_phantom(tmp_path, seed=0, name="a")
     src = tmp_path / "c.yaml"
-    src.write_text(_config_text())
+    src.write_text(_config_text().replace("data_workers: 0", f"data_workers: {workers}"))
     rate = pair_rate(src, seconds=0.5)
     assert math.isfinite(rate) and 0.1 < rate < 1000

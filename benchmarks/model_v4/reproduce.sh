@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Reproduce the shipped model v4 from model v3 (issue #13): the data copies, then both stages.
-#     bash benchmarks/model_v4/reproduce.sh [SHARED_DATA]       (default: ../shared/data)
+#     bash benchmarks/model_v4/reproduce.sh [SHARED_DATA]   (default: ../shared/data beside the repository)
 # Needs `pip install -e ".[train]"`. Made on a GPU (stage 1: 386 s, stage 2: 180 s on an H100 with
 # 14 data workers); on a 2-core CPU it would take about 14 hours. GPU training is not
 # deterministic, so the result is another model of the same recipe, not the same bytes.
 # Writes .gpudata/ (copies), runs/mlvirnet_v4_gpu/ (stage 1) and runs/mlvirnet_v4_gpu2/model.pt
-# (the model); the shipped file is not touched.
+# (the model); the shipped file is not touched. `mlvirnet train` refuses an output folder that
+# already holds a run: move runs/mlvirnet_v4_gpu*/ away before running this again.
 set -euo pipefail
+DATA=$(realpath "${1:-$(dirname "$0")/../../../shared/data}")
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
-"$PY" benchmarks/model_v4/make_copies.py --data "${1:-../shared/data}" --out .gpudata
+"$PY" benchmarks/model_v4/make_copies.py --data "$DATA" --out .gpudata
 "$PY" -m MLVIRNETLib.cli train --config benchmarks/model_v4/stage1.yaml
 "$PY" -m MLVIRNETLib.cli train --config Resources/Models/mlvirnet_default.yaml
 echo "model: runs/mlvirnet_v4_gpu2/model.pt (shipped: Resources/Models/mlvirnet_default.pt)"

@@ -22,9 +22,11 @@ timeout 100 python3 -m pytest Testing/registration/test_registration.py Testing/
     -p no:cacheprovider -k "cuda or device or meta" 2>&1 | tee "$OUT/tests.log" | tail -4
 left=$(( LIMIT - ($(date +%s) - START) ))
 echo "training: $left s left"
+if (( left < 180 )); then echo "too little time left to train" >&2; exit 1; fi
 timeout $(( left - 10 )) python3 benchmarks/model_v4/gpu_train.py --config "$CONFIG" \
     --seconds $(( left - 120 )) 2>&1 | tee "$OUT/train.log"
 sized="${CONFIG%.yaml}_sized.yaml"
+[ -f "$sized" ] || { echo "no sized config: the run did not start" >&2; exit 1; }
 run=$(python3 -c "from MLVIRNETLib.training import load_config; print(load_config('$sized').output_dir)")
 cp "$sized" "$run/metrics.csv" "$OUT/" 2>/dev/null
 for f in model.pt stages/stage0.pt stages/stage1.pt; do [ -f "$run/$f" ] && cp "$run/$f" "$OUT/$(basename "$f")"; done
