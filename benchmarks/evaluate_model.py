@@ -72,6 +72,10 @@ def main() -> int:
                         help="registration preset of every variant (model alone: without its refinement)")
     parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
                         help="run the network both ways and average (network_symmetric; default: the preset's)")
+    parser.add_argument("--refine-levels", nargs="+", type=int, default=None, metavar="FACTOR",
+                        help="override the preset's refinement levels (downsampling factors, coarse to fine)")
+    parser.add_argument("--refine-iterations", nargs="+", type=int, default=None, metavar="N",
+                        help="override the preset's refinement iterations (one per level)")
     parser.add_argument("--thick-peaks", nargs="*", type=float, default=[30.0],
                         help="peaks also run with a thick-slice low-dose fixed scan (1x1x2.5 mm, 40 HU)")
     parser.add_argument("--identity", action=argparse.BooleanOptionalAction, default=True,
@@ -87,7 +91,12 @@ def main() -> int:
     symmetric = preset_options(args.preset).network_symmetric if args.symmetric is None else args.symmetric
 
     def _run(fixed, moving, fixed_lungs, variant: str, precision: str):
-        opts = preset_options(args.preset, network_precision=precision, network_symmetric=symmetric)
+        overrides = {}
+        if args.refine_levels is not None:
+            overrides["refine_levels"] = tuple(args.refine_levels)
+        if args.refine_iterations is not None:
+            overrides["refine_iterations"] = tuple(args.refine_iterations)
+        opts = preset_options(args.preset, network_precision=precision, network_symmetric=symmetric, **overrides)
         if variant == "model":
             opts.refine_iterations = 0
         model = None if variant == "refine" else args.model
