@@ -206,24 +206,39 @@ def _without_autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def symmetric_correction(forward: Deformation, backward: Deformation) -> Deformation:
-    """The average of a forward estimate and the inverse of a backward one, to second order.
+SYMMETRIC_ITERATIONS = 3
+"""Fixed-point iterations of :func:`symmetric_correction` in the cascade (each one sampling of the
+backward field): on identical images each divides the residual by about ``2 / |∇b|``."""
+
+
+def symmetric_correction(forward: Deformation, backward: Deformation,
+                         iterations: int = SYMMETRIC_ITERATIONS) -> Deformation:
+    """The average of a forward estimate and the inverse of a backward one.
 
     ``forward`` maps fixed to moving, ``x -> x + u(x)``; ``backward`` was estimated with the two
     images swapped, ``y -> y + w(y)``, so ideally ``w(x + u(x)) = -u(x)`` (it is the inverse). The
-    result is ``x + ½ (u(x) - w(x + u(x)))``: ``u`` itself when ``backward`` is the exact inverse of
-    ``forward``, and for identical images, where a net returns the same bias ``b`` both ways,
-    ``½ (b(x) - b(x + b(x)))``, which is of the order of ``|∇b| |b|`` instead of ``|b|``.
+    result is ``x + d(x)`` with ``d`` the solution of ``d = ½ (u(x) - w(x + d))``: the forward
+    displacement averaged with that of the inverse of ``backward``, both taken at the same point.
+    The equation holds exactly for ``d = u`` when ``backward`` is the exact inverse of ``forward``,
+    and for ``d = 0`` on identical images, where a net returns the same field ``b`` both ways.
+    It is solved by fixed-point iteration from ``d = u``:
+
+    * one iteration gives ``½ (u(x) - w(x + u(x)))``, the forward estimate averaged with the inverted
+      backward one to second order; for identical images ``½ (b(x) - b(x + b(x)))``, of the order
+      of ``|∇b| |b|`` instead of ``|b|``;
+    * each further one multiplies the error of ``d`` by about ``½ |∇w|`` (``∇w`` is the Jacobian
+      of the backward displacement); an exact inverse pair stays at ``u``.
 
     Args:
         forward: ``u`` on a grid, displacement ``(N, 3, D, H, W)`` LPS mm.
         backward: ``w`` on the same grid, same shape.
+        iterations: fixed-point iterations, at least 1.
 
     Returns:
         the corrected deformation on the same grid.
 
     Raises:
-        ValueError: the two are on different grids or have different shapes.
+        ValueError: the two are on different grids or have different shapes, or ``iterations < 1``.
     """
     if forward.grid != backward.grid or forward.displacement.shape != backward.displacement.shape:
         raise ValueError(
@@ -231,9 +246,14 @@ def symmetric_correction(forward: Deformation, backward: Deformation) -> Deforma
             f"{tuple(forward.displacement.shape)} on {forward.grid.size} and "
             f"{tuple(backward.displacement.shape)} on {backward.grid.size}"
         )
-    # (w ∘ u)(x) - x = u(x) + w(x + u(x)), so ½ (u - w(x + u)) = u - ½ ((w ∘ u)(x) - x)
-    round_trip = compose_all([backward, forward], forward.grid).displacement
-    return Deformation(forward.grid, forward.displacement - 0.5 * round_trip)
+    if isinstance(iterations, bool) or not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be an integer >= 1, got {iterations!r}")
+    u, d = forward.displacement, forward.displacement
+    for _ in range(iterations):
+        # (w ∘ (x + d))(x) - x = d(x) + w(x + d(x))
+        moved = compose_all([backward, Deformation(forward.grid, d)], forward.grid).displacement
+        d = 0.5 * (u - (moved - d))
+    return Deformation(forward.grid, d)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -67,8 +67,8 @@ class RegistrationOptions:
             on CPUs without native support; used to measure its accuracy, e.g. CUDA's fp16 on a CPU).
         network_symmetric: run the network both ways on every level (fixed/moving and
             moving/fixed, one batch) and average the forward estimate with the inverted backward
-            one (:func:`~MLVIRNETLib.networks.cascade.symmetric_correction`): identical scans then
-            give almost no displacement from the network itself, for about 1.4 times the network
+            one (:func:`~MLVIRNETLib.networks.cascade.symmetric_correction`, a fixed point): identical
+            scans then give almost no displacement from the network itself, for about 1.4 times the network
             stage's time on a CPU. With model v4 the network alone is more accurate this way on
             one held-out CT and less on the other, so no preset uses it (docs/performance.md,
             "Symmetric network").

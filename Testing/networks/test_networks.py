@@ -201,21 +201,24 @@ def test_symmetric_correction_keeps_a_forward_estimate_whose_inverse_is_the_back
     torch.testing.assert_close(result.displacement, forward.displacement, rtol=0, atol=1e-4)
 
 
-def test_symmetric_correction_of_one_bias_both_ways_is_second_order():
-    """Identical images: a net that returns the same ``b(x) = A (x - c)`` both ways. The result is
-    ``½ (b(x) - b(x + b(x))) = -½ A² (x - c)``, and a constant bias cancels exactly."""
+@pytest.mark.parametrize("iterations", [1, 2, 3])
+def test_symmetric_correction_of_one_bias_both_ways_shrinks_with_every_iteration(iterations):
+    """Identical images: a net that returns the same ``b(x) = A (x - c)`` both ways. The fixed
+    point is 0; from ``d = b`` each iteration ``d <- ½ (b(x) - b(x + d))`` gives ``-½ A d``, so
+    after ``K`` of them ``d = (-½)^K A^(K+1) (x - c)`` (one: ``½ (b(x) - b(x + b(x))) = -½ A² (x - c)``).
+    A constant bias cancels exactly."""
     grid = _oblique_grid()
     c = _grid_centre(grid)
     a = np.array([[0.02, -0.01, 0.03], [0.00, -0.04, 0.01], [0.02, 0.01, 0.05]])
     bias = _linear_field(grid, a, c)
-    expected = _linear_field(grid, -0.5 * a @ a, c)
-    result = symmetric_correction(bias, bias)
-    assert float(bias.displacement.abs().max()) < 2.0  # so x + b(x) of the inner voxels stays in the grid
+    expected = _linear_field(grid, (-0.5) ** iterations * np.linalg.matrix_power(a, iterations + 1), c)
+    result = symmetric_correction(bias, bias, iterations=iterations)
+    assert float(bias.displacement.abs().max()) < 2.0  # so x + d(x) of the inner voxels stays in the grid
     inner = (slice(None), slice(None), slice(3, -3), slice(3, -3), slice(3, -3))
     torch.testing.assert_close(result.displacement[inner], expected.displacement[inner], rtol=0, atol=1e-4)
-    assert float(result.displacement.abs().max()) < 0.05 * float(bias.displacement.abs().max())
+    assert float(result.displacement.abs().max()) < 0.05 ** iterations * float(bias.displacement.abs().max())
     shift = Deformation(grid, torch.tensor([1.5, -2.0, 0.7]).view(1, 3, 1, 1, 1).expand(1, 3, *grid.shape_zyx).clone())
-    assert float(symmetric_correction(shift, shift).displacement.abs().max()) < 1e-5
+    assert float(symmetric_correction(shift, shift, iterations=iterations).displacement.abs().max()) < 1e-5
 
 
 def test_symmetric_correction_refuses_two_grids():
@@ -223,6 +226,9 @@ def test_symmetric_correction_refuses_two_grids():
     other = ImageGrid((16, 16, 8), grid.spacing, grid.origin, grid.direction)
     with pytest.raises(ValueError, match="one grid"):
         symmetric_correction(Deformation.identity(grid), Deformation.identity(other))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="iterations"):
+            symmetric_correction(Deformation.identity(grid), Deformation.identity(grid), iterations=bad)
 
 
 def test_symmetric_cascade_averages_both_directions_on_every_level():

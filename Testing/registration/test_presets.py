@@ -9,7 +9,7 @@ import torch
 from conftest import bundled_ct_3mm
 
 from MLVIRNETLib.core.geometry import ImageGrid
-from MLVIRNETLib.paths import bundled_ct_path, resource_path
+from MLVIRNETLib.paths import bundled_ct_path
 from MLVIRNETLib.preprocessing.lungmask import segment_lungs
 from MLVIRNETLib.registration import PRESETS, RegistrationOptions, preset_options, register
 
@@ -48,10 +48,10 @@ def test_an_image_registered_to_itself_stays_put(voxels: str, preset: str) -> No
     assert float(np.max(length[lungs])) < 0.3
 
 
-def _network_displacement_in_lungs(ct: sitk.Image, symmetric: bool, model: str = "default") -> torch.Tensor:
+def _network_displacement_in_lungs(ct: sitk.Image, symmetric: bool) -> torch.Tensor:
     """Length (mm) of the cascade's own output at every lung voxel, ``ct`` registered to itself."""
     lungs = segment_lungs(ct)
-    result = register(ct, ct, lungs, model=model, options=preset_options("fast", network_symmetric=symmetric))
+    result = register(ct, ct, lungs, options=preset_options("fast", network_symmetric=symmetric))
     network = result.level_deformations[-1]  # the composed cascade output, before the identity check
     inside = torch.as_tensor(sitk.GetArrayFromImage(lungs) > 0)
     lung_points = ImageGrid.from_sitk(ct).world_points(dtype=torch.float64)[inside].float()
@@ -64,24 +64,13 @@ def _ct(voxels: str) -> sitk.Image:
 
 
 @pytest.mark.parametrize("voxels", ["3 mm", "full resolution"])
-def test_the_symmetric_network_of_model_v3_leaves_an_image_registered_to_itself_almost_in_place(voxels: str) -> None:
-    """#13: model v3's own output on identical scans, run both ways and averaged, stays below
-    0.3 mm at every lung voxel (0.19 mm at most here). The shipped model v4 does not quite: see the
-    next test and the model card."""
-    moved = _network_displacement_in_lungs(_ct(voxels), True, str(resource_path("Models", "v3", "mlvirnet_default.pt")))
+def test_the_symmetric_network_leaves_an_image_registered_to_itself_almost_in_place(voxels: str) -> None:
+    """#13: the shipped network's own output (before the pipeline's identity check) on identical
+    scans, run both ways, stays below 0.3 mm at every lung voxel. One way it reaches 3.1-3.3 mm
+    here; both ways with a single fixed-point iteration of ``symmetric_correction`` it reached
+    0.245 / 0.342 mm (3 mm / full resolution); with three, 0.0018 / 0.0017 mm."""
+    moved = _network_displacement_in_lungs(_ct(voxels), True)
     assert float(moved.max()) < 0.3
-
-
-@pytest.mark.parametrize("voxels", ["3 mm", "full resolution"])
-def test_the_symmetric_network_removes_most_of_the_shipped_networks_identity_bias(voxels: str) -> None:
-    """The shipped model v4 moves the bundled CT registered to itself by up to 3.10 / 3.31 mm one way
-    (3 mm / full resolution; mean 0.50 mm over the lungs); both ways the largest is 0.245 / 0.342 mm
-    and the mean 0.022 mm. Both ways must take at least 8 times off the largest displacement and 15
-    times off the mean."""
-    ct = _ct(voxels)
-    one_way, both_ways = (_network_displacement_in_lungs(ct, s) for s in (False, True))
-    assert float(both_ways.max()) * 8 < float(one_way.max())
-    assert float(both_ways.mean()) * 15 < float(one_way.mean())
 
 
 def test_the_auto_grid_floor_follows_the_fixed_voxel_size() -> None:
