@@ -89,14 +89,14 @@ def main() -> int:
     identity_rows: list[dict] = []
 
     symmetric = preset_options(args.preset).network_symmetric if args.symmetric is None else args.symmetric
+    overrides = {"network_symmetric": symmetric}
+    if args.refine_levels is not None:
+        overrides["refine_levels"] = tuple(args.refine_levels)
+    if args.refine_iterations is not None:
+        overrides["refine_iterations"] = tuple(args.refine_iterations)
 
     def _run(fixed, moving, fixed_lungs, variant: str, precision: str):
-        overrides = {}
-        if args.refine_levels is not None:
-            overrides["refine_levels"] = tuple(args.refine_levels)
-        if args.refine_iterations is not None:
-            overrides["refine_iterations"] = tuple(args.refine_iterations)
-        opts = preset_options(args.preset, network_precision=precision, network_symmetric=symmetric, **overrides)
+        opts = preset_options(args.preset, network_precision=precision, **overrides)
         if variant == "model":
             opts.refine_iterations = 0
         model = None if variant == "refine" else args.model

@@ -10,10 +10,10 @@ GPU machines receive at most 64 MiB (``benchmarks/model_v4/make_copies.py``).
 from __future__ import annotations
 
 import SimpleITK as sitk
-import torch
 
 from ..core.filters import resample_antialiased
 from ..core.geometry import ImageGrid
+from ..io.images import tensor_to_image
 from ..preprocessing.pair import image_to_hu_tensor
 
 __all__ = ["coarser_grid", "coarser_copy"]
@@ -43,7 +43,4 @@ def coarser_copy(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     target = coarser_grid(grid, spacing_mm)
     if target is grid:
         return image
-    out = resample_antialiased(hu, grid, target)[0, 0].round().clamp(-32768, 32767).to(torch.int16)
-    img = sitk.GetImageFromArray(out.numpy())
-    target.copy_to_sitk(img)
-    return img
+    return tensor_to_image(resample_antialiased(hu, grid, target), target, sitk.sitkInt16)

@@ -14,8 +14,6 @@ import re
 import time
 from pathlib import Path
 
-import torch
-
 from ..io.atomic import atomic_output
 from .config import config_from_dict, load_config
 
@@ -28,15 +26,11 @@ def pair_rate(config_path: str | Path, seconds: float) -> float:
 
     The pairs are drawn with another seed than the run's; only their rate is wanted.
     """
-    from .trainer import StepPairs, build_sources
+    from .trainer import StepPairs, build_sources, iterate_pairs
 
     cfg = load_config(config_path)
-    data = build_sources(cfg)
     workers = cfg.schedule.data_workers
-    pairs = StepPairs(data, cfg.seed + 1, 0, 1, 0, 10**9)
-    loader = torch.utils.data.DataLoader(pairs, batch_size=None, num_workers=workers, collate_fn=_as_is,
-                                         worker_init_fn=_one_thread if workers else None)
-    it = iter(loader)
+    it = iterate_pairs(StepPairs(build_sources(cfg), cfg.seed + 1, 0, 1, 0, 10**9), workers)
     for _ in range(2 * max(1, workers)):  # the pairs made while the workers started
         next(it)
     t0, n = time.perf_counter(), 0
@@ -44,16 +38,8 @@ def pair_rate(config_path: str | Path, seconds: float) -> float:
         next(it)
         n += 1
     rate = n / (time.perf_counter() - t0)
-    del it, loader
+    del it  # stops the workers
     return rate
-
-
-def _as_is(pair):
-    return pair
-
-
-def _one_thread(_worker: int) -> None:
-    torch.set_num_threads(1)
 
 
 def scaled_level_steps(level_steps: list[int], total: int) -> list[int]:

@@ -414,9 +414,15 @@ def _pair_stream(run: _Run, end: int) -> Iterator[TrainingPair]:
     processes ahead of time (or here, one by one, with none)."""
     schedule = run.config.schedule
     pairs = StepPairs(run.data, run.config.seed, run.dist.rank, schedule.batch_size, run.step, end)
-    if schedule.data_workers == 0:
+    return iterate_pairs(pairs, schedule.data_workers)
+
+
+def iterate_pairs(pairs: StepPairs, workers: int) -> Iterator[TrainingPair]:
+    """The items of ``pairs`` in order, made by ``workers`` processes ahead of time (one CPU thread
+    each), or here one by one with ``workers == 0``."""
+    if workers == 0:
         return (pairs[k] for k in range(len(pairs)))
-    loader = torch.utils.data.DataLoader(pairs, batch_size=None, shuffle=False, num_workers=schedule.data_workers,
+    loader = torch.utils.data.DataLoader(pairs, batch_size=None, shuffle=False, num_workers=workers,
                                          collate_fn=_as_is, worker_init_fn=_one_thread)
     return iter(loader)
 

@@ -1,7 +1,7 @@
 """Smaller copies of the shared training CTs, for a training run on a lent GPU machine (issue #13).
 
 The device machine receives the repository and at most 64 MiB in all, so the training CTs travel as
-anti-aliased copies with voxels no smaller than ``--spacing`` mm (int16 NIfTI; a coarser axis is
+anti-aliased copies with voxels of about ``--spacing`` mm (int16 NIfTI; a coarser axis is
 kept; :mod:`MLVIRNETLib.training.data_copies`). The configs of model v4 read these copies.
 
     python benchmarks/model_v4/make_copies.py --data ../shared/data --out .gpudata
@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, required=True, help="the shared data folder (holds chest_ct/ and 4dct/)")
     ap.add_argument("--out", type=Path, required=True, help="folder for the copies")
-    ap.add_argument("--spacing", type=float, default=2.0, help="smallest voxel size of the chest CT copies, mm")
+    ap.add_argument("--spacing", type=float, default=2.0, help="voxel size of the chest CT copies where the originals are finer, mm")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     jobs = [(args.data / "chest_ct" / n, args.out / "chest_ct" / n, args.spacing) for n in CHEST]
