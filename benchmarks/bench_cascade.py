@@ -10,7 +10,9 @@ the increase of the peak RSS over the RSS after building the net and inputs, and
 
 ``--fuse`` folds every batch norm into its convolution first (:func:`fuse_batchnorm`, same
 result as eval mode); ``--contiguous`` runs the U-Nets in the default memory layout instead of
-their default ``channels_last_3d`` (to measure what that layout brings). ``--symmetric`` runs the
+their default ``channels_last_3d`` (to measure what that layout brings). ``--pytorch-conv`` lets
+PyTorch choose the kernel of every 3x3x3 convolution (``nn.Conv3d``) instead of always running
+oneDNN's (:class:`~MLVIRNETLib.networks.unet.Conv3d`, to measure what that brings). ``--symmetric`` runs the
 cascade both ways in one batch and averages (``MultilevelNet.forward(symmetric=True)``, the
 ``network_symmetric`` option).
 
@@ -19,6 +21,7 @@ Example::
     python benchmarks/bench_cascade.py --size 160 --device cpu --threads 2 --repeats 3 --fuse
     python benchmarks/bench_cascade.py --size 96 --device cuda --precision float32,fp16 --repeats 20 --warmup 3
     python benchmarks/bench_cascade.py --size 96 --device cpu --threads 2 --repeats 5 --symmetric
+    python benchmarks/bench_cascade.py --size 96 --device cpu --threads 2 --repeats 5 --pytorch-conv
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import torch
 from MLVIRNETLib.core.devices import synchronize
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.networks.cascade import MultilevelNet, fuse_batchnorm, parameter_count
+from MLVIRNETLib.networks.unet import Conv3d
 
 
 def _peak_rss_mib() -> float:
@@ -51,7 +55,7 @@ def _current_rss_mib() -> float:
 
 def run_one(
     size: int, device_name: str, precision: str, threads: int, repeats: int, warmup: int, channels_last: bool, fuse: bool,
-    symmetric: bool = False,
+    symmetric: bool = False, pytorch_conv: bool = False,
 ) -> dict:
     """Benchmark one configuration in this process; returns a dict of measurements."""
     torch.set_num_threads(threads)
@@ -60,6 +64,10 @@ def run_one(
     net = MultilevelNet(levels=3, features=16, depth=3, channels_last=channels_last).eval()
     if fuse:
         net = fuse_batchnorm(net)
+    if pytorch_conv:
+        for m in net.modules():
+            if type(m) is Conv3d:
+                m.__class__ = torch.nn.Conv3d  # the same parameters; PyTorch's kernel choice
     net = net.to(device)
     grid = ImageGrid((size, size, size), (1.75, 1.75, 2.0), (-140.0, -140.0, -160.0))
     g = torch.Generator().manual_seed(1)
@@ -94,6 +102,7 @@ def run_one(
         "channels_last": channels_last,
         "fused_batchnorm": fuse,
         "symmetric": symmetric,
+        "pytorch_conv": pytorch_conv,
         "repeats": repeats,
         "median_s": statistics.median(times),
         "min_s": min(times),
@@ -123,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--contiguous", action="store_true", help="run the U-Nets in the default layout, not channels_last_3d")
     p.add_argument("--fuse", action="store_true", help="fold batch norms into the convolutions (inference copy)")
     p.add_argument("--symmetric", action="store_true", help="run the cascade both ways and average")
+    p.add_argument("--pytorch-conv", action="store_true",
+                   help="let PyTorch choose each 3x3x3 convolution's kernel (nn.Conv3d) instead of always oneDNN's")
     p.add_argument("--json", action="store_true", help="print one JSON line per configuration")
     p.add_argument("--single", action="store_true", help=argparse.SUPPRESS)  # internal: run in this process
     args = p.parse_args(argv)
@@ -137,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.single:
         res = run_one(
             args.size, args.device, precisions[0], args.threads, args.repeats, args.warmup, not args.contiguous, args.fuse,
-            args.symmetric,
+            args.symmetric, args.pytorch_conv,
         )
         print(json.dumps(res))
         return 0
@@ -152,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"torch {torch.__version__}, CPU capability {capability}, load average {load} at start; "
         f"cascade 3 levels x UNet3D(features=16, depth=3); input {args.size}^3, batch 1; "
-        f"fused BN {args.fuse}, channels_last_3d {not args.contiguous}, symmetric {args.symmetric}"
+        f"fused BN {args.fuse}, channels_last_3d {not args.contiguous}, symmetric {args.symmetric}, "
+        f"convolution kernels {'chosen by PyTorch' if args.pytorch_conv else 'oneDNN'}"
     )
     if "bf16" in precisions and "cpu" in devices and "AVX512" not in capability:
         print("note: this CPU has no AVX-512: bf16 3-D convolutions fall back to a slow reference kernel")
@@ -169,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             cmd += ["--contiguous"] if args.contiguous else []
             cmd += ["--fuse"] if args.fuse else []
             cmd += ["--symmetric"] if args.symmetric else []
+            cmd += ["--pytorch-conv"] if args.pytorch_conv else []
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
                 print(f"{dev} {prec}: failed:\n{proc.stderr.strip()[-2000:]}")

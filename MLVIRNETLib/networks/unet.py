@@ -12,12 +12,51 @@ from torch import nn
 # ----------------------------------------------------------------------------------------------
 # building blocks
 # ----------------------------------------------------------------------------------------------
+def _onednn_applies(conv: nn.Conv3d, x: torch.Tensor) -> bool:
+    """Whether :class:`Conv3d` may call oneDNN directly for ``x``: float32 on a CPU whose PyTorch
+    has oneDNN enabled, outside autocast (which would otherwise choose the precision), zero
+    padding given as numbers."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and conv.weight.dtype == torch.float32
+        and conv.padding_mode == "zeros"
+        and not isinstance(conv.padding, str)
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class Conv3d(nn.Conv3d):
+    """``nn.Conv3d`` that always uses oneDNN's convolution for float32 on a CPU.
+
+    For a batch of one, PyTorch picks its slow native 3-D convolution (im2col + matrix product)
+    whenever ``N * C * D * H`` of the input is at most 20480: here the first convolution of every
+    level net (2 channels) and every convolution on the coarsest level inside each U-Net. That
+    kernel is several times slower than oneDNN's on these shapes and returns the default memory
+    layout, which the next layers then convert back to channels-last. The 96^3 cascade's forward
+    pass took 2.2 s instead of 2.8-2.9 s (``benchmarks/bench_cascade.py --size 96 --threads 2
+    --repeats 5 [--pytorch-conv]``, this project's 2-core CPU; docs/performance.md). oneDNN's
+    convolution is the one PyTorch itself runs for the other layers, with the same weights and
+    autograd (``MkldnnConvolutionBackward``). Elsewhere (CUDA, other dtypes, autocast) this is
+    ``nn.Conv3d``. Its state dict is ``nn.Conv3d``'s.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _onednn_applies(self, x):
+            return torch.ops.aten.mkldnn_convolution(
+                x, self.weight, self.bias, list(self.padding), list(self.stride), list(self.dilation), self.groups
+            )
+        return super().forward(x)
+
+
 class ConvBlock(nn.Sequential):
     """3x3x3 convolution (padding 1, no bias: the batch norm has one) + BatchNorm3d + ReLU."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
-            nn.Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
+            Conv3d(in_channels, out_channels, kernel_size=3, padding=1, bias=False),
             nn.BatchNorm3d(out_channels),
             nn.ReLU(inplace=True),
         )

@@ -91,6 +91,72 @@ def test_channels_last_gives_same_output_as_default_layout(threads):
         torch.set_num_threads(old)
 
 
+def _conv_op_names(module: torch.nn.Module, x: torch.Tensor) -> set[str]:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        module(x)
+    return {e.key for e in prof.key_averages() if "conv" in e.key}
+
+
+@pytest.mark.parametrize("shape, out_channels", [((1, 2, 24, 24, 24), 16), ((1, 32, 12, 12, 12), 32), ((2, 8, 8, 6, 10), 8)])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_conv3d_runs_onednn_where_pytorch_picks_its_slow_kernel(shape, out_channels, channels_last):
+    """Conv3d equals nn.Conv3d (values, layout, gradients) and never runs the slow native kernel,
+    which nn.Conv3d picks for a batch of one with N*C*D*H <= 20480 (the first two shapes)."""
+    from MLVIRNETLib.networks.unet import Conv3d
+
+    torch.manual_seed(1)
+    ours = Conv3d(shape[1], out_channels, kernel_size=3, padding=1)
+    ref = torch.nn.Conv3d(shape[1], out_channels, kernel_size=3, padding=1)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(shape)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    xa, xb = x.clone().requires_grad_(True), x.clone().requires_grad_(True)
+    ya, yb = ours(xa), ref(xb)
+    torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-5)
+    if channels_last:
+        assert ya.is_contiguous(memory_format=torch.channels_last_3d)
+    g = torch.randn(ya.shape)
+    ya.backward(g)
+    yb.backward(g)
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, rtol=1e-4, atol=1e-3)
+    with torch.no_grad():
+        ops = _conv_op_names(ours, x)
+        ref_ops = _conv_op_names(ref, x)
+    assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops, ops
+    if shape[0] == 1:  # the premise: PyTorch itself would have taken the slow kernel here
+        assert "aten::slow_conv3d_forward" in ref_ops, ref_ops
+
+
+def test_conv3d_leaves_autocast_to_pytorch():
+    """Under CPU autocast the convolution is nn.Conv3d's, in the autocast precision."""
+    from MLVIRNETLib.networks.unet import Conv3d
+
+    torch.manual_seed(2)
+    ours = Conv3d(2, 4, kernel_size=3, padding=1)
+    ref = torch.nn.Conv3d(2, 4, kernel_size=3, padding=1)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(1, 2, 4, 4, 4)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        ya, yb = ours(x), ref(x)
+    assert ya.dtype == yb.dtype == torch.bfloat16
+    torch.testing.assert_close(ya, yb)
+
+
+def test_unet_blocks_use_conv3d_and_keep_state_dict_keys():
+    from MLVIRNETLib.networks.unet import Conv3d
+
+    net = UNet3D(features=4)
+    blocks = [m[0] for m in net.modules() if type(m).__name__ == "ConvBlock"]
+    assert len(blocks) == 10 and all(type(c) is Conv3d for c in blocks)
+    assert "encoders.0.0.0.weight" in net.state_dict() and "encoders.0.0.1.running_mean" in net.state_dict()
+    fused = fuse_batchnorm(MultilevelNet(levels=1, features=4, depth=2))
+    assert all(type(m[0]) is Conv3d for m in fused.modules() if type(m).__name__ == "ConvBlock")
+
+
 def test_xavier_init_bounds_and_zero_bias():
     net = UNet3D(features=8)
     net.head.bias.data.fill_(1.0)
