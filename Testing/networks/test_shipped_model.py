@@ -22,11 +22,11 @@ from MLVIRNETLib.training import load_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("folder", ["", "v3", "v2", "v1"])
+@pytest.mark.parametrize("folder", ["", "v4", "v3", "v2", "v1"])
 def test_the_file_is_small_safe_and_describes_its_training(folder):
-    """The shipped model file (v4) was made by the config shipped beside it (its second stage), and
-    so were model v3, which its first stage starts from, model v2, which v3 starts from, and model
-    v1, which v2 starts from."""
+    """The shipped model file (v5) was made by the config shipped beside it, and so were model v4
+    (by its second stage), which v5 starts from, model v3, which v4's first stage starts from,
+    model v2, which v3 starts from, and model v1, which v2 starts from."""
     model, config = f"{folder}/mlvirnet_default.pt".lstrip("/"), f"{folder}/mlvirnet_default.yaml".lstrip("/")
     path = resource_path("Models", model)
     assert path.is_file(), f"Resources/Models/{model} is missing"
@@ -94,12 +94,14 @@ def test_model_alone_on_a_held_out_ct(shared_data):
     assert np.isfinite(after.mean)
 
 
-@pytest.mark.parametrize("newer,older,kept", [("v2", "v1", (1, 2)), ("v3", "v2", (2,)), ("", "v3", ())])
+@pytest.mark.parametrize(
+    "newer,older,kept", [("v2", "v1", (1, 2)), ("v3", "v2", (2,)), ("v4", "v3", ()), ("", "v4", (2,))]
+)
 def test_each_model_keeps_the_levels_its_config_did_not_train(newer, older, kept):
     """Model v2 trained only the finest level of v1 (level_steps [0, 0, 480]); model v3 the middle
-    and finest levels of v2 ([0, 300, 200]); model v4 every level of v3 (its first stage). The
-    levels left alone, batch-norm statistics included, are the older model's to the bit; the
-    trained ones differ."""
+    and finest levels of v2 ([0, 300, 200]); model v4 every level of v3 (its first stage); model v5
+    the middle and finest levels of v4 ([0, 3132, 4698]). The levels left alone, batch-norm
+    statistics included, are the older model's to the bit; the trained ones differ."""
     new, _ = load_model(resource_path("Models", *filter(None, [newer]), "mlvirnet_default.pt"))
     old, _ = load_model(resource_path("Models", older, "mlvirnet_default.pt"))
     for level in range(3):
@@ -109,11 +111,11 @@ def test_each_model_keeps_the_levels_its_config_did_not_train(newer, older, kept
 
 
 def test_the_two_stages_of_model_v4_chain_up():
-    """The shipped config (stage 2) starts from the model that stage 1 writes, stage 1 from model v3,
+    """Model v4's config (stage 2) starts from the model that stage 1 writes, stage 1 from model v3,
     and stage 1 trains every level (so none of v3's is kept, as the test above checks)."""
     root = Path(__file__).resolve().parents[2]
     stage1 = load_config(root / "benchmarks" / "model_v4" / "stage1.yaml")
-    stage2 = load_config(resource_path("Models", "mlvirnet_default.yaml"))
+    stage2 = load_config(resource_path("Models", "v4", "mlvirnet_default.yaml"))
     assert Path(stage2.schedule.init_model) == Path(stage1.output_dir) / "model.pt"
     assert Path(stage1.schedule.init_model) == resource_path("Models", "v3", "mlvirnet_default.pt").resolve()
     assert all(n > 0 for n in stage1.schedule.level_steps)
@@ -121,3 +123,15 @@ def test_the_two_stages_of_model_v4_chain_up():
     # the same data, network and loss in both stages
     assert stage1.to_dict()["data"] == stage2.to_dict()["data"]
     assert stage1.network == stage2.network and stage1.loss == stage2.loss
+
+
+def test_model_v5_continues_model_v4_on_the_same_data():
+    """The shipped config (model v5) starts from the shipped v4 file, leaves the coarsest level
+    alone, and trains with v4's data, network and loss."""
+    v5 = load_config(resource_path("Models", "mlvirnet_default.yaml"))
+    v4 = load_config(resource_path("Models", "v4", "mlvirnet_default.yaml"))
+    assert Path(v5.schedule.init_model) == resource_path("Models", "v4", "mlvirnet_default.pt").resolve()
+    assert v5.schedule.level_steps[0] == 0 and all(n > 0 for n in v5.schedule.level_steps[1:])
+    assert v5.to_dict()["data"] == v4.to_dict()["data"]
+    assert v5.network == v4.network and v5.loss == v4.loss
+    assert v5.seed != v4.seed

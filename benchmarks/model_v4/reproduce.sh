@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model v4 from model v3 (issue #13): the data copies, then both stages.
+# Reproduce model v4 (shipped until model v5, Resources/Models/v4/) from model v3 (issue #13): the data copies, then both stages.
 #     bash benchmarks/model_v4/reproduce.sh [SHARED_DATA]   (default: ../shared/data beside the repository)
 # Needs `pip install -e ".[train]"`. Made on a GPU (stage 1: 386 s, stage 2: 180 s on an H100 with
 # 14 data workers); on a 2-core CPU it would take about 14 hours. GPU training is not
@@ -13,5 +13,5 @@ cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 "$PY" benchmarks/model_v4/make_copies.py --data "$DATA" --out .gpudata
 "$PY" -m MLVIRNETLib.cli train --config benchmarks/model_v4/stage1.yaml
-"$PY" -m MLVIRNETLib.cli train --config Resources/Models/mlvirnet_default.yaml
-echo "model: runs/mlvirnet_v4_gpu2/model.pt (shipped: Resources/Models/mlvirnet_default.pt)"
+"$PY" -m MLVIRNETLib.cli train --config Resources/Models/v4/mlvirnet_default.yaml
+echo "model: runs/mlvirnet_v4_gpu2/model.pt (shipped until model v5: Resources/Models/v4/mlvirnet_default.pt)"
