@@ -107,3 +107,27 @@ def test_tests_never_skip_on_the_projects_own_modules():
                     and isinstance(node.args[0], ast.Constant) and str(node.args[0].value).startswith("MLVIRNETLib")):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert not offenders, "importorskip would hide a broken import: " + ", ".join(offenders)
+
+
+def _package_data_patterns() -> list[str]:
+    import tomllib
+
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return config["tool"]["setuptools"]["package-data"]["MLVIRNETLib.resources"]
+
+
+def _is_package_data(relative: Path, patterns: list[str]) -> bool:
+    """setuptools' glob semantics for these patterns: ``*`` stays within one folder."""
+    return any(len(relative.parts) == len(Path(p).parts) and relative.match(p) for p in patterns)
+
+
+def test_every_resource_file_goes_into_the_wheel():
+    """A pip-installed MLVIRNETLib carries every file of Resources/ (models of every version with
+    their configs, which name each other, the bundled CT, icons, UI); Python files are packages."""
+    patterns = _package_data_patterns()
+    files = [p.relative_to(ROOT / "Resources") for p in (ROOT / "Resources").rglob("*")
+             if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
+    assert any(f.parts[:2] == ("Models", "v4") for f in files)
+    missing = [str(f) for f in files if not _is_package_data(f, patterns)]
+    assert not missing, f"Resources files left out of the wheel by pyproject.toml's package-data: {missing}"
+    assert not _is_package_data(Path("Models/v9/x/deeper.pt"), patterns)  # the check itself is not vacuous

@@ -99,16 +99,28 @@ def _conv_op_names(module: torch.nn.Module, x: torch.Tensor) -> set[str]:
     return {e.key for e in prof.key_averages() if "conv" in e.key}
 
 
+needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="this PyTorch has no oneDNN")
+
+LAYERS = {  # nn.Conv3d keyword arguments beside the channels
+    "block": {"kernel_size": 3, "padding": 1, "bias": False},  # ConvBlock's convolution
+    "biased": {"kernel_size": 3, "padding": 1},
+    "strided, dilated, uneven padding, groups": {"kernel_size": 3, "stride": (2, 1, 2), "dilation": (1, 2, 1),
+                                                 "padding": (1, 2, 0), "groups": 2},
+}
+
+
+@needs_onednn
+@pytest.mark.parametrize("layer", sorted(LAYERS))
 @pytest.mark.parametrize("shape, out_channels", [((1, 2, 24, 24, 24), 16), ((1, 32, 12, 12, 12), 32), ((2, 8, 8, 6, 10), 8)])
 @pytest.mark.parametrize("channels_last", [True, False])
-def test_conv3d_runs_onednn_where_pytorch_picks_its_slow_kernel(shape, out_channels, channels_last):
+def test_conv3d_runs_onednn_where_pytorch_picks_its_slow_kernel(shape, out_channels, channels_last, layer):
     """Conv3d equals nn.Conv3d (values, layout, gradients) and never runs the slow native kernel,
     which nn.Conv3d picks for a batch of one with N*C*D*H <= 20480 (the first two shapes)."""
     from MLVIRNETLib.networks.unet import Conv3d
 
     torch.manual_seed(1)
-    ours = Conv3d(shape[1], out_channels, kernel_size=3, padding=1)
-    ref = torch.nn.Conv3d(shape[1], out_channels, kernel_size=3, padding=1)
+    ours = Conv3d(shape[1], out_channels, **LAYERS[layer])
+    ref = torch.nn.Conv3d(shape[1], out_channels, **LAYERS[layer])
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(shape)
     if channels_last:
@@ -127,8 +139,33 @@ def test_conv3d_runs_onednn_where_pytorch_picks_its_slow_kernel(shape, out_chann
         ops = _conv_op_names(ours, x)
         ref_ops = _conv_op_names(ref, x)
     assert "aten::mkldnn_convolution" in ops and "aten::slow_conv3d_forward" not in ops, ops
-    if shape[0] == 1:  # the premise: PyTorch itself would have taken the slow kernel here
+    if shape[0] == 1 and layer != "strided, dilated, uneven padding, groups":
+        # the premise of Conv3d: PyTorch itself takes the slow kernel here (if a PyTorch release
+        # changes its rule, this tells that Conv3d may no longer be needed)
         assert "aten::slow_conv3d_forward" in ref_ops, ref_ops
+
+
+@pytest.mark.filterwarnings("ignore:TF32 acceleration on top of oneDNN")  # torch.backends.mkldnn.flags itself
+@pytest.mark.parametrize("case", ["reflect padding", "padding 'same'", "oneDNN disabled", "unbatched input"])
+def test_conv3d_leaves_what_onednn_does_not_cover_to_pytorch(case):
+    """Padding modes other than zeros, string padding, a PyTorch with oneDNN switched off and an
+    unbatched (C, D, H, W) input all give exactly nn.Conv3d's result."""
+    from MLVIRNETLib.networks.unet import Conv3d
+
+    kwargs = {"kernel_size": 3, "padding": 1}
+    if case == "reflect padding":
+        kwargs["padding_mode"] = "reflect"
+    if case == "padding 'same'":
+        kwargs["padding"] = "same"
+    torch.manual_seed(3)
+    ours, ref = Conv3d(2, 4, **kwargs), torch.nn.Conv3d(2, 4, **kwargs)
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 5, 7) if case == "unbatched input" else torch.randn(1, 2, 6, 5, 7)
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=case != "oneDNN disabled"):
+        ya, yb = ours(x), ref(x)
+        ops = _conv_op_names(ours, x)
+    torch.testing.assert_close(ya, yb, rtol=0, atol=0)
+    assert "aten::mkldnn_convolution" not in ops or case == "unbatched input", ops
 
 
 def test_conv3d_leaves_autocast_to_pytorch():
@@ -153,8 +190,9 @@ def test_unet_blocks_use_conv3d_and_keep_state_dict_keys():
     blocks = [m[0] for m in net.modules() if type(m).__name__ == "ConvBlock"]
     assert len(blocks) == 10 and all(type(c) is Conv3d for c in blocks)
     assert "encoders.0.0.0.weight" in net.state_dict() and "encoders.0.0.1.running_mean" in net.state_dict()
-    fused = fuse_batchnorm(MultilevelNet(levels=1, features=4, depth=2))
-    assert all(type(m[0]) is Conv3d for m in fused.modules() if type(m).__name__ == "ConvBlock")
+    fused = [m[0] for m in fuse_batchnorm(MultilevelNet(levels=1, features=4, depth=2)).modules()
+             if type(m).__name__ == "ConvBlock"]
+    assert len(fused) == 6 and all(type(c) is Conv3d for c in fused)
 
 
 def test_xavier_init_bounds_and_zero_bias():
