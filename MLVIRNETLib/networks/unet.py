@@ -43,9 +43,8 @@ class Conv3d(nn.Conv3d):
     For a batch of one, PyTorch picks its slow native 3-D convolution (im2col + matrix product)
     whenever ``N * C * D * H`` of the input is at most 20480: in the shipped 96^3 cascade 18 of the
     36 convolutions, among them the 2-channel first one of every level net and most of those of
-    the two coarser level nets. That
-    kernel is several times slower than oneDNN's on these shapes and returns the default memory
-    layout, which the next layers then convert back to channels-last. The 96^3 cascade's forward
+    the two coarser level nets. That kernel is several times slower than oneDNN's on these shapes
+    and returns the default memory layout, which the next layers then convert back to channels-last. The 96^3 cascade's forward
     pass took 2.2 s instead of 2.8-2.9 s (``benchmarks/bench_cascade.py --size 96 --threads 2
     --repeats 5 [--pytorch-conv]``, this project's 2-core CPU; docs/performance.md). oneDNN's
     convolution is the one PyTorch itself runs for the other layers, with the same weights and

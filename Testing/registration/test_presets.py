@@ -36,12 +36,17 @@ def test_options_beside_a_preset_win_and_unknown_names_are_refused() -> None:
         preset_options("fast", refine_steps=3)
 
 
+def _ct(voxels: str) -> sitk.Image:
+    """The bundled CT at its own voxels, or resampled to 3 mm."""
+    return bundled_ct_3mm() if voxels == "3 mm" else sitk.ReadImage(str(bundled_ct_path()))
+
+
 @pytest.mark.parametrize("voxels,preset", [("3 mm", "standard"), ("full resolution", "standard"), ("3 mm", "fast")])
 def test_an_image_registered_to_itself_stays_put(voxels: str, preset: str) -> None:
     """#15: identical inputs give below 0.3 mm inside the lungs at any voxel size (the shipped
     network alone moves them by up to 3.5 mm one way; the refinement starts from the identity when that fits
     better, the network alone is replaced by it, and both inputs go through the same resampling)."""
-    ct = bundled_ct_3mm() if voxels == "3 mm" else sitk.ReadImage(str(bundled_ct_path()))
+    ct = _ct(voxels)
     lungs = sitk.GetArrayFromImage(segment_lungs(ct)) > 0
     result = register(ct, ct, options=preset_options(preset))
     length = result.deformation.displacement[0].norm(dim=0).numpy()
@@ -58,10 +63,6 @@ def _symmetric_network_displacement_in_lungs(ct: sitk.Image) -> torch.Tensor:
     lung_points = ImageGrid.from_sitk(ct).world_points(dtype=torch.float64)[inside].float()
     assert lung_points.shape[0] > 1000
     return network.displacement_at(lung_points)[0].norm(dim=-1)
-
-
-def _ct(voxels: str) -> sitk.Image:
-    return bundled_ct_3mm() if voxels == "3 mm" else sitk.ReadImage(str(bundled_ct_path()))
 
 
 @pytest.mark.parametrize("voxels", ["3 mm", "full resolution"])
