@@ -268,6 +268,9 @@ class LossWeights:
             to about ``[0, 1]`` over the lung window at 1-3 mm voxels.
         truth: training only, per mm^2: weight of :func:`displacement_error` against a known
             deformation (synthetic pairs); 0 = the paper's unsupervised loss.
+        identity: training only, per mm^2: weight of the mean squared displacement inside the
+            fixed lungs that the net predicts for the pair's fixed image given as both inputs
+            (the identity is the answer there); 0 = no such term.
 
     The defaults are our starting point for the mean-normalised terms of this module, not values
     copied from the paper (whose terms are integrals); tune them on validation data.
@@ -277,9 +280,10 @@ class LossWeights:
     beta: float = 1.0
     ngf_eps: float = 0.01
     truth: float = 0.0
+    identity: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("alpha", "beta", "ngf_eps", "truth"):
+        for name in ("alpha", "beta", "ngf_eps", "truth", "identity"):
             v = float(getattr(self, name))
             if not math.isfinite(v) or v < 0:
                 raise ValueError(f"LossWeights.{name} must be a finite value >= 0, got {getattr(self, name)!r}")

@@ -69,9 +69,9 @@ class RegistrationOptions:
             moving/fixed, one batch) and average the forward estimate with the inverted backward
             one (:func:`~MLVIRNETLib.networks.cascade.symmetric_correction`, a fixed point): identical
             scans then give almost no displacement from the network itself, for about 1.8 times the
-            network stage's time on a CPU. With model v5 the network alone is more accurate this way
-            on both held-out CTs, but after the ``accurate`` refinement it is not (worse on one CT),
-            so no preset uses it (docs/performance.md, "Symmetric network").
+            network stage's time on a CPU. With models v5 and v6 the network alone is more
+            accurate this way on both held-out CTs, but after the ``accurate`` refinement it is not
+            (worse on one CT), so no preset uses it (docs/performance.md, "Symmetric network").
         hu_window: intensity window mapped to ``[0, 1]``.
         lung_mask_spacing_mm: working voxel size of the automatic lung mask.
         affine_options: settings of the affine stage.

@@ -9,7 +9,7 @@
     network, then refinement on a finer working grid (at most 224 voxels per axis instead of 160)
     with more iterations on its finer level: the accuracy follows the resolution of the working
     grid, and this bought more of it per second than a third refinement level at full resolution
-    (docs/performance.md). The network runs one way: with models v4 and v5, running it both ways
+    (docs/performance.md). The network runs one way: with models v4 to v6, running it both ways
     (``network_symmetric``) made this preset no more accurate on the held-out CTs (docs/performance.md).
 
 Each preset is a set of :class:`RegistrationOptions` fields; anything passed beside it wins. The

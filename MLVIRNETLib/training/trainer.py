@@ -160,7 +160,9 @@ def _learning_rate(config: TrainConfig, step_in_stage: int, stage_steps: int) ->
 
 
 def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Eq. (2) for one pair with the ``active`` coarsest levels, on the finest active grid.
+    """Eq. (2) for one pair with the ``active`` coarsest levels, on the finest active grid, plus the
+    supervised term (``loss.truth``, pairs with a known deformation) and the identity term
+    (``loss.identity``) where they are weighted.
 
     Returns:
         ``(loss, terms)``: the scalar loss (with graph) and its terms as detached scalar tensors on
@@ -177,11 +179,20 @@ def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tu
         wm = out.deformation.warp(mm, grid, padding_mode="zeros")
     loss, terms = registration_loss(out.fixed_levels[-1], out.warped, out.deformation.displacement, grid.spacing,
                                     config.loss, fm, wm)
+    lungs = None if fm is None else fm.sum(dim=1, keepdim=True).clamp(0, 1)
     if config.loss.truth > 0 and pair.truth is not None:
-        lungs = None if fm is None else fm.sum(dim=1, keepdim=True).clamp(0, 1)
         err = displacement_error(out.deformation.displacement, pair.truth.on_grid(grid).displacement, lungs)
         loss = loss + config.loss.truth * err
         terms = {**terms, "truth": err, "total": loss}
+    if config.loss.identity > 0:
+        # the fixed image against itself: the whole composed deformation should be the identity,
+        # so the active level learns to cancel what the frozen coarser ones predict there
+        # (the bare net: under DistributedDataParallel one wrapped forward per backward; the
+        # gradients of both passes meet in the same parameters before the reduction)
+        same = net(pair.fixed, pair.fixed, pair.grid, active_levels=active).deformation.displacement
+        err = displacement_error(same, torch.zeros_like(same), lungs)
+        loss = loss + config.loss.identity * err
+        terms = {**terms, "identity": err, "total": loss}
     return loss, {k: v.detach() for k, v in terms.items()}
 
 

@@ -22,11 +22,11 @@ from MLVIRNETLib.training import load_config
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.parametrize("folder", ["", "v4", "v3", "v2", "v1"])
+@pytest.mark.parametrize("folder", ["", "v5", "v4", "v3", "v2", "v1"])
 def test_the_file_is_small_safe_and_describes_its_training(folder):
-    """The shipped model file (v5) was made by the config shipped beside it, and so were model v4
-    (by its second stage), which v5 starts from, model v3, which v4's first stage starts from,
-    model v2, which v3 starts from, and model v1, which v2 starts from."""
+    """The shipped model file (v6) was made by the config shipped beside it, and so were model v5,
+    which v6 starts from, model v4 (by its second stage), which v5 starts from, model v3, which
+    v4's first stage starts from, model v2, which v3 starts from, and model v1, which v2 starts from."""
     model, config = f"{folder}/mlvirnet_default.pt".lstrip("/"), f"{folder}/mlvirnet_default.yaml".lstrip("/")
     path = resource_path("Models", model)
     assert path.is_file(), f"Resources/Models/{model} is missing"
@@ -40,7 +40,7 @@ def test_the_file_is_small_safe_and_describes_its_training(folder):
         shipped["schedule"].pop(key)
     for key in ("network", "seed"):
         assert trained[key] == shipped[key], key  # the file was made by the shipped config
-    defaults = {"init_model": None, "truth": 0.0}  # keys added after the file was written
+    defaults = {"init_model": None, "truth": 0.0, "identity": 0.0}  # keys added after the file was written
     for section in ("schedule", "loss"):
         for key, value in shipped[section].items():
             assert trained[section].get(key, defaults.get(key)) == value, f"{section}.{key}"
@@ -95,12 +95,14 @@ def test_model_alone_on_a_held_out_ct(shared_data):
 
 
 @pytest.mark.parametrize(
-    "newer,older,kept", [("v2", "v1", (1, 2)), ("v3", "v2", (2,)), ("v4", "v3", ()), ("", "v4", (2,))]
+    "newer,older,kept",
+    [("v2", "v1", (1, 2)), ("v3", "v2", (2,)), ("v4", "v3", ()), ("v5", "v4", (2,)), ("", "v5", (1, 2))],
 )
 def test_each_model_keeps_the_levels_its_config_did_not_train(newer, older, kept):
     """Model v2 trained only the finest level of v1 (level_steps [0, 0, 480]); model v3 the middle
     and finest levels of v2 ([0, 300, 200]); model v4 every level of v3 (its first stage); model v5
-    the middle and finest levels of v4 ([0, 3132, 4698]). The levels left alone, batch-norm
+    the middle and finest levels of v4 ([0, 3132, 4698]); model v6 the finest level of v5
+    ([0, 0, 4568]). The levels left alone, batch-norm
     statistics included, are the older model's to the bit; the trained ones differ."""
     new, _ = load_model(resource_path("Models", *filter(None, [newer]), "mlvirnet_default.pt"))
     old, _ = load_model(resource_path("Models", older, "mlvirnet_default.pt"))
@@ -126,12 +128,42 @@ def test_the_two_stages_of_model_v4_chain_up():
 
 
 def test_model_v5_continues_model_v4_on_the_same_data():
-    """The shipped config (model v5) starts from the shipped v4 file, leaves the coarsest level
-    alone, and trains with v4's data, network and loss."""
-    v5 = load_config(resource_path("Models", "mlvirnet_default.yaml"))
+    """Model v5's config starts from the shipped v4 file, leaves the coarsest level alone, and
+    trains with v4's data, network and loss."""
+    v5 = load_config(resource_path("Models", "v5", "mlvirnet_default.yaml"))
     v4 = load_config(resource_path("Models", "v4", "mlvirnet_default.yaml"))
     assert Path(v5.schedule.init_model) == resource_path("Models", "v4", "mlvirnet_default.pt").resolve()
     assert v5.schedule.level_steps[0] == 0 and all(n > 0 for n in v5.schedule.level_steps[1:])
     assert v5.to_dict()["data"] == v4.to_dict()["data"]
     assert v5.network == v4.network and v5.loss == v4.loss
     assert v5.seed != v4.seed
+
+
+def test_model_v6_adds_the_supervised_term_to_model_v5():
+    """The shipped config (model v6) starts from the v5 file and trains its finest level only, with
+    v5's network, CTs and appearance, eq. (2) with v5's weights plus the supervised term, and a
+    larger share of identical pairs; nothing else in the data changes."""
+    v6 = load_config(resource_path("Models", "mlvirnet_default.yaml"))
+    v5 = load_config(resource_path("Models", "v5", "mlvirnet_default.yaml"))
+    assert Path(v6.schedule.init_model) == resource_path("Models", "v5", "mlvirnet_default.pt").resolve()
+    assert list(v6.schedule.level_steps[:2]) == [0, 0] and v6.schedule.level_steps[2] > 0
+    assert v6.network == v5.network and v6.seed != v5.seed
+    assert v5.loss.truth == 0 and v6.loss.truth > 0
+    assert (v6.loss.alpha, v6.loss.beta, v6.loss.ngf_eps) == (v5.loss.alpha, v5.loss.beta, v5.loss.ngf_eps)
+    new, old = v6.to_dict()["data"], v5.to_dict()["data"]
+    synthetic = [i for i, src in enumerate(new["train"]) if src["kind"] == "synthetic"]
+    assert synthetic == [0]
+    assert old["train"][0]["motion"]["identical_probability"] < new["train"][0]["motion"]["identical_probability"]
+    old["train"][0]["motion"]["identical_probability"] = new["train"][0]["motion"]["identical_probability"]
+    assert new == old
+
+
+def test_every_training_config_in_the_repository_reads():
+    """The configs beside the models and in benchmarks/ (candidates, ablations, stages) are valid
+    configs, with the keys of the current schema."""
+    root = Path(__file__).resolve().parents[2]
+    paths = sorted((root / "Resources" / "Models").rglob("*.yaml")) + sorted((root / "benchmarks").rglob("*.yaml"))
+    assert len(paths) >= 12
+    for path in paths:
+        config = load_config(path)
+        assert config.network.levels >= 1, path

@@ -146,6 +146,47 @@ def test_the_supervised_term_adds_its_weight_times_the_displacement_error(data):
     assert float(loss) == pytest.approx(float(plain) + 0.05 * float(err), rel=1e-5)
 
 
+def test_the_identity_term_adds_its_weight_times_the_displacement_for_the_fixed_image_twice(data):
+    """``loss.identity > 0``: the loss of a pair gains ``identity`` times the mean squared
+    displacement inside the fixed lungs that the active levels predict for (fixed, fixed), with a
+    gradient that reaches the active level only."""
+    from MLVIRNETLib.losses import displacement_error
+    from MLVIRNETLib.networks.cascade import freeze_levels
+    from MLVIRNETLib.training.trainer import build_sources, initial_network, pair_loss
+
+    cfg = load_config(_config(data, "identity"))
+    net = initial_network(cfg)
+    pair = build_sources(cfg).sources[0].sample(torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        plain, plain_terms = pair_loss(net, pair, cfg, 2)
+        cfg.loss.identity = 0.5
+        loss, terms = pair_loss(net, pair, cfg, 2)
+        same = net(pair.fixed, pair.fixed, pair.grid).deformation.displacement
+        lungs = pair.fixed_masks.sum(dim=1, keepdim=True).clamp(0, 1)
+        err = displacement_error(same, torch.zeros_like(same), lungs)
+    assert "identity" not in plain_terms and float(terms["identity"]) == pytest.approx(float(err), rel=1e-5)
+    assert float(err) > 0  # an untrained net moves identical images
+    assert float(loss) == pytest.approx(float(plain) + 0.5 * float(err), rel=1e-5)
+    # the coarsest level frozen: the term's gradient reaches the finest net only
+    freeze_levels(net, [1])
+    grads = []
+    for weight in (0.0, 0.5):
+        net.zero_grad(set_to_none=True)
+        cfg.loss.identity = weight
+        pair_loss(net, pair, cfg, 2)[0].backward()
+        assert all(p.grad is None for p in net.nets[1].parameters())
+        grads.append(torch.cat([p.grad.flatten() for p in net.nets[0].parameters()]))
+    assert not torch.allclose(grads[0], grads[1])
+
+
+def test_a_run_with_the_identity_term_logs_it(data):
+    cfg = load_config(_config(data, "identity_run", steps=2, validate_every=2, checkpoint_every=2))
+    cfg.loss.identity = 1.0
+    result = train(cfg, quiet=True)
+    rows = (result.output_dir / "metrics.csv").read_text().splitlines()
+    assert any(",train,identity," in r for r in rows)
+
+
 def test_single_level_network_trains(data):
     cfg = load_config(_config(data, "single", steps=4))
     cfg.network.levels = 1
@@ -209,8 +250,12 @@ def test_resume_checks_configuration_and_checkpoint(data, capsys):
 
 
 def test_torchrun_two_processes(data):
-    """DistributedDataParallel with two CPU processes (Gloo), started by torchrun."""
+    """DistributedDataParallel with two CPU processes (Gloo), started by torchrun, with the
+    identity term on (a second forward pass of the bare net before each backward)."""
     cfg = _config(data, "ddp", steps=4)
+    d = yaml.safe_load(cfg.read_text())
+    d["loss"]["identity"] = 0.5
+    cfg.write_text(yaml.safe_dump(d))
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     out = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "MLVIRNETLib.cli", "train", "--config", str(cfg), "--quiet", "--threads", "1", "--json"],
@@ -218,6 +263,7 @@ def test_torchrun_two_processes(data):
     assert out.returncode == 0, out.stderr[-2000:]
     rows = (data / "run_ddp" / "metrics.csv").read_text().splitlines()
     assert "0,0,1,info,world_size,2,0.0" in rows
+    assert any(",train,identity," in r for r in rows)
     assert load_model(data / "run_ddp" / "model.pt")[1]["metadata"]["hardware"]["processes"] == 2
 
 

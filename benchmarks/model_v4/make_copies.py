@@ -2,14 +2,14 @@
 
 The device machine receives the repository and at most 64 MiB in all, so the training CTs travel as
 anti-aliased copies with voxels of about ``--spacing`` mm (int16 NIfTI; a coarser axis is
-kept; :mod:`MLVIRNETLib.training.data_copies`). The configs of models v4 and v5 read these copies.
+kept; :mod:`MLVIRNETLib.training.data_copies`). The configs of models v4 to v6 read these copies.
 
     python benchmarks/model_v4/make_copies.py --data ../shared/data --out .gpudata
 
 writes ``OUT/chest_ct/NAME`` and ``OUT/4dct/PATIENT/phaseNN.nii.gz`` for the files that
-``benchmarks/model_v4/stage1.yaml``, ``Resources/Models/v4/mlvirnet_default.yaml`` and
-``Resources/Models/mlvirnet_default.yaml`` (model v5; the three name the same files) name, and
-prints each file's size.
+``benchmarks/model_v4/stage1.yaml``, ``Resources/Models/v4/mlvirnet_default.yaml``,
+``Resources/Models/v5/mlvirnet_default.yaml`` and ``Resources/Models/mlvirnet_default.yaml`` (model
+v6; the four name the same files) name, and prints each file's size.
 """
 
 from __future__ import annotations

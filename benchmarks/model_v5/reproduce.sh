@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the shipped model v5 from model v4 (issue #13): the data copies, then the training.
+# Reproduce model v5 (shipped before model v6) from model v4 (issue #13): the data copies, then the training.
 #     bash benchmarks/model_v5/reproduce.sh [SHARED_DATA]   (default: ../shared/data beside the repository)
 # Needs `pip install -e ".[train]"`. Made on a GPU (476 s on an H100 with 14 data workers); on a
 # 2-core CPU it would take about 14 hours. GPU training is not deterministic, so the result is
@@ -13,5 +13,5 @@ DATA=$(realpath "${1:-$(dirname "$0")/../../../shared/data}")
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python}
 "$PY" benchmarks/model_v4/make_copies.py --data "$DATA" --out .gpudata
-"$PY" -m MLVIRNETLib.cli train --config Resources/Models/mlvirnet_default.yaml
-echo "model: runs/mlvirnet_v5_gpu/model.pt (shipped: Resources/Models/mlvirnet_default.pt)"
+"$PY" -m MLVIRNETLib.cli train --config Resources/Models/v5/mlvirnet_default.yaml
+echo "model: runs/mlvirnet_v5_gpu/model.pt (shipped before model v6: Resources/Models/v5/mlvirnet_default.pt)"
