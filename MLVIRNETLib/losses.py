@@ -269,8 +269,9 @@ class LossWeights:
         truth: training only, per mm^2: weight of :func:`displacement_error` against a known
             deformation (synthetic pairs); 0 = the paper's unsupervised loss.
         identity: training only, per mm^2: weight of the mean squared displacement inside the
-            fixed lungs that the net predicts for the pair's fixed image given as both inputs
-            (the identity is the answer there); 0 = no such term.
+            fixed lungs (over the whole grid for pairs without lung masks) that the net predicts
+            for the pair's fixed image given as both inputs (the identity is the answer there);
+            0 = no such term.
 
     The defaults are our starting point for the mean-normalised terms of this module, not values
     copied from the paper (whose terms are integrals); tune them on validation data.

@@ -290,3 +290,5 @@ def test_displacement_error_checks_shapes():
         displacement_error(torch.zeros((1, 2, 4, 4, 4)), torch.zeros((1, 2, 4, 4, 4)))
     with pytest.raises(ValueError, match="truth"):
         LossWeights(truth=-1.0)
+    with pytest.raises(ValueError, match="identity"):
+        LossWeights(identity=-1.0)

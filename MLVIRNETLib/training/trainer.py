@@ -21,6 +21,7 @@ on CPU); only rank 0 validates and writes files.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import sys
@@ -38,7 +39,7 @@ from ..losses import displacement_error, registration_loss
 from ..networks.cascade import MultilevelNet, build_network, freeze_levels, init_level_from, parameter_count
 from ..networks.model_files import save_model
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, config_from_dict
 from .pairs import ManifestSource, MixedSource, PhaseSource, TrainingPair
 from .run_log import RunLog
 from .synthetic_pairs import SyntheticSource
@@ -188,12 +189,31 @@ def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tu
         # the fixed image against itself: the whole composed deformation should be the identity,
         # so the active level learns to cancel what the frozen coarser ones predict there
         # (the bare net: under DistributedDataParallel one wrapped forward per backward; the
-        # gradients of both passes meet in the same parameters before the reduction)
-        same = net(pair.fixed, pair.fixed, pair.grid, active_levels=active).deformation.displacement
+        # gradients of both passes meet in the same parameters before the reduction). Batch
+        # norms normalise with this pass's statistics but keep their running ones: those stay
+        # the statistics of real pairs, which inference uses.
+        with _running_stats_kept(net):
+            same = net(pair.fixed, pair.fixed, pair.grid, active_levels=active).deformation.displacement
         err = displacement_error(same, torch.zeros_like(same), lungs)
         loss = loss + config.loss.identity * err
         terms = {**terms, "identity": err, "total": loss}
     return loss, {k: v.detach() for k, v in terms.items()}
+
+
+@contextlib.contextmanager
+def _running_stats_kept(net: torch.nn.Module) -> Iterator[None]:
+    """Batch norms in training mode that leave their running statistics as they are (momentum 0)."""
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -327,7 +347,9 @@ def _prepare_output(config: TrainConfig, resume: bool, out_dir: Path, ckpt_path:
     ckpt = None
     if resume:
         ckpt = load_checkpoint(ckpt_path, map_location="cpu")
-        diffs = _config_differences(ckpt["config"], config.to_dict())
+        # through the schema, so that keys added since the checkpoint was written take their defaults
+        saved = config_from_dict(copy.deepcopy(ckpt["config"])).to_dict()
+        diffs = _config_differences(saved, config.to_dict())
         if diffs:
             raise ValueError(f"cannot resume {ckpt_path}: the configuration differs: " + "; ".join(diffs[:5]))
     elif ckpt_path.exists() or (out_dir / "model.pt").exists():

@@ -160,10 +160,12 @@ def test_model_v6_adds_the_supervised_term_to_model_v5():
 
 def test_every_training_config_in_the_repository_reads():
     """The configs beside the models and in benchmarks/ (candidates, ablations, stages) are valid
-    configs, with the keys of the current schema."""
+    configs, with the keys of the current schema, and the model each starts from is in the
+    repository (or, for a second stage, is what its first stage writes into runs/)."""
     root = Path(__file__).resolve().parents[2]
     paths = sorted((root / "Resources" / "Models").rglob("*.yaml")) + sorted((root / "benchmarks").rglob("*.yaml"))
     assert len(paths) >= 12
     for path in paths:
-        config = load_config(path)
-        assert config.network.levels >= 1, path
+        init = load_config(path).schedule.init_model
+        if init is not None and (root / "runs") not in Path(init).parents:
+            assert Path(init).is_file(), f"{path.relative_to(root)}: init_model {init} is missing"

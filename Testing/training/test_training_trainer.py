@@ -150,6 +150,7 @@ def test_the_identity_term_adds_its_weight_times_the_displacement_for_the_fixed_
     """``loss.identity > 0``: the loss of a pair gains ``identity`` times the mean squared
     displacement inside the fixed lungs that the active levels predict for (fixed, fixed), with a
     gradient that reaches the active level only."""
+    from MLVIRNETLib.core.pyramid import build_pyramid
     from MLVIRNETLib.losses import displacement_error
     from MLVIRNETLib.networks.cascade import freeze_levels
     from MLVIRNETLib.training.trainer import build_sources, initial_network, pair_loss
@@ -177,6 +178,23 @@ def test_the_identity_term_adds_its_weight_times_the_displacement_for_the_fixed_
         assert all(p.grad is None for p in net.nets[1].parameters())
         grads.append(torch.cat([p.grad.flatten() for p in net.nets[0].parameters()]))
     assert not torch.allclose(grads[0], grads[1])
+    # the extra pass leaves the batch norms' running statistics to the real pairs
+    stats = [{k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k}]
+    for weight in (0.0, 0.5):
+        cfg.loss.identity = weight
+        net.load_state_dict({**net.state_dict(), **stats[0]})
+        pair_loss(net, pair, cfg, 2)
+        stats.append({k: v.clone() for k, v in net.state_dict().items() if "running" in k or "tracked" in k})
+    assert any(not torch.equal(stats[0][k], stats[1][k]) for k in stats[0])  # the pair's pass moves them
+    assert all(torch.equal(stats[1][k], stats[2][k]) for k in stats[0])  # the identity pass does not
+    # with the coarsest level alone active, the term is the coarsest level's displacement
+    net.eval()
+    with torch.no_grad():
+        _, terms = pair_loss(net, pair, cfg, 1)
+        coarse = net(pair.fixed, pair.fixed, pair.grid, active_levels=1)
+        lungs1 = build_pyramid(pair.fixed_masks, pair.grid, 2)[1][0].sum(dim=1, keepdim=True).clamp(0, 1)
+        err1 = displacement_error(coarse.deformation.displacement, torch.zeros_like(coarse.deformation.displacement), lungs1)
+    assert float(terms["identity"]) == pytest.approx(float(err1), rel=1e-5)
 
 
 def test_a_run_with_the_identity_term_logs_it(data):
@@ -243,6 +261,18 @@ def test_resume_checks_configuration_and_checkpoint(data, capsys):
     changed = load_config(cfg)
     changed.loss.alpha = 99.0
     with pytest.raises(ValueError, match="loss.alpha"):
+        train(changed, resume=True, quiet=True)
+    # a checkpoint written before a config key existed resumes with that key's default
+    from MLVIRNETLib.training.checkpoint import load_checkpoint, save_checkpoint
+
+    ckpt_path = data / "run_changed" / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(ckpt_path)
+    del ckpt["config"]["loss"]["identity"]
+    save_checkpoint(ckpt_path, {k: v for k, v in ckpt.items() if k not in ("format", "format_version", "library_version")})
+    assert train(load_config(cfg), resume=True, quiet=True).steps == 4
+    changed.loss.alpha = load_config(cfg).loss.alpha
+    changed.loss.identity = 0.5
+    with pytest.raises(ValueError, match="loss.identity"):
         train(changed, resume=True, quiet=True)
     missing = load_config(_config(data, "never_ran", steps=4))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
