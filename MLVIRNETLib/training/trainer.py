@@ -203,7 +203,7 @@ def pair_loss(model, pair: TrainingPair, config: TrainConfig, active: int) -> tu
 @contextlib.contextmanager
 def _running_stats_kept(net: torch.nn.Module) -> Iterator[None]:
     """Batch norms in training mode that leave their running statistics as they are (momentum 0)."""
-    norms = [m for m in net.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    norms = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm3d)]
     saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
     for m in norms:
         m.momentum = 0.0

@@ -8,10 +8,5 @@
 # (the model); the shipped file is not touched. `mlvirnet train` refuses an output folder that
 # already holds a run: move runs/mlvirnet_v4_gpu*/ away before running this again.
 set -euo pipefail
-DATA=$(realpath "${1:-$(dirname "$0")/../../../shared/data}")
-cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-"$PY" benchmarks/model_v4/make_copies.py --data "$DATA" --out .gpudata
-"$PY" -m MLVIRNETLib.cli train --config benchmarks/model_v4/stage1.yaml
-"$PY" -m MLVIRNETLib.cli train --config Resources/Models/v4/mlvirnet_default.yaml
+bash "$(dirname "$0")/../model_v4/train_on_copies.sh" "${1:-}" benchmarks/model_v4/stage1.yaml Resources/Models/v4/mlvirnet_default.yaml
 echo "model: runs/mlvirnet_v4_gpu2/model.pt (shipped until model v5: Resources/Models/v4/mlvirnet_default.pt)"

@@ -9,9 +9,5 @@
 # is not touched. `mlvirnet train` refuses an output folder that already holds a run: move
 # runs/mlvirnet_v6_truth_gpu/ away before running this again.
 set -euo pipefail
-DATA=$(realpath "${1:-$(dirname "$0")/../../../shared/data}")
-cd "$(dirname "$0")/../.."
-PY=${PYTHON:-python}
-"$PY" benchmarks/model_v4/make_copies.py --data "$DATA" --out .gpudata
-"$PY" -m MLVIRNETLib.cli train --config Resources/Models/mlvirnet_default.yaml
+bash "$(dirname "$0")/../model_v4/train_on_copies.sh" "${1:-}" Resources/Models/mlvirnet_default.yaml
 echo "model: runs/mlvirnet_v6_truth_gpu/model.pt (shipped: Resources/Models/mlvirnet_default.pt)"
