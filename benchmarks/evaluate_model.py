@@ -17,9 +17,11 @@ noise) the moving image. ``register`` is run four ways:
 ``--thick-peaks`` (default 30 mm) runs those peaks once more with the fixed scan acquired again
 with thick slices and a low dose (``simulate_acquisition``: 1 x 1 x 2.5 mm, 40 HU correlated
 noise). ``--identity`` (default on) registers each CT to itself, at its own voxels and resampled
-to 3 mm, with the model alone, and reports the displacement at 300 lung landmarks: of the result,
-and of the network's own output before the pipeline's check that keeps the identity when it fits
-the images better; for the network's output also the largest over every lung voxel.
+to 3 mm, and to two scans of it that did not move (nearly identical pairs): the CT acquired again
+at its own voxels with 10 HU noise, and with 1 x 1 x 2.5 mm voxels and 40 HU low-dose noise. It
+runs the model alone and reports the displacement at 300 lung landmarks, of the result and of the
+network's own output before the pipeline's check that keeps the identity when it fits the images
+better, and the largest over every lung voxel of both.
 
 Reported per run: mean and 95th percentile landmark TRE (fixed -> moving, 100 distinctive lung
 points), per cent of lung voxels of the fixed grid with ``det J <= 0`` and the ``register`` time.
@@ -29,6 +31,8 @@ points), per cent of lung voxels of the fixed grid with ``det J <= 0`` and the `
     python benchmarks/evaluate_model.py --variants model --peaks 20 --precisions float32 float16 bfloat16
     python benchmarks/evaluate_model.py --peaks 20 30 --variants model model+refine   # the model card's table
     python benchmarks/evaluate_model.py --peaks 20 30 --variants model --symmetric      # the network both ways
+    python benchmarks/evaluate_model.py --peaks 2 5 10 --thick-peaks --variants model --no-identity \
+        [--no-both-ways-fallback]                                                      # small motions
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ def main() -> int:
     from MLVIRNETLib.paths import default_model_path
     from MLVIRNETLib.preprocessing.lungmask import segment_lungs
     from MLVIRNETLib.registration import NETWORK_PRECISIONS, PRESETS, preset_options, register
-    from MLVIRNETLib.simulation.acquisition import LOW_DOSE_THICK_SLICE, simulate_acquisition
+    from MLVIRNETLib.simulation.acquisition import LOW_DOSE_THICK_SLICE, AcquisitionOptions, simulate_acquisition
     from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,6 +76,9 @@ def main() -> int:
                         help="registration preset of every variant (model alone: without its refinement)")
     parser.add_argument("--symmetric", action=argparse.BooleanOptionalAction, default=None,
                         help="run the network both ways and average (network_symmetric; default: the preset's)")
+    parser.add_argument("--both-ways-fallback", action=argparse.BooleanOptionalAction, default=None,
+                        help="network alone: run it again with the images swapped where one way fits worse than no "
+                             "motion (network_both_ways_fallback; default: the preset's, on)")
     parser.add_argument("--refine-levels", nargs="+", type=int, default=None, metavar="FACTOR",
                         help="override the preset's refinement levels (downsampling factors, coarse to fine)")
     parser.add_argument("--refine-iterations", nargs="+", type=int, default=None, metavar="N",
@@ -90,6 +97,8 @@ def main() -> int:
 
     symmetric = preset_options(args.preset).network_symmetric if args.symmetric is None else args.symmetric
     overrides = {"network_symmetric": symmetric}
+    if args.both_ways_fallback is not None:
+        overrides["network_both_ways_fallback"] = args.both_ways_fallback
     if args.refine_levels is not None:
         overrides["refine_levels"] = tuple(args.refine_levels)
     if args.refine_iterations is not None:
@@ -105,15 +114,21 @@ def main() -> int:
         return result, time.perf_counter() - t0
 
     def _identity_rows(name: str, ct) -> list[dict]:
-        """The scan as fixed and moving, at its own voxels and at 3 mm: displacement at 300 lung
-        landmarks, of the model alone and of the network's own output (before the pipeline's
-        check that keeps the identity when it fits better)."""
+        """The scan against itself (at its own voxels and at 3 mm) and against itself acquired
+        again without motion: displacement at 300 lung landmarks and at every lung voxel, of the
+        model alone and of the network's own output (before the pipeline's check that keeps the
+        identity when it fits better)."""
+        own = AcquisitionOptions(spacing_mm=tuple(ct.GetSpacing()), noise_hu=10.0)
+        at_3mm = _resampled(ct, 3.0)
+        pairs = (("full", ct, ct), ("3 mm", at_3mm, at_3mm),
+                 ("full, moving acquired again (10 HU)", ct, simulate_acquisition(ct, own, seed=args.seed)),
+                 ("full, moving thick low-dose", ct, simulate_acquisition(ct, LOW_DOSE_THICK_SLICE, seed=args.seed)))
         out = []
-        for voxels, scan in (("full", ct), ("3 mm", _resampled(ct, 3.0))):
+        for voxels, scan, moving in pairs:
             scan_lungs = segment_lungs(scan)
             pts = torch.as_tensor(sample_landmarks(scan, scan_lungs, n=300, seed=args.seed), dtype=torch.float32)
             lung_arr = torch.as_tensor(sitk.GetArrayFromImage(scan_lungs) > 0)
-            result, secs = _run(scan, scan, scan_lungs, "model", "auto")
+            result, secs = _run(scan, moving, scan_lungs, "model", "auto")
             moved = (result.deformation.map_points(pts)[0] - pts).norm(dim=-1)
             # the network's composed output on the working grid, in the pre-aligned frame
             raw = result.level_deformations[-1]
@@ -122,8 +137,10 @@ def main() -> int:
             voxels_mm = ImageGrid.from_sitk(scan).world_points(dtype=torch.float64)[lung_arr].float()
             raw_all = torch.cat([raw.displacement_at(chunk.to(raw.displacement.device))[0].cpu().norm(dim=-1)
                                  for chunk in voxels_mm.split(200_000)])
+            result_all = result.deformation.displacement[0].norm(dim=0)[lung_arr]
             out.append({"image": name, "voxels": voxels, "landmarks": int(pts.shape[0]),
                         "model_mean": float(moved.mean()), "model_max": float(moved.max()),
+                        "model_max_lung_voxels": float(result_all.max()),
                         "network_mean": float(raw_moved.mean()), "network_max": float(raw_moved.max()),
                         "network_max_lung_voxels": float(raw_all.max()),
                         "folding_percent": jacobian_stats(result.deformation, lung_arr)["folding_percent"],
@@ -178,13 +195,13 @@ def main() -> int:
               f"{r['folding_percent']:.3f} | {r['time_s']:.1f} |")
     if identity_rows:
         print()
-        print("| CT | voxels | model alone: mean / max (mm) | network output: mean / max (mm) "
-              "| network output, max over every lung voxel (mm) | folding (% lung) |")
-        print("|---|---|---|---|---|---|")
+        print("| CT | voxels | model alone: mean / max; max over every lung voxel (mm) "
+              "| network output: mean / max; max over every lung voxel (mm) | folding (% lung) |")
+        print("|---|---|---|---|---|")
         for r in identity_rows:
-            print(f"| {r['image']} | {r['voxels']} | {r['model_mean']:.3f} / {r['model_max']:.3f} | "
-                  f"{r['network_mean']:.3f} / {r['network_max']:.3f} | {r['network_max_lung_voxels']:.3f} | "
-                  f"{r['folding_percent']:.3f} |")
+            print(f"| {r['image']} | {r['voxels']} | {r['model_mean']:.3f} / {r['model_max']:.3f}; "
+                  f"{r['model_max_lung_voxels']:.3f} | {r['network_mean']:.3f} / {r['network_max']:.3f}; "
+                  f"{r['network_max_lung_voxels']:.3f} | {r['folding_percent']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps({"registrations": rows, "identity": identity_rows}, indent=1))
     return 0

@@ -53,7 +53,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_registration_arguments(p: argparse.ArgumentParser) -> None:
     """The registration settings shared by ``register`` and ``batch``: --preset, --model, --device,
-    --refine, --no-affine, --symmetric-network, --network-size (read back with :func:`registration_settings`)."""
+    --refine, --no-affine, --symmetric-network, --both-ways-fallback, --network-size (read back with
+    :func:`registration_settings`)."""
     from ..registration.presets import DEFAULT_PRESET, PRESETS
 
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
@@ -66,8 +67,12 @@ def add_registration_arguments(p: argparse.ArgumentParser) -> None:
                    help="refinement iterations per level (0 = network only; default: the library default)")
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
     p.add_argument("--symmetric-network", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the network both ways and average (about 1.4x the network's time; no motion gives "
+                   help="run the network both ways and average (about 1.8x the network's time; no motion gives "
                         "almost no displacement; default: off in every preset)")
+    p.add_argument("--both-ways-fallback", action=argparse.BooleanOptionalAction, default=None,
+                   help="network alone, one way: where its result fits worse than no motion, run it again with the "
+                        "images swapped and average the two directions (small motions; one more network pass on "
+                        "those pairs only; default: on)")
     p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
                    help="working grid of preprocessing and refinement (default: follows the lung box and the "
                         "image, at most 160 per axis; a model runs at its own input size)")
@@ -99,6 +104,8 @@ def registration_settings(args) -> tuple["RegistrationOptions", str | Path | Non
         values["refine_iterations"] = int(args.refine)
     if args.symmetric_network is not None:
         values["network_symmetric"] = bool(args.symmetric_network)
+    if args.both_ways_fallback is not None:
+        values["network_both_ways_fallback"] = bool(args.both_ways_fallback)
     options = preset_options(args.preset, **values)  # validates the combination (ValueError)
     model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
     return options, model

@@ -72,6 +72,11 @@ class RegistrationOptions:
             network stage's time on a CPU. With models v5 and v6 the network alone is more
             accurate this way on both held-out CTs, but after the ``accurate`` refinement it is not
             (worse on one CT), so no preset uses it (docs/performance.md, "Symmetric network").
+        network_both_ways_fallback: network alone (``refine_iterations=0``) run one way: when its
+            deformation fits the pair worse than no motion, run the cascade once more with the
+            images swapped and keep the average of the two directions where that fits better than
+            no motion (else the identity). Small motions are then not lost to the one-way
+            network's bias, for one more network pass on those pairs only.
         hu_window: intensity window mapped to ``[0, 1]``.
         lung_mask_spacing_mm: working voxel size of the automatic lung mask.
         affine_options: settings of the affine stage.
@@ -96,6 +101,7 @@ class RegistrationOptions:
     use_amp: bool = True
     network_precision: str = "auto"
     network_symmetric: bool = False
+    network_both_ways_fallback: bool = True
     hu_window: tuple[float, float] = HU_WINDOW
     lung_mask_spacing_mm: float = 3.0
     affine_options: AffineOptions = field(default_factory=AffineOptions)
@@ -132,8 +138,9 @@ class RegistrationOptions:
             raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
         if self.network_precision not in NETWORK_PRECISIONS:
             raise ValueError(f"network_precision must be one of {NETWORK_PRECISIONS}, got {self.network_precision!r}")
-        if not isinstance(self.network_symmetric, bool):
-            raise ValueError(f"network_symmetric must be true or false, got {self.network_symmetric!r}")
+        for name in ("network_symmetric", "network_both_ways_fallback"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         if int(self.slab_voxels) < 1:
             raise ValueError(f"slab_voxels must be >= 1, got {self.slab_voxels}")
         if isinstance(self.affine_options, Mapping):

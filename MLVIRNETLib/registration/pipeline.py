@@ -15,7 +15,9 @@
     sampled at ``A x``.
 ``network``
     the mlVIRNET cascade (inference mode; bf16 autocast on CPU if ``use_bf16``, fp16 AMP on CUDA)
-    -> ``phi`` on the network grid.
+    -> ``phi`` on the network grid. Network alone (no refinement), ``phi`` gives way to no motion
+    where that fits the pair better, after a second pass with the images swapped has had its
+    chance (``network_both_ways_fallback``).
 ``refine``
     :func:`MLVIRNETLib.registration.refine.refine`: instance optimisation of ``phi`` (or of the identity when
     there is no model) on 1/4 and 1/2 of the network grid.
@@ -256,7 +258,9 @@ def _register(
     with _timed("network", timings, dev):
         if net is not None:
             prog.stage(0.25, 0.10, "network")
-            phi, levels = _network_stage(net, model_size, pp, dev, opts, prog, messages)
+            phi, levels = _network_stage(net, model_size, pp.grid, pp.fixed, pp.moving, dev, opts, prog, messages)
+            if n_refine == 0:
+                phi = _network_alone_choice(phi, net, model_size, pp, dev, opts, refine_opts, prog, messages)
 
     with _timed("refine", timings, dev):
         if n_refine > 0:
@@ -269,8 +273,6 @@ def _register(
             levels.extend(r.levels)
         if phi is None:
             phi = Deformation.identity(pp.grid, device=dev)
-        elif n_refine == 0:
-            phi = _no_motion_if_better(phi, pp, refine_opts, messages)
 
     with _timed("field", timings, dev):
         prog.stage(0.90, 0.10, "full-resolution field")
@@ -405,36 +407,71 @@ def _partial_moving_view(pp: PreprocessedPair):
     return None
 
 
-def _no_motion_if_better(phi: Deformation, pp: PreprocessedPair, refine_opts, messages: list[str]) -> Deformation:
-    """The network's ``phi``, or the identity when that fits the pair better (network alone): the
-    shipped network (model v6) moves identical scans by up to 4.1 mm (one way)."""
-    factor = max(refine_opts.level_factors)
-    if any(n % factor or n // factor < 3 for n in pp.grid.size):
-        return phi
-    chosen, identity = identity_if_better(pp.fixed, pp.moving, pp.grid, phi, refine_opts, _partial_moving_view(pp))
-    if identity:
-        messages.append("the network's deformation fitted the images worse than no motion; kept the identity")
-    return chosen
-
-
-def _network_stage(
+def _network_alone_choice(
+    phi: Deformation,
     net: "MultilevelNet",
     model_size: tuple[int, ...] | None,
     pp: PreprocessedPair,
     dev: torch.device,
     opts: RegistrationOptions,
+    refine_opts,
+    prog: Progress,
+    messages: list[str],
+) -> Deformation:
+    """What the network alone returns: the network's ``phi``, unless no motion fits the pair better.
+
+    One way, the shipped network (model v6) moves scans that did not move by up to 4.1 mm, so for
+    small motions its bias can outweigh the motion. When the identity has the lower objective
+    (:func:`~MLVIRNETLib.registration.refine.identity_if_better`) and ``opts.network_both_ways_fallback``
+    is on (and the cascade ran one way), the cascade runs once more with the images swapped and
+    :func:`~MLVIRNETLib.networks.cascade.symmetric_correction` averages the two directions, which
+    cancels the bias; that is kept when it fits better than no motion, else the identity is.
+    """
+    factor = max(refine_opts.level_factors)
+    if any(n % factor or n // factor < 3 for n in pp.grid.size):
+        return phi
+    valid = _partial_moving_view(pp)
+    _, identity = identity_if_better(pp.fixed, pp.moving, pp.grid, phi, refine_opts, valid)
+    if not identity:
+        return phi
+    rejected = "the network's deformation fitted the images worse than no motion"
+    if opts.network_both_ways_fallback and not opts.network_symmetric:
+        from ..networks.cascade import symmetric_correction
+
+        prog.stage(0.35, 0.10, "network, images swapped")
+        backward, _ = _network_stage(net, model_size, pp.grid, pp.moving, pp.fixed, dev, opts, prog, [])  # notes said once
+        with torch.inference_mode():
+            both = symmetric_correction(phi, backward)
+        chosen, identity = identity_if_better(pp.fixed, pp.moving, pp.grid, both, refine_opts, valid)
+        if not identity:
+            messages.append(f"{rejected}; kept the network run both ways (the images swapped too), which fitted better")
+            return chosen
+        rejected += " one way and both ways"
+    messages.append(f"{rejected}; kept the identity")
+    return Deformation.identity(pp.grid, device=dev)
+
+
+def _network_stage(
+    net: "MultilevelNet",
+    model_size: tuple[int, ...] | None,
+    grid: ImageGrid,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    dev: torch.device,
+    opts: RegistrationOptions,
     prog: Progress,
     messages: list[str],
 ) -> tuple[Deformation, list[Deformation]]:
-    """The cascade on the preprocessed pair (at the model's own input size): ``phi`` on the network
-    grid and the composed deformation of every level, coarse to fine. Reports after every convolution."""
+    """The cascade on a preprocessed pair (``(1, 1, D, H, W)`` images on ``grid``, run at the model's
+    own input size on the same box): ``phi`` and the composed deformation of every level, coarse
+    to fine. Reports after every convolution."""
     from ..networks.cascade import convolution_progress
 
-    net_grid, net_fixed, net_moving = pp.grid, pp.fixed, pp.moving
-    if model_size is not None and tuple(model_size) != tuple(pp.grid.size):
-        net_grid = pp.grid.resized(model_size)  # same box, the model's input size
-        net_fixed = resample_antialiased(pp.fixed, pp.grid, net_grid)
-        net_moving = resample_antialiased(pp.moving, pp.grid, net_grid)
+    net_grid, net_fixed, net_moving = grid, fixed, moving
+    if model_size is not None and tuple(model_size) != tuple(grid.size):
+        net_grid = grid.resized(model_size)  # same box, the model's input size
+        net_fixed = resample_antialiased(fixed, grid, net_grid)
+        net_moving = resample_antialiased(moving, grid, net_grid)
     with torch.inference_mode(), _autocast(dev, opts, messages), convolution_progress(net, prog):
         out = net(net_fixed, net_moving, net_grid, symmetric=opts.network_symmetric)
     phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())

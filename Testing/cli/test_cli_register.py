@@ -198,6 +198,17 @@ def test_symmetric_network_follows_the_preset_unless_given(argv: list[str], symm
     assert options.network_symmetric is symmetric
 
 
+@pytest.mark.parametrize("argv,fallback", [
+    ([], True), (["--preset", "fast"], True), (["--preset", "fast", "--no-both-ways-fallback"], False),
+    (["--no-both-ways-fallback", "--both-ways-fallback"], True),
+])
+def test_the_both_ways_fallback_is_on_unless_turned_off(argv: list[str], fallback: bool) -> None:
+    parser = argparse.ArgumentParser()
+    add_registration_arguments(parser)
+    options, _ = registration_settings(parser.parse_args(argv))
+    assert options.network_both_ways_fallback is fallback
+
+
 def test_a_preset_that_runs_the_network_both_ways_is_followed(monkeypatch) -> None:
     """No shipped preset runs the network both ways since model v4; one that did would be
     followed unless --no-symmetric-network is given."""
