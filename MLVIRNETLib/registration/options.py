@@ -240,7 +240,9 @@ class RegistrationResult:
         deformation: fixed -> moving map on the full-resolution fixed grid (full field of view),
             displacement ``(1, 3, D, H, W)`` LPS mm, ``x_moving = x_fixed + u(x_fixed)``.
         level_deformations: the full map (affine included) after each network level and each
-            refinement level, coarse to fine, each on its own grid inside the crop box.
+            refinement level, coarse to fine, each on its own grid inside the crop box. The
+            network levels are those of its one-way pass, also where the network alone gave way
+            to no motion or to its both-ways second pass (the result is then not the last entry).
         affine: the 4x4 LPS pre-alignment (``x_moving = A x_fixed``) or ``None``.
         timings: seconds per stage (``lung_mask``, ``affine``, ``preprocess``, ``network``,
             ``refine``, ``field``) and ``total``.

@@ -407,6 +407,10 @@ def _partial_moving_view(pp: PreprocessedPair):
     return None
 
 
+SWAPPED_PASS = "network, images swapped"
+"""The progress report of the network alone's second pass, and of its convolutions (``...: convolution k/n``)."""
+
+
 def _network_alone_choice(
     phi: Deformation,
     net: "MultilevelNet",
@@ -438,9 +442,10 @@ def _network_alone_choice(
     if opts.network_both_ways_fallback and not opts.network_symmetric:
         from ..networks.cascade import symmetric_correction
 
-        prog.stage(0.35, 0.10, "network, images swapped")
-        backward, _ = _network_stage(net, model_size, pp.grid, pp.moving, pp.fixed, dev, opts, prog, [])  # notes said once
-        with torch.inference_mode():
+        prog.stage(0.35, 0.10, SWAPPED_PASS)
+        backward, _ = _network_stage(net, model_size, pp.grid, pp.moving, pp.fixed, dev, opts, prog,
+                                     [], SWAPPED_PASS)  # its notes were said by the first pass
+        with torch.no_grad():
             both = symmetric_correction(phi, backward)
         chosen, identity = identity_if_better(pp.fixed, pp.moving, pp.grid, both, refine_opts, valid)
         if not identity:
@@ -461,10 +466,11 @@ def _network_stage(
     opts: RegistrationOptions,
     prog: Progress,
     messages: list[str],
+    label: str = "network",
 ) -> tuple[Deformation, list[Deformation]]:
     """The cascade on a preprocessed pair (``(1, 1, D, H, W)`` images on ``grid``, run at the model's
     own input size on the same box): ``phi`` and the composed deformation of every level, coarse
-    to fine. Reports after every convolution."""
+    to fine. Reports ``"{label}: convolution k/n"`` after every convolution."""
     from ..networks.cascade import convolution_progress
 
     net_grid, net_fixed, net_moving = grid, fixed, moving
@@ -472,7 +478,7 @@ def _network_stage(
         net_grid = grid.resized(model_size)  # same box, the model's input size
         net_fixed = resample_antialiased(fixed, grid, net_grid)
         net_moving = resample_antialiased(moving, grid, net_grid)
-    with torch.inference_mode(), _autocast(dev, opts, messages), convolution_progress(net, prog):
+    with torch.inference_mode(), _autocast(dev, opts, messages), convolution_progress(net, prog, label):
         out = net(net_fixed, net_moving, net_grid, symmetric=opts.network_symmetric)
     phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())
     levels = []

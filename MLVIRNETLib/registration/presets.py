@@ -1,7 +1,9 @@
 """Named speed/accuracy settings of :func:`~MLVIRNETLib.registration.pipeline.register`.
 
 ``fast``
-    the network alone after the affine pre-alignment (no refinement).
+    the network alone after the affine pre-alignment (no refinement). Where its one-way result fits
+    the pair worse than no motion, it runs again with the images swapped and the two directions
+    are averaged (``network_both_ways_fallback``); where that fits worse too, no motion is kept.
 ``standard``
     the defaults of :class:`RegistrationOptions`: network, then refinement on 1/4 and 1/2 of the
     working grid.
