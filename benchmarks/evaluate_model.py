@@ -113,19 +113,19 @@ def main() -> int:
         result = register(fixed, moving, fixed_lungs, None, model=model, device="cpu", options=opts)
         return result, time.perf_counter() - t0
 
-    def _identity_rows(name: str, ct) -> list[dict]:
-        """The scan against itself (at its own voxels and at 3 mm) and against itself acquired
-        again without motion: displacement at 300 lung landmarks and at every lung voxel, of the
-        model alone and of the network's own output (before the pipeline's check that keeps the
-        identity when it fits better)."""
+    def _identity_rows(name: str, ct, lungs) -> list[dict]:
+        """The scan (lung mask ``lungs``) against itself (at its own voxels and at 3 mm) and against
+        itself acquired again without motion: displacement at 300 lung landmarks and at every lung
+        voxel, of the model alone and of the network's own output (before the pipeline's check
+        that keeps the identity when it fits better)."""
         own = AcquisitionOptions(spacing_mm=tuple(ct.GetSpacing()), noise_hu=10.0)
         at_3mm = _resampled(ct, 3.0)
-        pairs = (("full", ct, ct), ("3 mm", at_3mm, at_3mm),
-                 ("full, moving acquired again (10 HU)", ct, simulate_acquisition(ct, own, seed=args.seed)),
-                 ("full, moving thick low-dose", ct, simulate_acquisition(ct, LOW_DOSE_THICK_SLICE, seed=args.seed)))
+        full, coarse = (ct, lungs), (at_3mm, segment_lungs(at_3mm))
+        pairs = (("full", full, ct), ("3 mm", coarse, at_3mm),
+                 ("full, moving acquired again (10 HU)", full, simulate_acquisition(ct, own, seed=args.seed)),
+                 ("full, moving thick low-dose", full, simulate_acquisition(ct, LOW_DOSE_THICK_SLICE, seed=args.seed)))
         out = []
-        for voxels, scan, moving in pairs:
-            scan_lungs = segment_lungs(scan)
+        for voxels, (scan, scan_lungs), moving in pairs:
             pts = torch.as_tensor(sample_landmarks(scan, scan_lungs, n=300, seed=args.seed), dtype=torch.float32)
             lung_arr = torch.as_tensor(sitk.GetArrayFromImage(scan_lungs) > 0)
             result, secs = _run(scan, moving, scan_lungs, "model", "auto")
@@ -185,7 +185,7 @@ def main() -> int:
                                  "time_s": secs, "network_s": result.timings.get("network", 0.0)})
                     print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         if args.identity:
-            identity_rows.extend(_identity_rows(path.name, ct))
+            identity_rows.extend(_identity_rows(path.name, ct, lungs))
 
     print(f"model: {args.model}, preset: {args.preset}, symmetric network: {symmetric}")
     print("| CT | peak (mm) | variant | mean TRE (mm) | p95 TRE (mm) | folding (% lung) | time (s) |")

@@ -8,5 +8,5 @@
 # (the model); the shipped file is not touched. `mlvirnet train` refuses an output folder that
 # already holds a run: move runs/mlvirnet_v4_gpu*/ away before running this again.
 set -euo pipefail
-bash "$(dirname "$0")/../model_v4/train_on_copies.sh" "${1:-}" benchmarks/model_v4/stage1.yaml Resources/Models/v4/mlvirnet_default.yaml
+bash "$(dirname "$0")/train_on_copies.sh" "${1:-}" benchmarks/model_v4/stage1.yaml Resources/Models/v4/mlvirnet_default.yaml
 echo "model: runs/mlvirnet_v4_gpu2/model.pt (shipped until model v5: Resources/Models/v4/mlvirnet_default.pt)"
