@@ -20,6 +20,7 @@ import vtk
 from slicer import (  # since Slicer 5.10 the markups and segmentation nodes are in MRML Core too
     vtkMRMLGridTransformNode,
     vtkMRMLLabelMapVolumeNode,
+    vtkMRMLLayoutNode,
     vtkMRMLMarkupsFiducialNode,
     vtkMRMLScalarVolumeNode,
     vtkMRMLSegmentationNode,
@@ -55,13 +56,7 @@ MODULE_ROOT = _moduleRoot()
 if str(MODULE_ROOT) not in sys.path:
     sys.path.insert(0, str(MODULE_ROOT))
 
-from MLVIRNETLib.core.threads import prefer_passive_waiting  # noqa: E402
 from MLVIRNETLib.mrml.logic import MLVIRNETLogic as MLVIRNETCoreLogic  # noqa: E402
-
-# PyTorch's OpenMP threads sleep instead of spinning when they wait, so that a registration next
-# to another multithreaded job (a CLI module, a second registration) slows down only in
-# proportion; effective only while torch is not loaded yet (see MLVIRNETLib.core.threads).
-prefer_passive_waiting()
 
 DEFAULT_ITERATIONS = -1
 """``refineIterations`` value meaning "what the preset says" (shown as "default" in the spin box)."""
@@ -102,7 +97,8 @@ class MLVIRNET(ScriptedLoadableModule):
             "a grid transform (fixed to moving, the resampling direction) that aligns the moving volume with "
             "the fixed volume, and optionally the warped moving volume. The Evaluation section measures the "
             "target registration error between landmark lists; the Data section loads DIR-LAB cases. "
-            "Every node is used in its own coordinates: harden parent transforms first. "
+            "Every node is used in its own coordinates: a volume under a transform is refused with a message "
+            "(harden the transform first, in the Data module). "
             "Requires PyTorch (installed on first use, after asking). "
             "To try it: in Sample Data, under MLVIRNET, load the breathing pair (the bundled CT and a 15 mm "
             "synthetic-breathing partner with 60 landmarks each; made on first use in about 20 s), choose "
@@ -133,6 +129,7 @@ class MLVIRNETParameterNode:
     preset - the library preset; choosing one resets refineIterations and affine.
     outputTransform - grid transform receiving the result (created when empty).
     outputVolume - optional warped moving volume.
+    jacobianVolume - optional Jacobian determinant of the result (local volume change).
     showResult - place the moving volume under the transform and show it over the fixed volume.
     modelSource, modelFile, device, refineIterations, affine - advanced settings.
     fixedLandmarks, movingLandmarks, treTransform, treTable - target registration error.
@@ -146,6 +143,7 @@ class MLVIRNETParameterNode:
     preset: Annotated[str, Choice(list(PRESETS))] = "Standard"
     outputTransform: vtkMRMLGridTransformNode
     outputVolume: vtkMRMLScalarVolumeNode
+    jacobianVolume: vtkMRMLScalarVolumeNode
     showResult: bool = True
     modelSource: Annotated[str, Choice(list(MODEL_SOURCES))] = MODEL_SOURCES[0]
     modelFile: pathlib.Path
@@ -231,13 +229,9 @@ def ensurePyTorch() -> bool:
     """
     from MLVIRNETLib.mrml.dependencies import torch_requirement
 
-    try:
-        import torch  # noqa: F401
-
-        return True
-    except ImportError:
-        pass
     versions = torch_requirement(pyprojectPath())
+    if _importTorch():
+        return True
     try:
         import PyTorchUtils  # the "PyTorch" extension
     except ImportError:
@@ -270,6 +264,19 @@ def ensurePyTorch() -> bool:
     return True
 
 
+def _importTorch() -> bool:
+    """``import torch``, its OpenMP threads set to wait passively (for that load only, see
+    ``MLVIRNETLib.core.threads``); True when it worked."""
+    from MLVIRNETLib.core.threads import passive_waiting_while_loading
+
+    with passive_waiting_while_loading():
+        try:
+            import torch  # noqa: F401
+        except ImportError:
+            return False
+    return True
+
+
 def ensureDependencies() -> bool:
     """The library's packages, then PyTorch; True when MLVIRNET can run."""
     return ensureLibraryDependencies() and ensurePyTorch()
@@ -290,6 +297,7 @@ def registerSampleData() -> None:
     from MLVIRNETLib.paths import bundled_ct_path
 
     thumbnail = resourcePath("Icons/MLVIRNETSampleData.png")
+    SampleData.SampleDataLogic.registerCustomSampleDataCategory(SAMPLE_CATEGORY, "MLVIRNET")
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category=SAMPLE_CATEGORY,
         sampleName=SAMPLE_CT,
@@ -297,24 +305,39 @@ def registerSampleData() -> None:
         fileNames=[bundled_ct_path().name],
         nodeNames=["MLVIRNET chest CT"],
         thumbnailFileName=thumbnail,
-        loadFileType="VolumeFile",
+        loadFileTypes="VolumeFile",
     )
+    # the pair is made by loadSamplePair, not downloaded: no files to list
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category=SAMPLE_CATEGORY,
         sampleName=SAMPLE_PAIR,
+        uris=[],
+        fileNames=[],
+        nodeNames=[],
         thumbnailFileName=thumbnail,
         customDownloader=loadSamplePair,
     )
 
 
 def loadSamplePair(source=None) -> list:
-    """The Sample Data module's loader of the breathing pair (``customDownloader``): the loaded nodes."""
-    return list(samplePairNodes().values())
+    """The Sample Data module's loader of the breathing pair (``customDownloader``): the loaded nodes.
+
+    The pair also becomes the module's input (fixed and moving volumes and landmark lists), so that
+    Apply is the next step.
+    """
+    nodes = samplePairNodes()
+    if nodes:
+        parameters = MLVIRNETLogic().getParameterNode()
+        for name, node in nodes.items():
+            setattr(parameters, name, node)
+    return list(nodes.values())
 
 
 def samplePairNodes() -> dict:
     """Load the breathing pair: the bundled CT (fixed), its 15 mm breathing partner (moving) and
-    60 corresponding lung landmarks each. The partner is generated on first use (about 20 s).
+    60 corresponding lung landmarks each. The partner is generated into Slicer's cache on first use.
+
+    The nodes keep no storage node (as Sample Data's own samples): saving the scene asks where.
 
     Returns:
         ``{"fixedVolume", "movingVolume", "fixedLandmarks", "movingLandmarks"}`` nodes (empty when the
@@ -325,8 +348,7 @@ def samplePairNodes() -> dict:
     from MLVIRNETLib.simulation.cases import sample_pair_files
 
     cache = pathlib.Path(slicer.mrmlScene.GetCacheManager().GetRemoteCacheDirectory()) / "MLVIRNET"
-    with slicer.util.WaitCursor():
-        files = sample_pair_files(cache)
+    files = sample_pair_files(cache)
     nodes = {
         "fixedVolume": slicer.util.loadVolume(str(files.fixed), properties={"name": "MLVIRNET sample fixed"}),
         "movingVolume": slicer.util.loadVolume(str(files.moving), properties={"name": "MLVIRNET sample moving"}),
@@ -335,6 +357,11 @@ def samplePairNodes() -> dict:
     }
     nodes["fixedLandmarks"].SetName("MLVIRNET sample fixed landmarks")
     nodes["movingLandmarks"].SetName("MLVIRNET sample moving landmarks")
+    for node in nodes.values():
+        storageNode = node.GetStorageNode()
+        if storageNode is not None:
+            node.SetAndObserveStorageNodeID(None)
+            slicer.mrmlScene.RemoveNode(storageNode)
     return nodes
 
 
@@ -342,7 +369,17 @@ def samplePairNodes() -> dict:
 # MLVIRNETWidget
 #
 class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
-    """The module panel: binds the .ui to the parameter node and calls the logic."""
+    """The module panel: binds the .ui to the parameter node and calls the logic.
+
+    A registration runs with the panel alive (the logic calls back with progress, which processes
+    events). While it runs, the inputs and settings are locked and the nodes it works on are the
+    ones captured when Apply was pressed; closing the scene, deleting one of those nodes, unloading
+    the module or quitting Slicer cancels it, and then nothing is written.
+    """
+
+    LOCKED_WHILE_BUSY = ("inputsCollapsibleButton", "outputsCollapsibleButton", "advancedCollapsibleButton",
+                         "dataCollapsibleButton", "treCollapsibleButton")
+    """The panel sections that cannot be changed while a registration runs."""
 
     def __init__(self, parent=None) -> None:
         ScriptedLoadableModuleWidget.__init__(self, parent)
@@ -352,6 +389,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._appliedPreset = None
         self._busy = False
+        self._runNodeIDs: dict[str, str] = {}
 
     def resourcePath(self, filename: str) -> str:
         return resourcePath(filename)
@@ -367,6 +405,8 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAboutToBeRemovedEvent, self.onNodeAboutToBeRemoved)
+        slicer.app.connect("aboutToQuit()", self.onAboutToQuit)
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
@@ -379,6 +419,9 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        """The module is unloaded (reload, exit): stop a running registration, drop the observers."""
+        self._cancelRun(_("the module was unloaded"))
+        slicer.app.disconnect("aboutToQuit()", self.onAboutToQuit)
         self.removeObservers()
 
     def enter(self) -> None:
@@ -391,11 +434,24 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._cancelRun(_("the scene was closed"))
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
         if self.parent.isEntered:
             self.initializeParameterNode()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def onNodeAboutToBeRemoved(self, caller, event, node) -> None:
+        if self._busy and node is not None and node.GetID() in self._runNodeIDs:
+            self._cancelRun(_("the {what} was deleted").format(what=self._runNodeIDs[node.GetID()]))
+
+    def onAboutToQuit(self) -> None:
+        self._cancelRun(_("Slicer is closing"))
+
+    def _cancelRun(self, reason: str) -> None:
+        if self._busy and self.logic is not None:
+            self.logic.cancel(reason)
 
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
@@ -422,13 +478,20 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.affine = True
         self._updateButtons()
 
+    def _inputProblem(self) -> str:
+        """Why Apply cannot run with the current choices ("" when it can)."""
+        p = self._parameterNode
+        if p is None or not p.fixedVolume or not p.movingVolume:
+            return _("Select the fixed and moving volumes.")
+        if p.fixedVolume == p.movingVolume:
+            return _("The fixed and moving volumes are the same: select two volumes.")
+        return ""
+
     def _updateButtons(self) -> None:
         p = self._parameterNode
-        canRegister = bool(p and p.fixedVolume and p.movingVolume)
-        self.ui.applyButton.enabled = canRegister and not self._busy
-        self.ui.applyButton.toolTip = (
-            _("Register the moving volume to the fixed volume.") if canRegister else _("Select the fixed and moving volumes.")
-        )
+        problem = self._inputProblem()
+        self.ui.applyButton.enabled = not problem and not self._busy
+        self.ui.applyButton.toolTip = problem or _("Register the moving volume to the fixed volume.")
         self.ui.cancelButton.enabled = self._busy
         self.ui.modelFilePathLineEdit.enabled = bool(p and p.modelSource == MODEL_SOURCES[1])
         self.ui.computeTreButton.enabled = bool(p and p.fixedLandmarks and p.movingLandmarks) and not self._busy
@@ -437,102 +500,123 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _setBusy(self, busy: bool) -> None:
         self._busy = busy
+        for name in self.LOCKED_WHILE_BUSY:
+            getattr(self.ui, name).enabled = not busy
         self._updateButtons()
 
     def _onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.setValue(int(round(100 * fraction)))
         self.ui.statusLabel.text = message
-        slicer.app.processEvents()  # keeps the Cancel button responsive
+        slicer.app.processEvents()  # keeps the panel alive: Cancel, scene changes
 
     # -- actions --------------------------------------------------------------------------------
     def onCancelButton(self) -> None:
-        self.logic.cancel()
+        self.logic.cancel(_("Cancel was pressed"))
         self.ui.statusLabel.text = _("Cancelling...")
 
-    def onApplyButton(self) -> None:
+    def _runRequest(self) -> dict:
+        """The nodes and settings of the run, read once when Apply is pressed."""
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Registration failed."), waitCursor=True):
-            if not ensureDependencies():
-                return
-            from MLVIRNETLib.registration import RegistrationCancelled
+        return {
+            "fixedVolumeNode": p.fixedVolume,
+            "movingVolumeNode": p.movingVolume,
+            "outputTransformNode": p.outputTransform,
+            "fixedMaskNode": p.fixedMask,
+            "movingMaskNode": p.movingMask,
+            "outputVolumeNode": p.outputVolume,
+            "jacobianVolumeNode": p.jacobianVolume,
+            "model": str(p.modelFile) if p.modelSource == MODEL_SOURCES[1] else None,
+            "device": p.device,
+            "refineIterations": None if p.refineIterations == DEFAULT_ITERATIONS else p.refineIterations,
+            "affine": p.affine,
+            "preset": PRESETS[p.preset],
+        }
 
-            model = None
-            if p.modelSource == MODEL_SOURCES[1]:
-                if not p.modelFile.is_file():
-                    raise ValueError(_("Model file not found: {path}").format(path=p.modelFile))
-                model = str(p.modelFile)
-            self._setBusy(True)
+    def onApplyButton(self) -> None:
+        from MLVIRNETLib.mrml.logic import checkRegistrationInputs
+
+        p = self._parameterNode
+        showResult = p.showResult
+        request = self._runRequest()
+        try:  # every choice is checked before anything is installed or computed
+            checkRegistrationInputs(
+                request["fixedVolumeNode"], request["movingVolumeNode"], request["outputTransformNode"],
+                request["fixedMaskNode"], request["movingMaskNode"], request["outputVolumeNode"],
+                request["jacobianVolumeNode"],
+            )
+            if request["model"] is not None and not pathlib.Path(request["model"]).is_file():
+                raise ValueError(_("Model file not found: {path}").format(path=request["model"]))
+        except ValueError as error:
+            self.ui.statusLabel.text = _("Registration not started.")
+            slicer.util.errorDisplay(_("Registration not started: {error}").format(error=error))
+            return
+        if not ensureDependencies():
+            return
+        from MLVIRNETLib.registration import RegistrationCancelled
+
+        self._runNodeIDs = {
+            node.GetID(): RUN_NODE_ROLES[key] for key, node in request.items() if key in RUN_NODE_ROLES and node is not None
+        }
+        self._setBusy(True)
+        self.ui.progressBar.setValue(0)
+        try:
+            transformNode = self.logic.register(**request, progressCallback=self._onProgress)
+        except RegistrationCancelled:
             self.ui.progressBar.setValue(0)
-            try:
-                transformNode = self.logic.register(
-                    p.fixedVolume,
-                    p.movingVolume,
-                    outputTransformNode=p.outputTransform,
-                    fixedMaskNode=p.fixedMask,
-                    movingMaskNode=p.movingMask,
-                    model=model,
-                    device=p.device,
-                    refineIterations=None if p.refineIterations == DEFAULT_ITERATIONS else p.refineIterations,
-                    affine=p.affine,
-                    preset=PRESETS[p.preset],
-                    progressCallback=self._onProgress,
-                )
-            except RegistrationCancelled:
-                self.ui.progressBar.setValue(0)
-                self.ui.statusLabel.text = _("Registration cancelled; nothing was changed.")
-                return
-            finally:
-                self._setBusy(False)
-            p.outputTransform = transformNode
-            p.treTransform = transformNode
-            if p.outputVolume:
-                self.logic.warpVolume(p.movingVolume, transformNode, p.fixedVolume, p.outputVolume)
-            self.ui.statusLabel.text = self._resultSummary()
-            if p.showResult:
-                self._showResult(transformNode)
+            reason = self.logic.cancelReason or _("Cancel was pressed")
+            self.ui.statusLabel.text = _("Registration cancelled ({reason}); nothing was changed.").format(reason=reason)
+            return
+        except Exception as error:  # noqa: BLE001 - shown to the user, as tryWithErrorDisplay does
+            self.ui.progressBar.setValue(0)
+            self.ui.statusLabel.text = _("Registration failed.")
+            slicer.util.errorDisplay(_("Registration failed.") + f"\n\n{error}")
+            return
+        finally:
+            self._runNodeIDs = {}
+            self._setBusy(False)
+        if self._parameterNode is not None:
+            self._parameterNode.outputTransform = transformNode
+            self._parameterNode.treTransform = transformNode
+        summary = self.logic.lastResult
+        self.ui.statusLabel.text = self._resultSummary(summary)
+        self.ui.detailsLabel.text = summary.details()
+        if showResult:
+            self._showResult(transformNode, request)
 
-    def _resultSummary(self) -> str:
-        result = self.logic.lastResult
+    @staticmethod
+    def _resultSummary(summary) -> str:
         lines = [_("Registration finished.")]
-        timings = getattr(result, "timings", None) or {}
-        total = timings.get("total") if isinstance(timings, dict) else None
-        if total is not None:
-            lines.append(_("Time: {seconds:.1f} s.").format(seconds=float(total)))
-        folding = getattr(result, "folding_fraction", None)
-        if folding is not None:
-            lines.append(_("Folding (det J <= 0): {percent:.3f} % of voxels.").format(percent=100 * float(folding)))
-        lines.extend(str(m) for m in (getattr(result, "messages", None) or []))
+        if "total" in summary.timings:
+            lines.append(_("Time: {seconds:.1f} s.").format(seconds=float(summary.timings["total"])))
+        lines.append(_("Folding (det J <= 0): {percent:.3f} % of voxels.").format(percent=100 * summary.folding_fraction))
+        lines.extend(summary.messages)
         return " ".join(lines)
 
-    def _showResult(self, transformNode) -> None:
-        p = self._parameterNode
-        moving = p.movingVolume
+    def _showResult(self, transformNode, request: dict) -> None:
+        moving = request["movingVolumeNode"]
         parent = moving.GetParentTransformNode()
         previousResult = parent is not None and parent.GetNodeReferenceID(parent.GetMovingNodeReferenceRole()) == moving.GetID()
         if parent is None or parent == transformNode or previousResult:
             moving.SetAndObserveTransformNodeID(transformNode.GetID())
         else:
             logging.warning("MLVIRNET: the moving volume is under another transform; it was left there")
-        foreground = p.outputVolume if p.outputVolume else moving
-        slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=foreground, foregroundOpacity=0.5)
+        foreground = request["outputVolumeNode"] or moving
+        slicer.util.setSliceViewerLayers(background=request["fixedVolumeNode"], foreground=foreground, foregroundOpacity=0.5)
 
     def onComputeTreButton(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Computing the target registration error failed."), waitCursor=True):
-            if not ensureDependencies():
-                return
+        with slicer.util.tryWithErrorDisplay(_("Computing the target registration error failed.")):
             if p.treTable is None:
                 p.treTable = slicer.mrmlScene.AddNewNodeByClass(
                     "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName("MLVIRNET TRE")
                 )
             stats = self.logic.computeTRE(p.fixedLandmarks, p.movingLandmarks, p.treTransform, p.treTable)
             self.ui.treResultLabel.text = stats["summary"]
-            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(p.treTable.GetID())
-            slicer.app.applicationLogic().PropagateTableSelection()
+            showTable(p.treTable)
 
     def onLoadDirLabCaseButton(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Loading the DIR-LAB case failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Loading the DIR-LAB case failed.")):
             if not ensureDependencies():
                 return
             nodes = self.logic.loadDirLabCase(p.dirLabRoot, p.dirLabCase)
@@ -543,12 +627,13 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             p.fixedMask = None
             p.movingMask = None
             slicer.util.setSliceViewerLayers(background=p.fixedVolume, foreground=p.movingVolume, foregroundOpacity=0.5)
-            slicer.util.resetSliceViews()
+            if slicer.app.layoutManager() is not None:
+                slicer.util.resetSliceViews()
             self.ui.statusLabel.text = _("Loaded DIR-LAB case {case}.").format(case=p.dirLabCase)
 
     def onImportLandmarksButton(self) -> None:
         p = self._parameterNode
-        with slicer.util.tryWithErrorDisplay(_("Importing the landmarks failed."), waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Importing the landmarks failed.")):
             if not ensureDependencies():
                 return
             node = self.logic.importLandmarks(p.landmarkFile, p.landmarkReference)
@@ -560,6 +645,36 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Imported {n} landmarks as '{name}'.").format(
                 n=node.GetNumberOfControlPoints(), name=node.GetName()
             )
+
+
+RUN_NODE_ROLES = {
+    "fixedVolumeNode": "fixed volume",
+    "movingVolumeNode": "moving volume",
+    "outputTransformNode": "output transform",
+    "fixedMaskNode": "fixed mask",
+    "movingMaskNode": "moving mask",
+    "outputVolumeNode": "warped volume",
+    "jacobianVolumeNode": "Jacobian volume",
+}
+"""The nodes a run works on, by their key in the run request, and how a message names them."""
+
+TABLE_LAYOUTS = {
+    vtkMRMLLayoutNode.SlicerLayoutFourUpTableView,
+    vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView,
+    vtkMRMLLayoutNode.SlicerLayout3DTableView,
+}
+"""Layouts that show a table view."""
+
+
+def showTable(tableNode) -> None:
+    """Show ``tableNode`` in a table view, switching to the four-up table layout when the current
+    layout has none (the layout node is the scene's; Slicer's layout manager follows it)."""
+    selection = slicer.app.applicationLogic().GetSelectionNode()
+    selection.SetActiveTableID(tableNode.GetID())
+    layoutNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+    if layoutNode is not None and layoutNode.GetViewArrangement() not in TABLE_LAYOUTS:
+        layoutNode.SetViewArrangement(vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+    slicer.app.applicationLogic().PropagateTableSelection()
 
 
 #
@@ -636,13 +751,13 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
     # -- tests ----------------------------------------------------------------------------------
     def test_VolumeRoundTrip(self) -> None:
         """Volume node -> SimpleITK -> volume node keeps the oblique geometry and the voxels."""
+        self._requireTorch()
         import numpy as np
         import SimpleITK as sitk
 
         from MLVIRNETLib import mrml as L
         from MLVIRNETLib.core.geometry import ras_to_lps
 
-        self._requireTorch()
         grid = self._obliqueGrid()
         array = np.random.default_rng(3).integers(-1024, 2000, size=grid.shape_zyx).astype(np.int16)
         node = slicer.util.addVolumeFromArray(array, ijkToRAS=grid.index_to_ras_matrix(), name="oblique")
@@ -662,13 +777,13 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
     def test_GridTransformMatchesDeformation(self) -> None:
         """The grid transform maps fixed RAS points like the library's deformation."""
+        self._requireTorch()
         import numpy as np
         import torch
 
         from MLVIRNETLib import mrml as L
         from MLVIRNETLib.core.geometry import lps_to_ras, ras_to_lps
 
-        self._requireTorch()
         grid = self._obliqueGrid((12, 9, 7))
         deformation = self._smoothDeformation(grid)
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "T")
@@ -681,6 +796,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
     def test_TransformFileMatchesITKField(self) -> None:
         """A grid transform saved by Slicer (.h5) maps points like the CLI's ITK field."""
+        self._requireTorch()
         import os
 
         import numpy as np
@@ -689,7 +805,6 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
         from MLVIRNETLib import mrml as L
 
-        self._requireTorch()
         grid = self._obliqueGrid((11, 8, 6))
         deformation = self._smoothDeformation(grid)
         node = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLGridTransformNode", "T")
@@ -706,6 +821,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
     def test_RegisterAndTRE(self) -> None:
         """Register a known deformation of the bundled CT; transform and TRE agree with the library."""
+        self._requireTorch()
         import numpy as np
         import SimpleITK as sitk
         import torch
@@ -717,7 +833,6 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         from MLVIRNETLib.paths import bundled_ct_path
         from MLVIRNETLib.registration import RegistrationOptions
 
-        self._requireTorch()
         ct = sitk.ReadImage(str(bundled_ct_path()))
         grid = ImageGrid.from_sitk(ct).resized((48, 44, 40))
         reference = sitk.Image(list(grid.size), sitk.sitkInt16)
@@ -739,7 +854,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=2, crop_to_lungs=False)
         logic = MLVIRNETLogic()
         transformNode = logic.register(fixed, moving, model=net, device="cpu", affine=False, options=options)
-        deformation = logic.lastResult.deformation.to(torch.float64)
+        deformation = L.gridTransformToDeformation(transformNode.GetTransformFromParent()).to(torch.float64)
         points = self._pointsInside(grid, n=30, seed=7)
         got = L.transformPointsRas(transformNode.GetTransformFromParent(), lps_to_ras(points))
         expected = deformation.map_points(torch.as_tensor(points, dtype=torch.float64))[0].numpy()
@@ -775,9 +890,9 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
 
     def test_DirLabLandmarks(self) -> None:
         """DIR-LAB 4D-CT case 1 landmarks land at IJKToRAS @ (index - 1) and give the paper's initial TRE."""
+        self._requireTorch()
         import numpy as np
 
-        self._requireTorch()
         root = MODULE_ROOT.parent / "shared" / "data"  # the development data beside a source checkout
         if not (root / "dirlab" / "4dct_landmarks").is_dir():
             self.skipTest("the shared DIR-LAB landmark files are not available")

@@ -9,14 +9,16 @@ explains (``benchmarks/bench_load.py``; figures in docs/performance.md).
 
 libgomp reads ``OMP_WAIT_POLICY`` once, when it is loaded (at ``import torch``). The command line
 calls :func:`prefer_passive_waiting` before anything imports torch; a program that embeds the
-library (Slicer, a notebook) sets the variable itself before importing torch, or lives with its
-own choice. Nothing here changes a setting the user made.
+library (Slicer) wraps its first ``import torch`` in :func:`passive_waiting_while_loading`, which
+sets the variable only for that load. Nothing here changes a setting the user made.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from typing import Iterator
 
 WAIT_POLICY_VARIABLE = "OMP_WAIT_POLICY"
 PASSIVE = "PASSIVE"
@@ -34,3 +36,24 @@ def prefer_passive_waiting() -> bool:
         os.environ[WAIT_POLICY_VARIABLE] = PASSIVE
         return True
     return current is not None and current.strip().upper() == PASSIVE and "torch" not in sys.modules
+
+
+@contextlib.contextmanager
+def passive_waiting_while_loading() -> Iterator[bool]:
+    """Load torch's OpenMP runtime with the passive policy, leaving the environment as it was.
+
+    For a program that embeds the library (Slicer): the variable is set only while the block runs
+    (wrap the first ``import torch``), so that programs started later from the same process (a
+    Slicer CLI module, pip) do not inherit it, while the OpenMP runtime loaded inside the block keeps
+    the passive policy. Nothing changes when the user set the variable or torch is loaded already.
+
+    Yields:
+        True when the policy was set for this load.
+    """
+    before = os.environ.get(WAIT_POLICY_VARIABLE)
+    changed = prefer_passive_waiting() and before is None
+    try:
+        yield changed
+    finally:
+        if changed:
+            os.environ.pop(WAIT_POLICY_VARIABLE, None)

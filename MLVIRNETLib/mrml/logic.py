@@ -37,18 +37,20 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 import numpy as np
 
 from ..core.progress import Progress, ProgressFn
+from .outputs import JACOBIAN_COLOR_NODE_ID, JACOBIAN_WINDOW, RegistrationSummary, jacobianImage, warpedImage
 from .nodes import (
-    _nodeName,
-    _removeNodeAndDisplay,
-    _requireNode,
-    _requireNoParentTransform,
-    _sceneOf,
+    nodeName,
+    removeNodeAndDisplay,
+    requireNode,
+    requireNoParentTransform,
+    sceneOf,
     deformationToGridTransform,
     gridFromVolumeNode,
     gridTransformToDeformation,
     imageToNewVolumeNode,
     markupsToPoints,
     maskNodeToImage,
+    pairedControlPoints,
     setMarkupsPoints,
     transformPointsRas,
     transformToDeformation,
@@ -57,8 +59,6 @@ from .nodes import (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers only
-    pass
-
     from ..core.deformation import Deformation
     from ..core.geometry import ImageGrid
 
@@ -130,19 +130,62 @@ NO_MODEL = "none"
 # ----------------------------------------------------------------------------------------------
 # Logic
 # ----------------------------------------------------------------------------------------------
-def _checkRegistrationNodes(fixedVolumeNode, movingVolumeNode, outputTransformNode) -> None:
-    """Refuse unusable registration inputs with one clear ValueError (nothing is changed)."""
-    _requireNode(fixedVolumeNode, "vtkMRMLScalarVolumeNode", "fixed volume")
-    _requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
+def checkRegistrationInputs(
+    fixedVolumeNode,
+    movingVolumeNode,
+    outputTransformNode=None,
+    fixedMaskNode=None,
+    movingMaskNode=None,
+    outputVolumeNode=None,
+    jacobianVolumeNode=None,
+) -> None:
+    """Refuse unusable registration inputs and outputs with one clear ValueError, before any work.
+
+    Checks the node types, that fixed and moving differ, that no output is an input (inputs are
+    never overwritten) and that the two output volumes differ, that the volumes hold voxels, and
+    the parent transforms (see the module docstring).
+
+    Raises:
+        ValueError: naming the problem; nothing is created or changed.
+    """
+    requireNode(fixedVolumeNode, "vtkMRMLScalarVolumeNode", "fixed volume")
+    requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
+    if fixedVolumeNode.GetID() == movingVolumeNode.GetID():
+        raise ValueError(f"the fixed and the moving volume are the same node ('{nodeName(fixedVolumeNode)}'): choose two volumes")
+    for node, what in ((fixedVolumeNode, "fixed volume"), (movingVolumeNode, "moving volume")):
+        if node.GetImageData() is None:
+            raise ValueError(f"{what} '{nodeName(node)}' has no voxels")
     if outputTransformNode is not None:
-        _requireNode(outputTransformNode, "vtkMRMLTransformNode", "output transform")
+        requireNode(outputTransformNode, "vtkMRMLTransformNode", "output transform")
         if outputTransformNode.GetParentTransformNode() is not None:
             raise ValueError(
-                f"output transform '{_nodeName(outputTransformNode)}' is itself under a transform; "
+                f"output transform '{nodeName(outputTransformNode)}' is itself under a transform; "
                 "choose a transform that is not nested"
             )
-    _requireNoParentTransform(fixedVolumeNode, "fixed volume")
-    _requireNoParentTransform(movingVolumeNode, "moving volume", outputTransformNode, allowResults=True)
+    inputs = {fixedVolumeNode.GetID(): "fixed volume", movingVolumeNode.GetID(): "moving volume"}
+    for mask, what, reference in ((fixedMaskNode, "fixed mask", fixedVolumeNode), (movingMaskNode, "moving mask", movingVolumeNode)):
+        if mask is None:
+            continue
+        if not (mask.IsA("vtkMRMLLabelMapVolumeNode") or mask.IsA("vtkMRMLSegmentationNode")):
+            raise ValueError(f"the {what} must be a labelmap volume or a segmentation, got a {mask.GetClassName()}")
+        if mask.GetID() in inputs:
+            raise ValueError(f"the {what} is the {inputs[mask.GetID()]}")
+        requireNoParentTransform(mask, what)
+    outputs = {}
+    for node, what in ((outputVolumeNode, "warped volume"), (jacobianVolumeNode, "Jacobian volume")):
+        if node is None:
+            continue
+        requireNode(node, "vtkMRMLScalarVolumeNode", what)
+        if node.GetID() in inputs:
+            raise ValueError(
+                f"the {what} '{nodeName(node)}' is the {inputs[node.GetID()]}: inputs are never overwritten, "
+                "choose another volume or 'Create new volume'"
+            )
+        if node.GetID() in outputs:
+            raise ValueError(f"the {what} and the {outputs[node.GetID()]} are the same node: choose two volumes")
+        outputs[node.GetID()] = what
+    requireNoParentTransform(fixedVolumeNode, "fixed volume")
+    requireNoParentTransform(movingVolumeNode, "moving volume", outputTransformNode, allowResults=True)
 
 
 def _storeResult(transformNode, gridTransform, fixedVolumeNode, movingVolumeNode, folding: float | None) -> None:
@@ -168,8 +211,11 @@ class MLVIRNETLogic:
     def __init__(self, scene=None) -> None:
         self._scene = scene
         self._cancelRequested = False
-        self.lastResult = None
-        """The library's ``RegistrationResult`` of the last successful :meth:`register`."""
+        self.cancelReason = ""
+        """Why the last run was cancelled (the text given to :meth:`cancel`)."""
+        self.lastResult: RegistrationSummary | None = None
+        """What the panel shows of the last successful :meth:`register` (no field: the transform
+        node holds it)."""
 
     # -- scene and cancellation -----------------------------------------------------------------
     def scene(self):
@@ -183,8 +229,14 @@ class MLVIRNETLogic:
             raise ValueError("no MRML scene: pass one to MLVIRNETLogic(scene=...) when running outside Slicer")
         return scene
 
-    def cancel(self) -> None:
-        """Ask a running :meth:`register` to stop at its next progress check."""
+    def cancel(self, reason: str = "") -> None:
+        """Ask a running :meth:`register` to stop at its next progress check.
+
+        ``reason`` is kept in :attr:`cancelReason`; the first reason of a run stays (closing the scene
+        also removes its nodes, and the message should say the scene was closed).
+        """
+        if not self._cancelRequested:
+            self.cancelReason = reason
         self._cancelRequested = True
 
     def isCancelRequested(self) -> bool:
@@ -205,8 +257,14 @@ class MLVIRNETLogic:
         progressCallback: ProgressCallback | None = None,
         options=None,
         preset: str = "standard",
+        outputVolumeNode=None,
+        jacobianVolumeNode=None,
     ):
         """Register the moving volume to the fixed volume with mlVIRNET.
+
+        Every input is checked first (:func:`checkRegistrationInputs`); the registration, the
+        warped volume and the Jacobian then run in a worker thread with progress and cancel, and
+        the nodes are filled only when all of it succeeded.
 
         Args:
             fixedVolumeNode, movingVolumeNode: scalar volume nodes (CT in HU).
@@ -223,6 +281,11 @@ class MLVIRNETLogic:
                 grid size, crop, weights, ...); ``refineIterations`` and ``affine`` override it.
             preset: ``"fast"``, ``"standard"`` or ``"accurate"``
                 (``MLVIRNETLib.registration.presets``): the settings when ``options`` is None.
+            outputVolumeNode: optional scalar volume to receive the moving volume warped onto the
+                fixed grid.
+            jacobianVolumeNode: optional scalar volume to receive ``det J`` of the result on the fixed
+                grid (local volume change: below 1 the lungs shrink from fixed to moving), shown with
+                a diverging colour map centred on 1.
 
         Returns:
             The transform node. Its transform from parent maps fixed RAS points to moving RAS points
@@ -236,8 +299,12 @@ class MLVIRNETLogic:
                 (nothing is created or changed).
         """
         self._cancelRequested = False
-        _checkRegistrationNodes(fixedVolumeNode, movingVolumeNode, outputTransformNode)
-        scene = _sceneOf(fixedVolumeNode, movingVolumeNode)
+        self.cancelReason = ""
+        checkRegistrationInputs(
+            fixedVolumeNode, movingVolumeNode, outputTransformNode, fixedMaskNode, movingMaskNode,
+            outputVolumeNode, jacobianVolumeNode,
+        )
+        scene = sceneOf(fixedVolumeNode, movingVolumeNode)
 
         # one progress/cancel channel for every stage; nothing touches the scene before the last check
         prog = Progress(progressCallback, self.isCancelRequested, min_interval_s=PROGRESS_INTERVAL_S)
@@ -246,40 +313,89 @@ class MLVIRNETLogic:
         movingImage = volumeNodeToImage(movingVolumeNode)
         fixedMask = maskNodeToImage(fixedMaskNode, fixedVolumeNode) if fixedMaskNode is not None else None
         movingMask = maskNodeToImage(movingMaskNode, movingVolumeNode) if movingMaskNode is not None else None
+        isLabel = movingVolumeNode.IsA("vtkMRMLLabelMapVolumeNode")
+        prog.check_cancel()
 
-        from .. import registration
+        from ..core.threads import passive_waiting_while_loading
 
-        options = self._registrationOptions(registration, options, refineIterations, affine, preset)
+        with passive_waiting_while_loading():
+            from .. import registration
+        resolvedOptions = self._registrationOptions(registration, options, refineIterations, affine, preset)
         if model is None or (isinstance(model, str) and model in ("", "default")):
             model = "default"
         elif isinstance(model, str) and model.lower() == NO_MODEL:
             model = None
-        prog.check_cancel()
 
         def work(progress: ProgressFn):
-            return registration.register(
+            # the worker touches no MRML node; a Progress with the cancel check stops every stage
+            stages = Progress.of(progress, self.isCancelRequested)
+            extraStages = [what for what, node in (("warp", outputVolumeNode), ("jacobian", jacobianVolumeNode)) if node]
+            stages.stage(0.0, 1.0 - 0.05 * len(extraStages), "Registering")
+            result = registration.register(
                 fixedImage, movingImage, fixed_mask=fixedMask, moving_mask=movingMask, model=model, device=device,
-                options=options, progress=progress, cancel=self.isCancelRequested,
+                options=resolvedOptions, progress=Progress(stages, self.isCancelRequested), cancel=self.isCancelRequested,
             )
+            outputs = {"result": result}
+            start = 1.0 - 0.05 * len(extraStages)
+            if outputVolumeNode is not None:
+                stages.stage(start, 0.05, "Warping the moving volume")
+                outputs["warped"] = warpedImage(movingImage, result.deformation, isLabel, stages)
+                start += 0.05
+            if jacobianVolumeNode is not None:
+                stages.stage(start, 0.05, "Jacobian determinant")
+                outputs["jacobian"] = jacobianImage(result.deformation, stages)
+            return outputs
 
         # the library works in a thread of its own; this thread passes its reports on and keeps
         # calling progressCallback, so a GUI repaints and reads its Cancel button while it runs
-        result = runInWorkerThread(
+        outputs = runInWorkerThread(
             work, lambda f, m: progressCallback(0.05 + 0.85 * f, m) if progressCallback else None, stop=self.cancel
         )
+        result = outputs["result"]
 
         prog.stage(0.90, 0.08, "Creating the grid transform")
         gridTransform = deformationToGridTransform(result.deformation, progress=prog)
+        summary = RegistrationSummary(
+            timings=dict(result.timings), folding_fraction=float(result.folding_fraction), model=result.model_used,
+            preset=preset if options is None else None, device=str(result.deformation.displacement.device),
+            messages=tuple(str(m) for m in result.messages),
+        )
+        del result, outputs["result"]  # the field lives on in the grid transform only
         prog.check_cancel()  # the last point where a cancel leaves the scene as it was
         if outputTransformNode is None:
             outputTransformNode = scene.AddNewNodeByClass(
                 "vtkMRMLGridTransformNode", scene.GenerateUniqueName(DEFAULT_TRANSFORM_NAME)
             )
-        _storeResult(outputTransformNode, gridTransform, fixedVolumeNode, movingVolumeNode, result.folding_fraction)
-        self.lastResult = result
+        _storeResult(outputTransformNode, gridTransform, fixedVolumeNode, movingVolumeNode, summary.folding_fraction)
+        if outputVolumeNode is not None:
+            self._fillWarpedVolume(outputVolumeNode, outputs["warped"], movingVolumeNode, isLabel)
+        if jacobianVolumeNode is not None:
+            self._fillJacobianVolume(jacobianVolumeNode, outputs["jacobian"])
+        self.lastResult = summary
         if progressCallback is not None:
             progressCallback(1.0, "Done")
         return outputTransformNode
+
+    @staticmethod
+    def _fillWarpedVolume(outputVolumeNode, image, movingVolumeNode, isLabel: bool) -> None:
+        updateVolumeNodeFromImage(outputVolumeNode, image)
+        if outputVolumeNode.GetDisplayNode() is None:
+            outputVolumeNode.CreateDefaultDisplayNodes()
+        movingDisplay = movingVolumeNode.GetDisplayNode()
+        outputDisplay = outputVolumeNode.GetDisplayNode()
+        if movingDisplay is not None and outputDisplay is not None and not isLabel:
+            outputDisplay.SetAutoWindowLevel(movingDisplay.GetAutoWindowLevel())
+            outputDisplay.SetWindowLevel(movingDisplay.GetWindow(), movingDisplay.GetLevel())
+
+    @staticmethod
+    def _fillJacobianVolume(jacobianVolumeNode, image) -> None:
+        updateVolumeNodeFromImage(jacobianVolumeNode, image)
+        if jacobianVolumeNode.GetDisplayNode() is None:
+            jacobianVolumeNode.CreateDefaultDisplayNodes()
+        display = jacobianVolumeNode.GetDisplayNode()
+        display.SetAndObserveColorNodeID(JACOBIAN_COLOR_NODE_ID)
+        display.SetAutoWindowLevel(False)
+        display.SetWindowLevel(*JACOBIAN_WINDOW)
 
     @staticmethod
     def _registrationOptions(registration, options, refineIterations, affine: bool, preset: str = "standard"):
@@ -300,74 +416,76 @@ class MLVIRNETLogic:
         return dataclasses.replace(base, **changes)
 
     # -- resampling -----------------------------------------------------------------------------
-    def warpVolume(self, movingVolumeNode, transformNode, referenceVolumeNode, outputVolumeNode=None):
+    def warpVolume(
+        self, movingVolumeNode, transformNode, referenceVolumeNode, outputVolumeNode=None,
+        progressCallback: ProgressCallback | None = None,
+    ):
         """Resample the moving volume through a transform onto the reference (fixed) grid.
 
         ``warped(x) = moving(T(x))`` with ``T`` the transform node's transform from parent (fixed ->
         moving), as ``mlvirnet warp`` does it: trilinear with border values outside the moving
         image; labelmaps nearest neighbour with 0 outside. The output has the reference geometry
-        and the moving pixel type (rounded and clipped for integer types).
+        and the moving pixel type (rounded and clipped for integer types). The field is read in
+        float32 and the image resampled slab by slab in a worker thread, with progress and cancel.
 
         Returns:
             The output volume node (a new one named "<moving> warped" when None).
+
+        Raises:
+            ValueError: unusable nodes (nothing is changed).
+            MLVIRNETLib.core.progress.RegistrationCancelled: :meth:`cancel` was called.
         """
-        import torch
-
-        from ..io.images import image_to_tensor, tensor_to_image
-
-        _requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
-        _requireNode(referenceVolumeNode, "vtkMRMLVolumeNode", "reference volume")
-        _requireNode(transformNode, "vtkMRMLTransformNode", "transform")
-        _requireNoParentTransform(movingVolumeNode, "moving volume", transformNode, allowResults=True)
-        _requireNoParentTransform(referenceVolumeNode, "reference volume")
+        self._cancelRequested = False
+        self.cancelReason = ""
+        requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
+        requireNode(referenceVolumeNode, "vtkMRMLVolumeNode", "reference volume")
+        requireNode(transformNode, "vtkMRMLTransformNode", "transform")
+        requireNoParentTransform(movingVolumeNode, "moving volume", transformNode, allowResults=True)
+        requireNoParentTransform(referenceVolumeNode, "reference volume")
         if outputVolumeNode is not None:
-            _requireNode(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume")
+            requireNode(outputVolumeNode, "vtkMRMLScalarVolumeNode", "output volume")
             for other, what in ((movingVolumeNode, "moving"), (referenceVolumeNode, "reference")):
                 if outputVolumeNode.GetID() == other.GetID():
                     raise ValueError(f"the output volume must differ from the {what} volume (inputs are never overwritten)")
 
+        prog = Progress(progressCallback, self.isCancelRequested, min_interval_s=PROGRESS_INTERVAL_S)
+        prog.stage(0.0, 0.3, "Reading the transform")
         grid = gridFromVolumeNode(referenceVolumeNode)
-        deformation = self.transformNodeToDeformation(transformNode, grid)
+        deformation = self.transformNodeToDeformation(transformNode, grid, progress=prog)
         movingImage = volumeNodeToImage(movingVolumeNode)
         isLabel = movingVolumeNode.IsA("vtkMRMLLabelMapVolumeNode")
-        # the same rules as ``mlvirnet warp``: trilinear with border values, labels nearest with 0 outside
-        if isLabel:
-            values, movingGrid = image_to_tensor(movingImage, dtype=torch.float64)
-            warped = deformation.warp_labels(values.to(torch.int64), movingGrid, mode="nearest")
-        else:
-            values, movingGrid = image_to_tensor(movingImage, dtype=torch.float32)
-            warped = deformation.warp(values, movingGrid, mode="bilinear", padding_mode="border")
-        image = tensor_to_image(warped, grid, pixel_type=movingImage.GetPixelID())
 
-        scene = _sceneOf(referenceVolumeNode, movingVolumeNode)
+        def work(progress: ProgressFn):
+            return warpedImage(movingImage, deformation, isLabel, Progress.of(progress, self.isCancelRequested))
+
+        image = runInWorkerThread(
+            work, lambda f, m: progressCallback(0.3 + 0.65 * f, m) if progressCallback else None, stop=self.cancel
+        )
+        deformation = None  # the field is not needed for filling the node
+        prog.check_cancel()
+        scene = sceneOf(referenceVolumeNode, movingVolumeNode)
         if outputVolumeNode is None:
             className = "vtkMRMLLabelMapVolumeNode" if isLabel else "vtkMRMLScalarVolumeNode"
-            outputVolumeNode = imageToNewVolumeNode(scene, image, f"{_nodeName(movingVolumeNode)} warped", className)
-        else:
-            updateVolumeNodeFromImage(outputVolumeNode, image)
-            if outputVolumeNode.GetDisplayNode() is None:
-                outputVolumeNode.CreateDefaultDisplayNodes()
-        movingDisplay = movingVolumeNode.GetDisplayNode()
-        outputDisplay = outputVolumeNode.GetDisplayNode()
-        if movingDisplay is not None and outputDisplay is not None and not isLabel:
-            outputDisplay.SetAutoWindowLevel(movingDisplay.GetAutoWindowLevel())
-            outputDisplay.SetWindowLevel(movingDisplay.GetWindow(), movingDisplay.GetLevel())
+            outputVolumeNode = scene.AddNewNodeByClass(className, scene.GenerateUniqueName(f"{nodeName(movingVolumeNode)} warped"))
+        self._fillWarpedVolume(outputVolumeNode, image, movingVolumeNode, isLabel)
+        if progressCallback is not None:
+            progressCallback(1.0, "Done")
         return outputVolumeNode
 
     @staticmethod
-    def transformNodeToDeformation(transformNode, grid: "ImageGrid") -> "Deformation":
+    def transformNodeToDeformation(transformNode, grid: "ImageGrid", progress: ProgressFn | None = None) -> "Deformation":
         """The transform node's transform from parent as a :class:`Deformation` on ``grid``.
 
         A grid transform already on ``grid`` is converted directly; any other transform is evaluated
         at the voxel centres.
         """
         if transformNode.GetParentTransformNode() is not None:
-            raise ValueError(f"transform '{_nodeName(transformNode)}' is under another transform; harden it first")
+            raise ValueError(f"transform '{nodeName(transformNode)}' is under another transform; harden it first")
         transform = transformNode.GetTransformFromParent()
         if transform is None:
-            raise ValueError(f"transform node '{_nodeName(transformNode)}' holds no transform")
+            raise ValueError(f"transform node '{nodeName(transformNode)}' holds no transform")
         if transform.IsA("vtkGridTransform") and not transform.GetInverseFlag():
-            deformation = gridTransformToDeformation(transform)
+            deformation = gridTransformToDeformation(transform, progress=progress)
             if deformation.grid.is_close(grid, tol_mm=1e-4):
                 return deformation.on_grid(grid)
         return transformToDeformation(transform, grid)
@@ -376,73 +494,74 @@ class MLVIRNETLogic:
     def computeTRE(
         self, fixedFiducialNode, movingFiducialNode, transformNode=None, tableNode=None, snapToVolumeNode=None
     ) -> dict:
-        """Target registration error between corresponding landmarks (paired by index).
+        """Target registration error between corresponding landmarks.
 
         Each fixed landmark ``x`` is mapped through the transform node's transform from parent
-        (fixed -> moving; identity when ``transformNode`` is None) and compared with the moving
-        landmark of the same index: ``e = |T(x) - x_moving|`` in mm.
+        (fixed -> moving; identity when ``transformNode`` is None) and compared with its moving
+        landmark: ``e = |T(x) - x_moving|`` in mm. Landmarks are paired by label when every label
+        of both lists is set and unique, else by index. Control points whose position is "missing"
+        (skipped while placing) are left out with their partners, and counted. Without
+        ``snapToVolumeNode`` this needs numpy and VTK only (no PyTorch): distances are the same in
+        RAS and LPS.
 
         Args:
-            fixedFiducialNode, movingFiducialNode: markups nodes with the same number of points,
-                read in their own coordinates.
+            fixedFiducialNode, movingFiducialNode: markups nodes, read in their own coordinates.
             transformNode: the registration result, or None for the initial error.
-            tableNode: optional ``vtkMRMLTableNode`` to fill with one row per landmark.
+            tableNode: optional ``vtkMRMLTableNode`` to fill with one row per landmark pair.
             snapToVolumeNode: optional moving volume; each mapped point is moved to its nearest voxel
                 centre first (the DIR-LAB protocol, as ``mlvirnet evaluate-dirlab --snap``).
 
         Returns:
-            ``{"mean", "std", "p95", "max", "n", "errors", "summary"}`` (mm; ``std`` as computed
-            by :func:`MLVIRNETLib.evaluation.metrics.tre`); with a transform also ``"initial"``, the same
+            ``{"mean", "std", "p95", "max", "n", "errors", "skipped", "summary"}`` (mm; ``std``
+            the population standard deviation); with a transform also ``"initial"``, the same
             statistics without it.
+
+        Raises:
+            ValueError: wrong node types, no usable pair, lists that pair neither by label nor by index.
         """
-        from ..core.geometry import lps_to_ras, ras_to_lps
-        from ..evaluation import metrics
+        from ..evaluation.landmark_errors import TREResult
 
-        _requireNode(fixedFiducialNode, "vtkMRMLMarkupsNode", "fixed landmarks")
-        _requireNode(movingFiducialNode, "vtkMRMLMarkupsNode", "moving landmarks")
+        requireNode(fixedFiducialNode, "vtkMRMLMarkupsNode", "fixed landmarks")
+        requireNode(movingFiducialNode, "vtkMRMLMarkupsNode", "moving landmarks")
         if transformNode is not None:
-            _requireNode(transformNode, "vtkMRMLTransformNode", "transform")
+            requireNode(transformNode, "vtkMRMLTransformNode", "transform")
             if transformNode.GetParentTransformNode() is not None:
-                raise ValueError(f"transform '{_nodeName(transformNode)}' is under another transform; harden it first")
-        _requireNoParentTransform(fixedFiducialNode, "fixed landmarks")
-        _requireNoParentTransform(movingFiducialNode, "moving landmarks", transformNode)
-        fixedPoints = markupsToPoints(fixedFiducialNode)
-        movingPoints = markupsToPoints(movingFiducialNode)
-        if len(fixedPoints) == 0:
-            raise ValueError(f"fixed landmarks '{_nodeName(fixedFiducialNode)}' have no points")
-        if len(fixedPoints) != len(movingPoints):
-            raise ValueError(
-                f"the landmark lists differ in length: {len(fixedPoints)} fixed "
-                f"('{_nodeName(fixedFiducialNode)}') and {len(movingPoints)} moving ('{_nodeName(movingFiducialNode)}')"
-            )
+                raise ValueError(f"transform '{nodeName(transformNode)}' is under another transform; harden it first")
+        requireNoParentTransform(fixedFiducialNode, "fixed landmarks")
+        requireNoParentTransform(movingFiducialNode, "moving landmarks", transformNode)
         if tableNode is not None:
-            _requireNode(tableNode, "vtkMRMLTableNode", "output table")
+            requireNode(tableNode, "vtkMRMLTableNode", "output table")
+        labels, fixedRas, movingRas, skipped = pairedControlPoints(fixedFiducialNode, movingFiducialNode)
 
-        snapGrid = gridFromVolumeNode(snapToVolumeNode) if snapToVolumeNode is not None else None
-        initial = metrics.tre(fixedPoints, movingPoints)
-        mappedPoints = fixedPoints
+        initial = TREResult.from_errors(np.linalg.norm(fixedRas - movingRas, axis=1))
+        mappedRas = fixedRas
         final = initial
         if transformNode is not None:
             transform = transformNode.GetTransformFromParent()
             if transform is None:
-                raise ValueError(f"transform node '{_nodeName(transformNode)}' holds no transform")
-            mappedPoints = np.asarray(ras_to_lps(transformPointsRas(transform, lps_to_ras(fixedPoints))))
-            if snapGrid is not None:
-                mappedPoints = metrics.snap_to_voxel(mappedPoints, snapGrid)
-            final = metrics.tre(mappedPoints, movingPoints, snap_grid=snapGrid)
+                raise ValueError(f"transform node '{nodeName(transformNode)}' holds no transform")
+            mappedRas = transformPointsRas(transform, fixedRas)
+            if snapToVolumeNode is not None:
+                from ..core.geometry import lps_to_ras, ras_to_lps
+                from ..evaluation import metrics
+
+                snapGrid = gridFromVolumeNode(snapToVolumeNode)
+                mappedRas = np.asarray(lps_to_ras(metrics.snap_to_voxel(np.asarray(ras_to_lps(mappedRas)), snapGrid)))
+            final = TREResult.from_errors(np.linalg.norm(mappedRas - movingRas, axis=1), snapped=snapToVolumeNode is not None)
 
         stats = self._treStats(final)
+        stats["skipped"] = skipped
+        note = f"; {skipped} landmark pair(s) with a missing point left out" if skipped else ""
         if transformNode is not None:
             stats["initial"] = self._treStats(initial)
             stats["summary"] = (
-                f"TRE {self._formatStats(stats)} after registration; {self._formatStats(stats['initial'])} before"
+                f"TRE {self._formatStats(stats)} after registration; {self._formatStats(stats['initial'])} before{note}"
             )
         else:
-            stats["summary"] = f"TRE {self._formatStats(stats)} (no transform)"
+            stats["summary"] = f"TRE {self._formatStats(stats)} (no transform){note}"
         if tableNode is not None:
-            labels = [fixedFiducialNode.GetNthControlPointLabel(i) for i in range(len(fixedPoints))]
             self._fillTreTable(
-                tableNode, labels, fixedPoints, movingPoints, mappedPoints, initial, final if transformNode else None
+                tableNode, labels, fixedRas, movingRas, mappedRas, initial, final if transformNode else None
             )
             tableNode.SetAttribute("MLVIRNET.TRESummary", stats["summary"])
         return stats
@@ -467,12 +586,9 @@ class MLVIRNETLogic:
         )
 
     @staticmethod
-    def _fillTreTable(tableNode, labels, fixedPoints, movingPoints, mappedPoints, initial, final) -> None:
+    def _fillTreTable(tableNode, labels, fixedRas, movingRas, mappedRas, initial, final) -> None:
         import vtk
 
-        from ..core.geometry import lps_to_ras
-
-        fixedRas, movingRas, mappedRas = (np.asarray(lps_to_ras(p)) for p in (fixedPoints, movingPoints, mappedPoints))
         columns: list[tuple[str, Any]] = [("Landmark", list(labels))]
         for prefix, ras in (("Fixed", fixedRas), ("Moving", movingRas)):
             for axis, letter in enumerate("RAS"):
@@ -522,11 +638,11 @@ class MLVIRNETLogic:
             raise ValueError(f"landmark file not found: {path}")
         grid = None
         if referenceVolumeNode is not None:
-            _requireNode(referenceVolumeNode, "vtkMRMLVolumeNode", "reference volume")
-            _requireNoParentTransform(referenceVolumeNode, "reference volume")
+            requireNode(referenceVolumeNode, "vtkMRMLVolumeNode", "reference volume")
+            requireNoParentTransform(referenceVolumeNode, "reference volume")
             grid = gridFromVolumeNode(referenceVolumeNode)
         pointsLps = np.asarray(read_landmarks(path, grid=grid), dtype=float)
-        scene = _sceneOf(referenceVolumeNode) if referenceVolumeNode is not None else self.scene()
+        scene = sceneOf(referenceVolumeNode) if referenceVolumeNode is not None else self.scene()
         baseName = name or path.name.split(".")[0]
         node = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", scene.GenerateUniqueName(baseName))
         setMarkupsPoints(node, pointsLps)
@@ -592,6 +708,6 @@ class MLVIRNETLogic:
                 out[f"{role}Landmarks"] = landmarks
         except Exception:
             for node in created:
-                _removeNodeAndDisplay(scene, node)
+                removeNodeAndDisplay(scene, node)
             raise
         return out

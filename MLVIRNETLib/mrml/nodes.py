@@ -18,6 +18,10 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
     from ..core.progress import ProgressFn
 
 
+SLAB_SLICES = 16
+"""Slices converted at a time between a VTK displacement grid and a library field."""
+
+
 # ----------------------------------------------------------------------------------------------
 # Small VTK helpers
 # ----------------------------------------------------------------------------------------------
@@ -40,11 +44,11 @@ def numpyToVtkMatrix(array: np.ndarray):
     return m
 
 
-def _nodeName(node) -> str:
+def nodeName(node) -> str:
     return node.GetName() if node is not None and node.GetName() else "(unnamed)"
 
 
-def _requireNode(node, className: str, what: str) -> None:
+def requireNode(node, className: str, what: str) -> None:
     if node is None:
         raise ValueError(f"{what} is not set")
     if not hasattr(node, "IsA") or not node.IsA(className):
@@ -52,12 +56,12 @@ def _requireNode(node, className: str, what: str) -> None:
         raise ValueError(f"{what} must be a {className}, got a {got}")
 
 
-def _isResultFor(transformNode, movingNode) -> bool:
+def isResultFor(transformNode, movingNode) -> bool:
     """True when ``transformNode`` holds an MLVIRNET result computed for ``movingNode``."""
     return transformNode.GetNodeReferenceID(transformNode.GetMovingNodeReferenceRole()) == movingNode.GetID()
 
 
-def _requireNoParentTransform(node, what: str, allowedTransformNode=None, allowResults: bool = False) -> None:
+def requireNoParentTransform(node, what: str, allowedTransformNode=None, allowResults: bool = False) -> None:
     """Refuse nodes under a transform, except ``allowedTransformNode`` and (with ``allowResults``)
     an MLVIRNET result computed for this very node."""
     parent = node.GetParentTransformNode()
@@ -65,15 +69,15 @@ def _requireNoParentTransform(node, what: str, allowedTransformNode=None, allowR
         return
     if allowedTransformNode is not None and parent.GetID() == allowedTransformNode.GetID():
         return
-    if allowResults and _isResultFor(parent, node):
+    if allowResults and isResultFor(parent, node):
         return
     raise ValueError(
-        f"{what} '{_nodeName(node)}' is under the transform '{_nodeName(parent)}': MLVIRNET uses each node "
+        f"{what} '{nodeName(node)}' is under the transform '{nodeName(parent)}': MLVIRNET uses each node "
         f"in its own coordinates, so harden that transform (Data module) or remove it first"
     )
 
 
-def _removeNodeAndDisplay(scene, node) -> None:
+def removeNodeAndDisplay(scene, node) -> None:
     """Remove a displayable node and the display nodes it created."""
     displayNodes = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
     scene.RemoveNode(node)
@@ -82,7 +86,7 @@ def _removeNodeAndDisplay(scene, node) -> None:
             scene.RemoveNode(displayNode)
 
 
-def _sceneOf(*nodes):
+def sceneOf(*nodes):
     for node in nodes:
         if node is not None and node.GetScene() is not None:
             return node.GetScene()
@@ -101,19 +105,19 @@ def gridFromVolumeNode(volumeNode) -> "ImageGrid":
 
     from ..core.geometry import ImageGrid
 
-    _requireNode(volumeNode, "vtkMRMLVolumeNode", "volume node")
+    requireNode(volumeNode, "vtkMRMLVolumeNode", "volume node")
     imageData = volumeNode.GetImageData()
     if imageData is None:
-        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has no image data")
+        raise ValueError(f"volume node '{nodeName(volumeNode)}' has no image data")
     extent = imageData.GetExtent()
     if extent[0] != 0 or extent[2] != 0 or extent[4] != 0:
-        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has an image extent {extent} that does not start at 0")
+        raise ValueError(f"volume node '{nodeName(volumeNode)}' has an image extent {extent} that does not start at 0")
     ijkToRas = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(ijkToRas)
     try:
         return ImageGrid.from_ijk_to_ras(vtkMatrixToNumpy(ijkToRas), imageData.GetDimensions())
     except ValueError as error:
-        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has an unusable geometry: {error}") from None
+        raise ValueError(f"volume node '{nodeName(volumeNode)}' has an unusable geometry: {error}") from None
 
 
 def arrayFromVolumeNode(volumeNode) -> np.ndarray:
@@ -123,10 +127,10 @@ def arrayFromVolumeNode(volumeNode) -> np.ndarray:
     grid = gridFromVolumeNode(volumeNode)
     scalars = volumeNode.GetImageData().GetPointData().GetScalars()
     if scalars is None:
-        raise ValueError(f"volume node '{_nodeName(volumeNode)}' has no voxel values")
+        raise ValueError(f"volume node '{nodeName(volumeNode)}' has no voxel values")
     if scalars.GetNumberOfComponents() != 1:
         raise ValueError(
-            f"volume node '{_nodeName(volumeNode)}' has {scalars.GetNumberOfComponents()} components per voxel; "
+            f"volume node '{nodeName(volumeNode)}' has {scalars.GetNumberOfComponents()} components per voxel; "
             "MLVIRNET needs a scalar (single-component) volume"
         )
     return numpy_support.vtk_to_numpy(scalars).reshape(grid.shape_zyx).copy()
@@ -150,7 +154,7 @@ def updateVolumeNodeFromImage(volumeNode, image: "sitk.Image") -> None:
 
     from ..core.geometry import ImageGrid
 
-    _requireNode(volumeNode, "vtkMRMLVolumeNode", "output volume node")
+    requireNode(volumeNode, "vtkMRMLVolumeNode", "output volume node")
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"expected a scalar image, got {image.GetNumberOfComponentsPerPixel()} components per pixel")
     grid = ImageGrid.from_sitk(image)
@@ -183,13 +187,13 @@ def maskNodeToImage(maskNode, referenceVolumeNode) -> "sitk.Image":
     labelmap is used as it is.
     """
     if maskNode.IsA("vtkMRMLLabelMapVolumeNode") or maskNode.IsA("vtkMRMLScalarVolumeNode"):
-        _requireNoParentTransform(maskNode, "mask")
+        requireNoParentTransform(maskNode, "mask")
         return volumeNodeToImage(maskNode)
     if not maskNode.IsA("vtkMRMLSegmentationNode"):
         raise ValueError(f"a mask must be a labelmap volume or segmentation node, got a {maskNode.GetClassName()}")
     import slicer
 
-    scene = _sceneOf(maskNode, referenceVolumeNode)
+    scene = sceneOf(maskNode, referenceVolumeNode)
     existing = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "MLVIRNET temporary mask")
     try:
@@ -197,7 +201,7 @@ def maskNodeToImage(maskNode, referenceVolumeNode) -> "sitk.Image":
             maskNode, labelmap, referenceVolumeNode
         )
         if not ok or labelmap.GetImageData() is None:
-            raise ValueError(f"segmentation '{_nodeName(maskNode)}' could not be exported to a labelmap")
+            raise ValueError(f"segmentation '{nodeName(maskNode)}' could not be exported to a labelmap")
         return volumeNodeToImage(labelmap)
     finally:
         # the export adds the labelmap, its display node and a color table: remove them all again
@@ -242,10 +246,11 @@ def deformationToGridTransform(deformation: "Deformation", progress: "ProgressFn
     view = numpy_support.vtk_to_numpy(displacements.GetPointData().GetScalars())  # (P, 3), shares memory
     view = view.reshape(*grid.shape_zyx, 3)
     depth = grid.shape_zyx[0]
-    for z0 in range(0, depth, 16):  # slab by slab: no full-size temporary
-        view[z0 : z0 + 16] = lps_to_ras(u[z0 : z0 + 16]).numpy()
+    for z0 in range(0, depth, SLAB_SLICES):  # slab by slab: no full-size temporary
+        z1 = min(depth, z0 + SLAB_SLICES)
+        view[z0:z1] = lps_to_ras(u[z0:z1]).numpy()
         if progress is not None:
-            progress(min(depth, z0 + 16) / depth, f"grid transform: slices {min(depth, z0 + 16)}/{depth}")
+            progress(z1 / depth, f"grid transform: slices {z1}/{depth}")
 
     direction = np.eye(4)
     direction[:3, :3] = ijkToRas[:3, :3] / spacing[None, :]
@@ -256,10 +261,12 @@ def deformationToGridTransform(deformation: "Deformation", progress: "ProgressFn
     return transform
 
 
-def gridTransformToDeformation(gridTransform) -> "Deformation":
+def gridTransformToDeformation(gridTransform, progress: "ProgressFn | None" = None) -> "Deformation":
     """A ``vtkOrientedGridTransform`` (or ``vtkGridTransform``) -> :class:`Deformation` (LPS, float32).
 
     Inverse of :func:`deformationToGridTransform`; the transform must be in its forward direction.
+    The vectors are converted slab by slab into one float32 field: besides the grid's own array,
+    only the result and a slab are held. ``progress(fraction, message)`` is called after each slab.
     """
     import torch
     from vtk.util import numpy_support
@@ -285,12 +292,19 @@ def gridTransformToDeformation(gridTransform) -> "Deformation":
     # the first stored voxel sits at index extent[0,2,4] of the grid's index frame
     ijkToRas[:3, 3] = np.asarray(displacements.GetOrigin()) + ijkToRas[:3, :3] @ np.asarray(extent[0::2], dtype=float)
     grid = ImageGrid.from_ijk_to_ras(ijkToRas, size)
-    vectors = numpy_support.vtk_to_numpy(displacements.GetPointData().GetScalars())
+    vectors = numpy_support.vtk_to_numpy(displacements.GetPointData().GetScalars())  # shares the grid's memory
     if vectors.ndim != 2 or vectors.shape[1] != 3:
         raise ValueError(f"the displacement grid must hold 3-vectors, got array shape {vectors.shape}")
-    vectors = vectors.astype(np.float64) * gridTransform.GetDisplacementScale() + gridTransform.GetDisplacementShift()
-    u_lps = ras_to_lps(vectors.reshape(*grid.shape_zyx, 3))
-    u = torch.as_tensor(np.moveaxis(u_lps, -1, 0)[None].astype(np.float32)).contiguous()
+    vectors = vectors.reshape(*grid.shape_zyx, 3)
+    scale, shift = float(gridTransform.GetDisplacementScale()), float(gridTransform.GetDisplacementShift())
+    u = torch.empty((1, 3, *grid.shape_zyx), dtype=torch.float32)
+    depth = grid.shape_zyx[0]
+    for z0 in range(0, depth, SLAB_SLICES):
+        z1 = min(depth, z0 + SLAB_SLICES)
+        slab = vectors[z0:z1].astype(np.float32) * np.float32(scale) + np.float32(shift)
+        u[0, :, z0:z1] = torch.from_numpy(np.moveaxis(np.asarray(ras_to_lps(slab), dtype=np.float32), -1, 0))
+        if progress is not None:
+            progress(z1 / depth, f"reading the grid transform: slices {z1}/{depth}")
     return Deformation(grid, u)
 
 
@@ -334,11 +348,64 @@ def transformPointsRas(transform, pointsRas: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Markups
 # ----------------------------------------------------------------------------------------------
+def markupsControlPoints(fiducialNode) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Labels, RAS positions ``(P, 3)`` and "position defined" flags ``(P,)`` of a markups node.
+
+    A control point skipped while placing (position status "missing") is flagged False; its
+    stored position means nothing.
+    """
+    requireNode(fiducialNode, "vtkMRMLMarkupsNode", "landmark node")
+    n = fiducialNode.GetNumberOfControlPoints()
+    ras = np.zeros((n, 3))
+    defined = np.ones(n, dtype=bool)
+    position = [0.0, 0.0, 0.0]
+    missing = fiducialNode.PositionMissing
+    for i in range(n):
+        fiducialNode.GetNthControlPointPosition(i, position)
+        ras[i] = position
+        defined[i] = fiducialNode.GetNthControlPointPositionStatus(i) != missing
+    labels = [fiducialNode.GetNthControlPointLabel(i) for i in range(n)]
+    return labels, ras, defined
+
+
+def pairedControlPoints(fixedNode, movingNode) -> tuple[list[str], np.ndarray, np.ndarray, int]:
+    """Corresponding control points of two markups nodes, in RAS.
+
+    Pairs by label when every label of both lists is set and unique, else by index (the lists
+    must then have the same length). Pairs with a missing point on either side are dropped.
+
+    Returns:
+        ``(labels, fixedRas (P, 3), movingRas (P, 3), skipped)``, ``skipped`` the pairs dropped.
+
+    Raises:
+        ValueError: the lists pair neither by label nor by index, or no pair is left.
+    """
+    fixedLabels, fixedRas, fixedDefined = markupsControlPoints(fixedNode)
+    movingLabels, movingRas, movingDefined = markupsControlPoints(movingNode)
+    byLabel = all(fixedLabels) and all(movingLabels) and len(set(fixedLabels)) == len(fixedLabels) and (
+        len(set(movingLabels)) == len(movingLabels)
+    )
+    if byLabel and set(fixedLabels) == set(movingLabels):
+        where = {label: i for i, label in enumerate(movingLabels)}
+        order = [where[label] for label in fixedLabels]
+        movingRas, movingDefined, movingLabels = movingRas[order], movingDefined[order], fixedLabels
+    elif len(fixedLabels) != len(movingLabels):
+        raise ValueError(
+            f"the landmark lists differ in length: {len(fixedLabels)} fixed ('{nodeName(fixedNode)}') and "
+            f"{len(movingLabels)} moving ('{nodeName(movingNode)}'), and their labels do not pair them"
+        )
+    keep = fixedDefined & movingDefined
+    if not keep.any():
+        raise ValueError(f"fixed landmarks '{nodeName(fixedNode)}' and '{nodeName(movingNode)}' have no pair of placed points")
+    labels = [label for label, k in zip(fixedLabels, keep) if k]
+    return labels, fixedRas[keep], movingRas[keep], int((~keep).sum())
+
+
 def markupsToPoints(fiducialNode) -> np.ndarray:
     """Control points of a markups node in its own coordinates -> ``(P, 3)`` LPS mm."""
     from ..core.geometry import ras_to_lps
 
-    _requireNode(fiducialNode, "vtkMRMLMarkupsNode", "landmark node")
+    requireNode(fiducialNode, "vtkMRMLMarkupsNode", "landmark node")
     n = fiducialNode.GetNumberOfControlPoints()
     ras = np.zeros((n, 3))
     position = [0.0, 0.0, 0.0]

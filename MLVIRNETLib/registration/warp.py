@@ -58,6 +58,8 @@ def warp_image(
     slab_voxels: int = 4_000_000,
     padding_value: float | None = None,
     pixel_type: int | None = None,
+    mode: str = "bilinear",
+    progress: ProgressFn | None = None,
 ) -> sitk.Image:
     """``M(y(x))`` on the deformation's grid, computed in z slabs (bounded memory).
 
@@ -68,6 +70,9 @@ def warp_image(
         padding_value: value outside ``moving``; ``None`` continues the border.
         pixel_type: SimpleITK pixel type of the output (default: the moving image's; integer
             types are rounded and clipped).
+        mode: ``"bilinear"`` (trilinear) or ``"nearest"`` (label maps).
+        progress: ``progress(fraction, message)`` after every slab (a
+            :class:`~MLVIRNETLib.core.progress.Progress` also stops the work when cancelled).
 
     Returns:
         ``sitk.Image`` on ``deformation.grid``.
@@ -84,9 +89,12 @@ def warp_image(
         sgrid = grid.cropped((0, 0, z0), (nx, ny, z1))
         offset = deformation.displacement[:, :, z0:z1]
         if padding_value is None:
-            w = sample_on_grid(m, m_grid, sgrid, offset=offset)
+            w = sample_on_grid(m, m_grid, sgrid, offset=offset, mode=mode)
         else:
-            w = sample_on_grid(m - padding_value, m_grid, sgrid, offset=offset, padding_mode="zeros") + padding_value
+            w = sample_on_grid(m - padding_value, m_grid, sgrid, offset=offset, mode=mode, padding_mode="zeros")
+            w += padding_value
         out[:, :, z0:z1] = w.cpu()
+        if progress is not None:
+            progress(z1 / nz, f"warped image: slices {z1}/{nz}")
     return tensor_to_image(out, grid, pixel_type=pixel_type if pixel_type is not None else moving.GetPixelID())
 

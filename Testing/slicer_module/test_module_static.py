@@ -218,26 +218,6 @@ def test_every_resource_the_module_names_exists(module_tree):
     assert not missing, f"MLVIRNET.py names resources that do not exist: {missing}"
 
 
-def test_every_action_installs_the_dependencies_first(module_tree):
-    """Each button that runs library code first ensures the packages and PyTorch (and stops if not)."""
-    widget = class_def(module_tree, "MLVIRNETWidget")
-    actions = [n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name.startswith("on") and n.name.endswith("Button")]
-    assert {a.name for a in actions} >= {"onApplyButton", "onComputeTreButton", "onLoadDirLabCaseButton"}
-    for action in actions:
-        if action.name == "onCancelButton":
-            assert called_names(action) - {"_"} == {"self.logic.cancel"}, "Cancel must only ask the logic to stop"
-            continue
-        block = next(n for n in action.body if isinstance(n, ast.With))
-        assert ast.unparse(block.items[0].context_expr).startswith("slicer.util.tryWithErrorDisplay"), action.name
-        first = block.body[0]
-        assert ast.unparse(first).startswith("if not ensureDependencies():\n    return"), action.name
-    # the sample pair (Sample Data) as well, and ensureDependencies covers the packages, then torch
-    assert ast.unparse(function(module_tree, "samplePairNodes").body[1]).startswith("if not ensureDependencies()")
-    assert "samplePairNodes" in called_names(function(module_tree, "loadSamplePair"))
-    order = [c.func.id for c in calls(function(module_tree, "ensureDependencies")) if isinstance(c.func, ast.Name)]
-    assert order == ["ensureLibraryDependencies", "ensurePyTorch"]
-
-
 def test_sample_data_is_registered_at_startup_with_keywords_only(module_tree):
     init = method(class_def(module_tree, "MLVIRNET"), "__init__")
     connects = [ast.unparse(c) for c in calls(init) if ast.unparse(c.func) == "slicer.app.connect"]
