@@ -122,12 +122,21 @@ def _is_package_data(relative: Path, patterns: list[str]) -> bool:
 
 
 def test_every_resource_file_goes_into_the_wheel():
-    """A pip-installed MLVIRNETLib carries every file of Resources/ (models of every version with
-    their configs, which name each other, the bundled CT, icons, UI); Python files are packages."""
+    """A pip-installed MLVIRNETLib carries every file of Resources/ (the current model and its card,
+    the bundled CT, icons, UI); Python files are packages."""
     patterns = _package_data_patterns()
     files = [p.relative_to(ROOT / "Resources") for p in (ROOT / "Resources").rglob("*")
              if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
-    assert any(f.parts[:2] == ("Models", "v4") for f in files)
     missing = [str(f) for f in files if not _is_package_data(f, patterns)]
     assert not missing, f"Resources files left out of the wheel by pyproject.toml's package-data: {missing}"
     assert not _is_package_data(Path("Models/v9/x/deeper.pt"), patterns)  # the check itself is not vacuous
+
+
+def test_one_model_in_the_product():
+    """Resources/ (the wheel's and the extension's source) holds exactly one model file, the shipped
+    one, and the wheel's patterns admit no other model file (earlier models are at a git tag)."""
+    models = sorted(p.relative_to(ROOT / "Resources").as_posix() for p in (ROOT / "Resources").rglob("*.pt"))
+    assert models == ["Models/mlvirnet_default.pt"]
+    patterns = _package_data_patterns()
+    assert not _is_package_data(Path("Models/v5/mlvirnet_default.pt"), patterns)
+    assert not _is_package_data(Path("Models/other.pt"), patterns)
