@@ -14,10 +14,10 @@
     the fixed lung box + margin, anti-aliased resampling to the network grid; the moving image is
     sampled at ``A x``.
 ``network``
-    the mlVIRNET cascade (inference mode; bf16 autocast on CPU if ``use_bf16``, fp16 AMP on CUDA)
+    the mlVIRNET cascade (inference mode; autocast as ``network.precision`` says: fp16 on CUDA by default)
     -> ``phi`` on the network grid. Network alone (no refinement), ``phi`` gives way to no motion
     where that fits the pair better, after a second pass with the images swapped has had its
-    chance (``network_both_ways_fallback``).
+    chance (``network.both_ways_fallback``).
 ``refine``
     :func:`MLVIRNETLib.registration.refine.refine`: instance optimisation of ``phi`` (or of the identity when
     there is no model) on 1/4 and 1/2 of the network grid.
@@ -88,8 +88,8 @@ def _resolve_model(model, device: torch.device, messages: list[str]):
 def cpu_bf16_supported() -> bool:
     """True when the CPU has native bf16 support for oneDNN convolutions (AVX512-BF16 or AMX).
 
-    Without it, bf16 autocast is emulated and far slower than float32 (measured: > 60 times
-    slower for the default network on a 2-core AVX2 EPYC), so :func:`register` falls back to float32.
+    Without it, bf16 autocast is emulated and far slower than float32 (docs/performance.md), so
+    :func:`register` falls back to float32 with ``precision="auto-bfloat16"``.
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -425,9 +425,9 @@ def _network_alone_choice(
 ) -> Deformation:
     """What the network alone returns: the network's ``phi``, unless no motion fits the pair better.
 
-    One way, the shipped network (model v6) moves scans that did not move by up to 4.1 mm, so for
+    One way, the shipped network moves scans that did not move by a few millimetres, so for
     small motions its bias can outweigh the motion. When the identity has the lower objective
-    (:func:`~MLVIRNETLib.registration.refine.identity_if_better`) and ``opts.network_both_ways_fallback``
+    (:func:`~MLVIRNETLib.registration.refine.identity_if_better`) and ``opts.network.both_ways_fallback``
     is on (and the cascade ran one way), the cascade runs once more with the images swapped and
     :func:`~MLVIRNETLib.networks.cascade.symmetric_correction` averages the two directions, which
     cancels the bias; that is kept when it fits better than no motion, else the identity is.

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import bundled_ct_3mm
+from helpers import bundled_ct_3mm
 
 from MLVIRNETLib.core.progress import Progress, RegistrationCancelled
 from MLVIRNETLib.evaluation.metrics import tre

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import bundled_ct_3mm
+from helpers import bundled_ct_3mm
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.paths import bundled_ct_path
