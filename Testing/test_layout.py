@@ -25,6 +25,7 @@ ALLOWED = {
     "cli": EVERYTHING - {"mrml"},
     "mrml": EVERYTHING - {"cli", "training"},
     "paths": set(),
+    "_version": set(),
 }
 """Subpackage (or top-level module) -> what of MLVIRNETLib it may import (docs/architecture.md)."""
 
@@ -69,7 +70,7 @@ def test_imports_follow_the_allowed_directions(path):
     package = list(path.relative_to(ROOT).parts[:-1])
     imports = _library_imports(path.read_text(encoding="utf-8"), package)
     wrong = [f"{path.relative_to(ROOT)}:{line}: {module}" for line, module in imports
-             if _part(module) != own and _part(module) not in ALLOWED[own]]
+             if _part(module) != own and _part(module) not in ALLOWED[own] | {"_version"}]
     assert not wrong, f"{own} may import only {sorted(ALLOWED[own])}:\n" + "\n".join(wrong)
 
 
@@ -122,12 +123,151 @@ def _is_package_data(relative: Path, patterns: list[str]) -> bool:
 
 
 def test_every_resource_file_goes_into_the_wheel():
-    """A pip-installed MLVIRNETLib carries every file of Resources/ (models of every version with
-    their configs, which name each other, the bundled CT, icons, UI); Python files are packages."""
+    """A pip-installed MLVIRNETLib carries every file of Resources/ (the current model and its card,
+    the bundled CT, icons, UI); Python files are packages."""
     patterns = _package_data_patterns()
     files = [p.relative_to(ROOT / "Resources") for p in (ROOT / "Resources").rglob("*")
              if p.is_file() and p.suffix != ".py" and "__pycache__" not in p.parts]
-    assert any(f.parts[:2] == ("Models", "v4") for f in files)
     missing = [str(f) for f in files if not _is_package_data(f, patterns)]
     assert not missing, f"Resources files left out of the wheel by pyproject.toml's package-data: {missing}"
     assert not _is_package_data(Path("Models/v9/x/deeper.pt"), patterns)  # the check itself is not vacuous
+
+
+def test_one_model_in_the_product():
+    """Resources/ (the wheel's and the extension's source) holds exactly one model file, the shipped
+    one, and the wheel's patterns admit no other model file (earlier models are at a git tag)."""
+    models = sorted(p.relative_to(ROOT / "Resources").as_posix() for p in (ROOT / "Resources").rglob("*.pt"))
+    assert models == ["Models/mlvirnet_default.pt"]
+    patterns = _package_data_patterns()
+    assert not _is_package_data(Path("Models/v5/mlvirnet_default.pt"), patterns)
+    assert not _is_package_data(Path("Models/other.pt"), patterns)
+
+
+# ----------------------------------------------------------------------------------------------
+# docstrings describe the present; shared names are public
+# ----------------------------------------------------------------------------------------------
+import re  # noqa: E402
+
+_MODEL_VERSION = re.compile(r"(?<![\w.\-])v[1-9](?![\w.\-])")
+"""A model version: a standalone token ``v1`` .. ``v9`` (``model v6``, ``v4 to v6``)."""
+
+_ISSUE = re.compile(r"(?<![\w&#])#\d+\b")
+"""An issue or pull-request number: ``#13``."""
+
+_QUANTITY = re.compile(
+    r"(?<![\w.])\d+(?:\.\d+)?(?:\s*(?:mm|ms|s|min|h|GB|MB|GiB|MiB|%|times)|x)(?![\w])"
+)
+"""A number with a unit of length, time, memory, a percentage or a factor."""
+
+_MEASURED_CUE = re.compile(
+    r"\b(?:measured|measures?|takes?|took|faster|slower|speed-?up|TRE|accuracy|accurate|errors?|reach(?:es|ed)?"
+    r"|peak memory|benchmark\w*|held-out|gains?|costs?|bought|on (?:this|a|an|the) \S*\s?(?:CPU|GPU|EPYC|H100|H200)"
+    r"|H100|H200|EPYC)\b",
+    re.IGNORECASE,
+)
+"""Words that make a quantity in the same sentence a measurement rather than a setting."""
+
+
+def docstring_problems(source: str) -> list[str]:
+    """What a module's docstrings must not hold: ``"LINE: kind: text"`` for each module, class and
+    function docstring of ``source`` that names a model version, an issue number, or a measured
+    figure.
+
+    The rule for a measured figure: a sentence of the docstring holds a number with a unit (mm, s,
+    ms, min, h, GB, MB, %, x, times) and a word that makes it a measurement (measured, takes,
+    faster, slower, TRE, accuracy, error, reached, peak, a named machine, ...). A number with a unit
+    alone is a setting or a definition (``1.5 mm voxels``, ``a 10 mm margin``, ``default 3 mm``)
+    and passes; ``takes 2.4 s`` and ``0.35 mm TRE`` do not.
+    """
+    tree = ast.parse(source)
+    nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+    problems = []
+    for node in nodes:
+        doc = ast.get_docstring(node, clean=True)
+        if not doc:
+            continue
+        line = node.body[0].lineno if getattr(node, "body", None) else 1
+        for match in _MODEL_VERSION.finditer(doc):
+            problems.append(f"{line}: model version: {match.group(0)!r}")
+        for match in _ISSUE.finditer(doc):
+            problems.append(f"{line}: issue number: {match.group(0)!r}")
+        for sentence in re.split(r"(?<=[.;:])\s+|\n\s*\n", doc):
+            quantity = _QUANTITY.search(sentence)
+            cue = _MEASURED_CUE.search(sentence)
+            if quantity and cue:
+                problems.append(f"{line}: measured figure: {quantity.group(0)!r} ({cue.group(0)!r}) in "
+                                f"{' '.join(sentence.split())[:100]!r}")
+    return problems
+
+
+DOCSTRING_FILES = sorted(LIBRARY.rglob("*.py")) + sorted((ROOT / "MLVIRNET").rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", DOCSTRING_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docstrings_hold_no_versions_issues_or_figures(path):
+    """Docstrings say what the code does and why; figures, model versions and issue numbers go to
+    docs/ (with their commands) and to commit messages."""
+    problems = docstring_problems(path.read_text(encoding="utf-8"))
+    assert not problems, f"{path.relative_to(ROOT)}:\n" + "\n".join(problems)
+
+
+def test_the_docstring_checker_catches_planted_examples():
+    def doc(text: str) -> str:
+        return f'def f():\n    """{text}"""\n'
+
+    assert docstring_problems(doc("The network stage takes 2.4 s on a CPU."))
+    assert docstring_problems(doc("Refinement gives 0.35 mm TRE on the bundled CT."))
+    assert docstring_problems(doc("Twice as fast: 1.8 times faster than before."))
+    assert docstring_problems(doc("Measured peak memory 1.5 GB."))
+    assert docstring_problems(doc("With model v6 the result is better."))
+    assert docstring_problems(doc("See #13 for the discussion."))
+    assert docstring_problems('"""Module docstring: v5 to v6."""\n')
+    assert docstring_problems('class A:\n    """Up to 4.1 mm of error one way."""\n')
+    # settings and definitions pass
+    assert not docstring_problems(doc("Resample to 1.5 mm voxels with a 10 mm margin (default 3 mm)."))
+    assert not docstring_problems(doc("``slab_voxels`` voxels per slab; 0 disables it."))
+    assert not docstring_problems(doc("On a 72 x 80 x 80 level the bookkeeping took longer; 20 mm peak displacement."))
+    assert not docstring_problems(doc("Uses torch.nn.functional and SimpleITK v2.3 API names like vtk.v9x."))
+
+
+def _private_imports(path: Path) -> list[str]:
+    """``"LINE: module.name"`` for each private name (``_x``, not ``__x__``) that ``path`` imports
+    from another subpackage of MLVIRNETLib (or, for the Slicer module, from MLVIRNETLib at all)."""
+    relative = path.relative_to(ROOT)
+    package = list(relative.parts[:-1])
+    own = _part(".".join(relative.with_suffix("").parts)) if relative.parts[0] == "MLVIRNETLib" else None
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom) or node.module == "__future__":
+            continue
+        if node.level:
+            base = package[: len(package) - (node.level - 1)]
+            module = ".".join(base + ([node.module] if node.module else []))
+        else:
+            module = node.module or ""
+        if not (module == "MLVIRNETLib" or module.startswith("MLVIRNETLib.")):
+            continue
+        if own is not None and _part(module) == own:
+            continue
+        for alias in node.names:
+            if alias.name.startswith("_") and not (alias.name.startswith("__") and alias.name.endswith("__")):
+                found.append(f"{node.lineno}: {module}.{alias.name}")
+    return found
+
+
+@pytest.mark.parametrize("path", DOCSTRING_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+def test_no_private_name_is_imported_from_another_subpackage(path):
+    """What another subpackage needs is public in its module."""
+    found = _private_imports(path)
+    assert not found, f"{path.relative_to(ROOT)} imports private names of another subpackage:\n" + "\n".join(found)
+
+
+def test_the_private_import_checker_catches_a_planted_example(tmp_path, monkeypatch):
+    folder = ROOT / "MLVIRNETLib" / "simulation"
+    planted = folder / "_planted_for_test.py"
+    try:
+        planted.write_text("from ..preprocessing.morphology import _image, dilate\nfrom .breathing import _x\n"
+                           "from .._version import __version__\n")
+        assert _private_imports(planted) == ["1: MLVIRNETLib.preprocessing.morphology._image"]
+    finally:
+        planted.unlink()

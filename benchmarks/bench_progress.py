@@ -49,7 +49,7 @@ class Runner:
 
         self.fixed = fixed
         self.moving = moving
-        self.options = RegistrationOptions(num_threads=threads)
+        self.options = RegistrationOptions(runtime={"num_threads": threads})
         try:
             import slicer
 

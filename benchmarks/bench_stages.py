@@ -40,13 +40,13 @@ from pathlib import Path
 CONFIGS: dict[str, dict] = {
     # name: RegistrationOptions overrides (+ "model": "none" | "random")
     "default": {"model": "none"},
-    "no-affine": {"model": "none", "affine": False},
-    "network": {"model": "random", "refine_iterations": 0},
-    "network-bf16": {"model": "random", "refine_iterations": 0, "use_bf16": True},
+    "no-affine": {"model": "none", "affine": None},
+    "network": {"model": "random", "refinement": {"iterations": 0}},
+    "network-bf16": {"model": "random", "refinement": {"iterations": 0}, "network": {"precision": "auto-bfloat16"}},
     "network+refine": {"model": "random"},
-    "affine-only": {"model": "none", "refine_iterations": 0},
+    "affine-only": {"model": "none", "refinement": {"iterations": 0}},
     "shipped": {"model": "default"},
-    "shipped-network": {"model": "default", "refine_iterations": 0},
+    "shipped-network": {"model": "default", "refinement": {"iterations": 0}},
 }
 CLI_CONFIGS = {
     # name: extra mlvirnet register arguments ("RANDOM" = the random model file)
@@ -78,7 +78,7 @@ def _child(spec: dict) -> None:
     overrides = dict(spec["options"])
     model_kind = overrides.pop("model", "none")
     model = {"random": spec["random_model"], "default": "default"}.get(model_kind)
-    options = RegistrationOptions(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    options = RegistrationOptions.from_dict(overrides)
     device = spec.get("device", "cpu")
     for _ in range(int(spec.get("warmup", 0))):  # untimed: CUDA context, cuDNN set-up, caches
         register(fixed, moving, fixed_mask, model=model, device=device, options=options)

@@ -60,7 +60,7 @@ def main() -> int:
     from MLVIRNETLib.io.images import read_image
     from MLVIRNETLib.paths import default_model_path
     from MLVIRNETLib.preprocessing.lungmask import segment_lungs
-    from MLVIRNETLib.registration import NETWORK_PRECISIONS, PRESETS, preset_options, register
+    from MLVIRNETLib.registration import NETWORK_PRECISIONS, PRESETS, options_for, register
     from MLVIRNETLib.simulation.acquisition import LOW_DOSE_THICK_SLICE, AcquisitionOptions, simulate_acquisition
     from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
 
@@ -95,19 +95,16 @@ def main() -> int:
     runs = [(v, p) for v in args.variants for p in (args.precisions if v != "refine" else ["auto"])]
     identity_rows: list[dict] = []
 
-    symmetric = preset_options(args.preset).network_symmetric if args.symmetric is None else args.symmetric
-    overrides = {"network_symmetric": symmetric}
-    if args.both_ways_fallback is not None:
-        overrides["network_both_ways_fallback"] = args.both_ways_fallback
-    if args.refine_levels is not None:
-        overrides["refine_levels"] = tuple(args.refine_levels)
-    if args.refine_iterations is not None:
-        overrides["refine_iterations"] = tuple(args.refine_iterations)
+    overrides: dict = {"network": {"both_ways_fallback": args.both_ways_fallback}, "refinement": {
+        "level_factors": None if args.refine_levels is None else tuple(args.refine_levels),
+        "iterations": None if args.refine_iterations is None else tuple(args.refine_iterations)}}
+    if args.symmetric:  # experimental, no preset: the deprecated keyword (a DeprecationWarning)
+        overrides["network_symmetric"] = True
 
     def _run(fixed, moving, fixed_lungs, variant: str, precision: str):
-        opts = preset_options(args.preset, network_precision=precision, **overrides)
+        opts = options_for(args.preset, **{**overrides, "network": {**overrides["network"], "precision": precision}})
         if variant == "model":
-            opts.refine_iterations = 0
+            opts.refinement.iterations = 0
         model = None if variant == "refine" else args.model
         t0 = time.perf_counter()
         result = register(fixed, moving, fixed_lungs, None, model=model, device="cpu", options=opts)
@@ -187,7 +184,7 @@ def main() -> int:
         if args.identity:
             identity_rows.extend(_identity_rows(path.name, ct, lungs))
 
-    print(f"model: {args.model}, preset: {args.preset}, symmetric network: {symmetric}")
+    print(f"model: {args.model}, preset: {args.preset}, symmetric network: {bool(args.symmetric)}")
     print("| CT | peak (mm) | variant | mean TRE (mm) | p95 TRE (mm) | folding (% lung) | time (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

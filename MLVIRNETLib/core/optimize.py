@@ -1,8 +1,8 @@
 """L-BFGS with a strong-Wolfe line search, on one flat tensor of unknowns.
 
 Why not ``torch.optim.LBFGS``: constructing any ``torch.optim`` optimiser imports
-``torch._dynamo`` on first use, which took 1.5-2.4 s of a 10-20 s registration on a 2-core CPU
-(measured with cProfile on ``mlvirnet register``). The affine stage and the refinement need
+``torch._dynamo`` on first use, a large share of a registration's time on a CPU
+(docs/performance.md, "Profile"). The affine stage and the refinement need
 nothing of it: a function ``f(x) -> (value, gradient)`` and a few vector operations.
 
 The method is the textbook one (Nocedal & Wright, *Numerical Optimization*, 2nd ed., algorithms

@@ -21,7 +21,7 @@ from ..core.progress import ProgressFn
 from ..io.fields import write_field
 from ..io.images import read_image, write_image
 from ..paths import bundled_ct_path
-from ..registration.options import RegistrationOptions
+from ..registration.presets import options_for
 from ..registration.pipeline import register
 from ..registration.warp import warp_image
 from ..simulation.cases import synthetic_breathing_case
@@ -144,9 +144,9 @@ def run_demo(output_dir: PathLike, config: DemoConfig | None = None, progress: P
     fixed_points, moving_points = case.fixed_points, case.moving_points
     synth_time = time.perf_counter() - t0
 
-    options = RegistrationOptions()
-    if config.refine_iterations is not None:
-        options.refine_iterations = int(config.refine_iterations)
+    options = options_for(
+        "standard", refinement={"iterations": None if config.refine_iterations is None else int(config.refine_iterations)}
+    )
     result = register(fixed, moving, lungs, None, model=config.model, device=config.device, options=options,
                       progress=progress)
 

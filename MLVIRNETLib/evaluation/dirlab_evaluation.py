@@ -198,20 +198,18 @@ def register_case(
     Returns:
         ``(deformation fixed -> moving on the fixed DIR-LAB grid, details)``.
     """
-    from ..registration.options import RegistrationOptions
     from ..registration.pipeline import register
+    from ..registration.presets import options_for
 
     c = parse_case(found.case)
     phases = ("inhale", "exhale") if fixed_phase == "inhale" else ("exhale", "inhale")
     fixed, moving = (read_dirlab_image(getattr(found, f"{ph}_image"), c) for ph in phases)
-    overrides: dict[str, Any] = {}
-    if settings.network_size is not None:
-        overrides["network_size"] = (settings.network_size,) * 3
-    if settings.refine_iterations is not None:
-        overrides["refine_iterations"] = settings.refine_iterations
-    if not settings.affine:
-        overrides["affine"] = False
-    options = RegistrationOptions(**overrides)
+    options = options_for(
+        "standard",
+        grid={"size": None if settings.network_size is None else (settings.network_size,) * 3},
+        refinement={"iterations": settings.refine_iterations},
+        **({} if settings.affine else {"affine": None}),
+    )
     result = register(fixed, moving, model=settings.model, device=settings.device, options=options)
     details = {
         "fixed_image": str(getattr(found, f"{phases[0]}_image")),

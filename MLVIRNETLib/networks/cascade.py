@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -382,11 +382,6 @@ def build_network(config: NetworkConfig) -> MultilevelNet:
 def parameter_count(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (of those with ``requires_grad`` if ``trainable_only``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
-
-
-def level_sizes(input_size: Sequence[int], levels: int) -> list[tuple[int, ...]]:
-    """Grid sizes ``(nx, ny, nz)`` of each pyramid level, finest first."""
-    return [tuple(int(s) // 2**l for s in input_size) for l in range(levels)]
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from .. import __version__
+from .._version import __version__
 from .cascade import MultilevelNet, NetworkConfig, build_network
 
 __all__ = [

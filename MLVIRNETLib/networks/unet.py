@@ -44,9 +44,8 @@ class Conv3d(nn.Conv3d):
     whenever ``N * C * D * H`` of the input is at most 20480: in the shipped 96^3 cascade 18 of the
     36 convolutions, among them the 2-channel first one of every level net and most of those of
     the two coarser level nets. That kernel is several times slower than oneDNN's on these shapes
-    and returns the default memory layout, which the next layers then convert back to channels-last. The 96^3 cascade's forward
-    pass took 2.2 s instead of 2.8-2.9 s (``benchmarks/bench_cascade.py --size 96 --threads 2
-    --repeats 5 [--pytorch-conv]``, this project's 2-core CPU; docs/performance.md). oneDNN's
+    and returns the default memory layout, which the next layers then convert back to channels-last. The gain on the
+    shipped cascade is measured in docs/performance.md (``benchmarks/bench_cascade.py --pytorch-conv``). oneDNN's
     convolution is the one PyTorch itself runs for the other layers, with the same weights and
     autograd (``MkldnnConvolutionBackward``). Elsewhere (CUDA, other dtypes, autocast) this is
     ``nn.Conv3d``. Its state dict is ``nn.Conv3d``'s.
@@ -128,8 +127,8 @@ class UNet3D(nn.Module):
     output ``(N, out_channels, D, H, W)``.
 
     With ``channels_last=True`` (default) the input is converted to the ``channels_last_3d``
-    memory format, in which oneDNN runs the 3x3x3 convolutions 1.2-1.7x faster on an AVX2 CPU
-    (measured for the layer shapes of this net at 80^3-160^3; not measured on CUDA). The output
+    memory format, in which oneDNN runs the 3x3x3 convolutions faster on a CPU (docs/performance.md).
+    The output
     then has channels-last strides too. This changes no weight and no value beyond float rounding.
     """
 

@@ -12,7 +12,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.geometry import ImageGrid
-from .morphology import _bounding_box, _centroid_world, _distance_mm, _erode, _spacing_zyx, _two_parts
+from .morphology import bounding_box, centroid_world, distance_mm, erode, grid_spacing_zyx, two_parts
 
 RIGHT_LUNG = 1
 """Label of the right lung in :func:`split_left_right`."""
@@ -57,14 +57,14 @@ def split_left_right(mask: sitk.Image, min_fraction: float = 0.1, max_erosion_mm
     m = sitk.GetArrayFromImage(mask) != 0
     if not m.any():
         raise ValueError("cannot split an empty lung mask")
-    spacing = _spacing_zyx(grid)
-    box = _bounding_box(m, [1, 1, 1])
+    spacing = grid_spacing_zyx(grid)
+    box = bounding_box(m, [1, 1, 1])
     offset = np.array([b.start for b in box])
     crop = m[box]
-    seeds = _two_parts(crop, spacing, min_fraction)
+    seeds = two_parts(crop, spacing, min_fraction)
     radius = 1.0
     while seeds is None and radius <= max_erosion_mm:
-        seeds = _two_parts(_erode(crop, radius, spacing), spacing, min_fraction)
+        seeds = two_parts(erode(crop, radius, spacing), spacing, min_fraction)
         radius *= 1.5
     if seeds is None:
         raise ValueError(
@@ -72,9 +72,9 @@ def split_left_right(mask: sitk.Image, min_fraction: float = 0.1, max_erosion_mm
             "does the image show both lungs?"
         )
     first, second = seeds
-    to_first = _distance_mm(first, spacing) <= _distance_mm(second, spacing)
-    x1 = _centroid_world(first, grid, offset)[0]
-    x2 = _centroid_world(second, grid, offset)[0]
+    to_first = distance_mm(first, spacing) <= distance_mm(second, spacing)
+    x1 = centroid_world(first, grid, offset)[0]
+    x2 = centroid_world(second, grid, offset)[0]
     first_label, second_label = (LEFT_LUNG, RIGHT_LUNG) if x1 > x2 else (RIGHT_LUNG, LEFT_LUNG)
     labels = np.zeros(m.shape, dtype=np.uint8)
     labels[box] = np.where(crop & to_first, first_label, np.where(crop, second_label, 0))

@@ -50,14 +50,14 @@ from .morphology import (
     MAX_ABS_HU,
     _binary,
     _border_labels,
-    _bounding_box,
+    bounding_box,
     _components,
-    _depth_mm,
-    _dilate,
-    _erode,
+    depth_mm,
+    dilate,
+    erode,
     _image,
     _radius_vox,
-    _spacing_zyx,
+    grid_spacing_zyx,
     robust_range,
 )
 
@@ -286,7 +286,7 @@ def _back_to_input_grid(mask: np.ndarray, work: sitk.Image, hu: sitk.Image,
     # interpolate only over the bounding box of the mask (plus one working voxel); the working
     # grid covers the padded input exactly, so every input voxel lies inside it
     factors = np.asarray(padded_size) // np.asarray(work.GetSize())  # (x, y, z)
-    box = _bounding_box(mask, [1, 1, 1])
+    box = bounding_box(mask, [1, 1, 1])
     m = sitk.GetImageFromArray(mask[box].astype(np.float32))
     m.SetSpacing(work.GetSpacing())
     m.SetDirection(work.GetDirection())
@@ -310,7 +310,7 @@ def _back_to_input_grid(mask: np.ndarray, work: sitk.Image, hu: sitk.Image,
 # The pipeline on the working grid
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
-class _Axes:
+class AnatomicalAxes:
     """Array axes (of a ``(D, H, W)`` array) that run head-foot and right-left."""
 
     si: int
@@ -318,13 +318,13 @@ class _Axes:
     lr: int
 
 
-def _anatomical_axes(grid: ImageGrid) -> _Axes:
+def anatomical_axes(grid: ImageGrid) -> AnatomicalAxes:
     """Which array axis is closest to the LPS z (and x) axis, and which end is superior."""
     d = grid.direction_matrix  # columns = index axes x, y, z in LPS
     si_index = int(np.argmax(np.abs(d[2])))
     lr_candidates = [i for i in range(3) if i != si_index]
     lr_index = max(lr_candidates, key=lambda i: abs(d[0, i]))
-    return _Axes(si=index_axis_to_array_axis(si_index), superior_first=bool(d[2, si_index] < 0),
+    return AnatomicalAxes(si=index_axis_to_array_axis(si_index), superior_first=bool(d[2, si_index] < 0),
                  lr=index_axis_to_array_axis(lr_index))
 
 
@@ -335,17 +335,17 @@ def _no_progress(fraction: float, message: str) -> None:
 def _segment_on_grid(work: sitk.Image, opts: LungMaskOptions, info: dict, report: ProgressFn) -> np.ndarray:
     """Boolean lung mask ``(D, H, W)`` on the working grid; ``info`` collects diagnostics."""
     grid = ImageGrid.from_sitk(work)
-    spacing = _spacing_zyx(grid)
+    spacing = grid_spacing_zyx(grid)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     hu_full = sitk.GetArrayFromImage(work)
-    axes = _anatomical_axes(grid)
+    axes = anatomical_axes(grid)
 
     report(0.2, "lung mask: air components")
     lungs_full = _select_lungs(hu_full, hu_full < opts.air_threshold_hu, axes, spacing, voxel_ml, opts, info)
     report(0.4, "lung mask: airways")
     # the rest works on the bounding box of the lungs plus a margin for the closing
     margin = xyz_to_zyx(_radius_vox(opts.closing_radius_mm, spacing))
-    box = _bounding_box(lungs_full, [m + 2 for m in margin])
+    box = bounding_box(lungs_full, [m + 2 for m in margin])
     hu, lungs = hu_full[box], lungs_full[box]
 
     info["trachea_found"] = False
@@ -358,14 +358,14 @@ def _segment_on_grid(work: sitk.Image, opts: LungMaskOptions, info: dict, report
             # at least two in-plane voxels: the partial-volume wall would otherwise keep the
             # trachea above the seed attached to the lungs
             in_plane = max(float(spacing[a]) for a in range(3) if a != axes.si)
-            airway = _dilate(airway, max(opts.airway_margin_mm, 2.0 * in_plane), spacing)
+            airway = dilate(airway, max(opts.airway_margin_mm, 2.0 * in_plane), spacing)
             lungs = _largest_parts(lungs & ~airway, voxel_ml, opts)
     report(0.6, "lung mask: holes and closing")
     if opts.fill_holes:
         lungs = _fill_slice_holes(lungs, axes.si, spacing, opts.max_hole_area_mm2)
     report(0.7, "lung mask: closing")
     if opts.closing_radius_mm > 0:
-        lungs = _erode(_dilate(lungs, opts.closing_radius_mm, spacing), opts.closing_radius_mm, spacing)
+        lungs = erode(dilate(lungs, opts.closing_radius_mm, spacing), opts.closing_radius_mm, spacing)
     if opts.fill_holes:
         lungs = _binary(sitk.BinaryFillhole(_image(lungs, spacing), False, 1))
     out = np.zeros(hu_full.shape, dtype=bool)
@@ -373,7 +373,7 @@ def _segment_on_grid(work: sitk.Image, opts: LungMaskOptions, info: dict, report
     return out
 
 
-def _select_lungs(hu: np.ndarray, air: np.ndarray, axes: _Axes, spacing: np.ndarray, voxel_ml: float,
+def _select_lungs(hu: np.ndarray, air: np.ndarray, axes: AnatomicalAxes, spacing: np.ndarray, voxel_ml: float,
                   opts: LungMaskOptions, info: dict) -> np.ndarray:
     """The lung component(s) of the air mask ``(D, H, W)``, air outside the body excluded.
 
@@ -403,8 +403,8 @@ def _select_lungs(hu: np.ndarray, air: np.ndarray, axes: _Axes, spacing: np.ndar
     core_counts = np.zeros_like(counts)
     if inside:
         candidates = np.isin(labels, inside)
-        box = _bounding_box(candidates, [1, 1, 1])
-        core = _depth_mm(candidates[box], spacing) >= opts.core_depth_mm
+        box = bounding_box(candidates, [1, 1, 1])
+        core = depth_mm(candidates[box], spacing) >= opts.core_depth_mm
         core_counts = np.bincount(labels[box][core], minlength=counts.size)
     ranked = sorted(((int(core_counts[label]), label) for label in inside), reverse=True)
     ranked = [(c, label) for c, label in ranked if c * voxel_ml >= opts.min_lung_volume_ml]
@@ -422,7 +422,7 @@ def _select_lungs(hu: np.ndarray, air: np.ndarray, axes: _Axes, spacing: np.ndar
     return np.isin(labels, keep)
 
 
-def _enclosed_by_body(tissue: np.ndarray, axes: _Axes, spacing: np.ndarray) -> np.ndarray:
+def _enclosed_by_body(tissue: np.ndarray, axes: AnatomicalAxes, spacing: np.ndarray) -> np.ndarray:
     """Voxels with body tissue on both sides along a line of their axial slice, ``(D, H, W)`` bool.
 
     The body is the largest face-connected component of ``tissue``; the lines run along the two
@@ -458,7 +458,7 @@ def _largest_parts(mask: np.ndarray, voxel_ml: float, opts: LungMaskOptions) -> 
     return np.isin(labels, keep)
 
 
-def _grow_airways(hu: np.ndarray, lungs: np.ndarray, axes: _Axes, spacing: np.ndarray, voxel_ml: float,
+def _grow_airways(hu: np.ndarray, lungs: np.ndarray, axes: AnatomicalAxes, spacing: np.ndarray, voxel_ml: float,
                   opts: LungMaskOptions, info: dict) -> np.ndarray | None:
     """Trachea and large airways (boolean ``(D, H, W)``) grown from the trachea; None if not found.
 
@@ -508,7 +508,7 @@ def _grow_airways(hu: np.ndarray, lungs: np.ndarray, axes: _Axes, spacing: np.nd
     return None if accepted is None else accepted | blob
 
 
-def _find_trachea(hu: np.ndarray, lungs: np.ndarray, axes: _Axes, spacing: np.ndarray,
+def _find_trachea(hu: np.ndarray, lungs: np.ndarray, axes: AnatomicalAxes, spacing: np.ndarray,
                   opts: LungMaskOptions) -> tuple[tuple[int, int, int], np.ndarray] | None:
     """The trachea's top cross-section: index ``(z, y, x)`` of its darkest voxel and its mask.
 

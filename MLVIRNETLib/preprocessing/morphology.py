@@ -73,7 +73,7 @@ def not_hu_reason(image: sitk.Image, name: str = "the image") -> str | None:
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
-def _spacing_zyx(grid: ImageGrid) -> np.ndarray:
+def grid_spacing_zyx(grid: ImageGrid) -> np.ndarray:
     """Voxel size in mm along the array axes ``(D, H, W)``, float64 ``(3,)``."""
     return np.asarray(grid.spacing_zyx, dtype=float)
 
@@ -112,7 +112,7 @@ def _border_labels(labels: np.ndarray) -> set[int]:
     return found
 
 
-def _two_parts(mask: np.ndarray, spacing: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray] | None:
+def two_parts(mask: np.ndarray, spacing: np.ndarray, min_fraction: float) -> tuple[np.ndarray, np.ndarray] | None:
     """The two largest components when the second is at least ``min_fraction`` of the first."""
     if not mask.any():
         return None
@@ -126,7 +126,7 @@ def _two_parts(mask: np.ndarray, spacing: np.ndarray, min_fraction: float) -> tu
     return labels == a, labels == b
 
 
-def _distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Distance in mm of every voxel to the nearest voxel of ``mask`` (0 inside, inf if empty)."""
     if not mask.any():
         return np.full(mask.shape, np.inf)
@@ -135,13 +135,13 @@ def _distance_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return np.maximum(sitk.GetArrayFromImage(d), 0.0)
 
 
-def _centroid_world(mask: np.ndarray, grid: ImageGrid, offset_zyx: np.ndarray) -> np.ndarray:
+def centroid_world(mask: np.ndarray, grid: ImageGrid, offset_zyx: np.ndarray) -> np.ndarray:
     """LPS centroid (mm) of a boolean ``(D, H, W)`` crop of ``grid`` starting at ``offset_zyx``."""
     zyx = np.argwhere(mask).mean(axis=0) + offset_zyx
     return np.asarray(grid.array_index_to_world(zyx))
 
 
-def _bounding_box(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, slice]:
+def bounding_box(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, slice]:
     """Slices of the bounding box of ``mask`` grown by ``margin`` voxels per array axis (clipped)."""
     box = []
     for axis in range(3):
@@ -152,7 +152,7 @@ def _bounding_box(mask: np.ndarray, margin: list[int]) -> tuple[slice, slice, sl
     return tuple(box)  # type: ignore[return-value]
 
 
-def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+def dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Dilation by a Euclidean ball of ``radius_mm`` (physical, so exact for any spacing).
 
     The distance map is computed on the bounding box of ``mask`` grown by the radius only.
@@ -160,17 +160,17 @@ def _dilate(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarr
     out = np.zeros(mask.shape, dtype=bool)
     if not mask.any():
         return out
-    box = _bounding_box(mask, [int(np.ceil(radius_mm / s)) + 1 for s in spacing])
-    out[box] = _distance_mm(mask[box], spacing) <= radius_mm
+    box = bounding_box(mask, [int(np.ceil(radius_mm / s)) + 1 for s in spacing])
+    out[box] = distance_mm(mask[box], spacing) <= radius_mm
     return out
 
 
-def _erode(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
+def erode(mask: np.ndarray, radius_mm: float, spacing: np.ndarray) -> np.ndarray:
     """Erosion by a Euclidean ball of ``radius_mm``; the image border does not erode."""
-    return ~_dilate(~mask, radius_mm, spacing)
+    return ~dilate(~mask, radius_mm, spacing)
 
 
-def _depth_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+def depth_mm(mask: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """Distance in mm from each voxel of ``mask`` to the nearest voxel outside it (0 outside)."""
-    return np.where(mask, _distance_mm(~mask, spacing), 0.0)
+    return np.where(mask, distance_mm(~mask, spacing), 0.0)
 

@@ -14,20 +14,37 @@ May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.pr
 """
 
 from ..core.progress import RegistrationCancelled
-from .options import NETWORK_PRECISIONS, RegistrationOptions, RegistrationResult, validate_pair
+from .affine import AffineOptions
+from .options import (
+    NETWORK_PRECISIONS,
+    NetworkOptions,
+    RegistrationOptions,
+    RegistrationResult,
+    RuntimeOptions,
+    WorkingGrid,
+    validate_pair,
+)
+from .refine import RefineOptions
 from .pipeline import cpu_bf16_supported, register
-from .presets import DEFAULT_PRESET, PRESETS, preset_options
+from .presets import DEFAULT_PRESET, PRESETS, options_for, preset_options, preset_table
 from .warp import warp_image
 
 __all__ = [
+    "AffineOptions",
     "DEFAULT_PRESET",
     "NETWORK_PRECISIONS",
+    "NetworkOptions",
     "PRESETS",
     "RegistrationCancelled",
     "RegistrationOptions",
+    "RefineOptions",
     "RegistrationResult",
+    "RuntimeOptions",
+    "WorkingGrid",
     "cpu_bf16_supported",
+    "options_for",
     "preset_options",
+    "preset_table",
     "register",
     "validate_pair",
     "warp_image",

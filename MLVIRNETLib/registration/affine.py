@@ -36,9 +36,8 @@ class AffineOptions:
 
     Attributes:
         levels_mm: voxel sizes of the working copies, coarse to fine, mm. One 8 mm level by
-            default: a 5 mm level after it took 7 s more on a 512 x 512 x 126 CT; after the network
-            and the refinement it changed the TRE on two held-out CTs by at most 0.01 mm, and on
-            that 512 x 512 x 126 CT it was 0.05 mm better (docs/performance.md).
+            default: a finer level after it costs far more time than it changes the final result,
+            since the network and the refinement follow (docs/performance.md).
         rigid_iterations: optimiser iterations of the rigid stage per level (half of them for
             each starting point on the coarsest level).
         affine_iterations: iterations of the affine stage per level (0: rigid only).

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+import warnings
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -11,22 +12,27 @@ import SimpleITK as sitk
 
 from ..core.deformation import Deformation
 from ..core.geometry import ImageGrid
+from ..preprocessing.lungmask import LungMaskOptions
 from ..preprocessing.morphology import not_hu_reason
 from ..preprocessing.pair import HU_WINDOW, PreprocessOptions, mask_values_problem
 from .affine import AffineOptions
 from .refine import RefineOptions
 
-NETWORK_PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+NETWORK_PRECISIONS = ("auto", "auto-bfloat16", "float32", "bfloat16", "float16")
+"""Values of :attr:`NetworkOptions.precision`."""
 
-MAX_NETWORK_SIZE = 512
-"""Largest ``network_size`` per axis."""
+MAX_GRID_SIZE = 512
+"""Largest working-grid size per axis."""
+
+MAX_NETWORK_SIZE = MAX_GRID_SIZE
+"""Former name of :data:`MAX_GRID_SIZE`."""
 
 MAX_NETWORK_MEMORY_GB = 16.0
-"""Largest estimated memory (GB) of preprocessing and refinement on the network grid
+"""Largest estimated memory (GB) of preprocessing and refinement on the working grid
 (:meth:`RegistrationOptions.estimated_memory_gb`); larger grids are refused before any allocation."""
 
 _BYTES_PER_NETWORK_VOXEL = 4 * 8
-"""float32 volumes held on the network grid: fixed, moving, masks, moving_valid, the refined
+"""float32 volumes held on the working grid: fixed, moving, masks, moving_valid, the refined
 displacement (3 components)."""
 
 _BYTES_PER_REFINE_VOXEL = 4 * 60
@@ -35,201 +41,385 @@ _BYTES_PER_REFINE_VOXEL = 4 * 60
 
 
 @dataclass
-class RegistrationOptions:
-    """Settings of :func:`register` (defaults chosen by measurement, see ``docs/registration.md``).
+class WorkingGrid:
+    """The grid that preprocessing and refinement work on, over the crop box (the network runs at
+    the model's own input size on the same box, resampled from this grid).
 
     Attributes:
-        network_size: grid ``(nx, ny, nz)`` of preprocessing and refinement over the crop box, or
-            ``"auto"``: ``grid_max_voxels`` along each axis, but voxels no smaller than
-            ``grid_min_spacing_fraction`` of the fixed image's voxel size along that axis
+        size: ``(nx, ny, nz)``, or ``"auto"``: ``max_voxels`` along each axis, but voxels no smaller
+            than ``min_spacing_fraction`` of the fixed image's voxel size along that axis
             (:func:`~MLVIRNETLib.preprocessing.pair.auto_grid_size`), so that a small, coarse or
-            thick-slice scan gets a smaller grid. A model runs at its own input size on the same box
-            (resampled from this grid; with ``refine_iterations=0`` the images are preprocessed
-            straight to the model's size).
-        grid_max_voxels: see ``network_size="auto"``.
-        grid_min_spacing_fraction: see ``network_size="auto"``.
-        refine_iterations: L-BFGS iterations per refinement level (int, or one per level);
-            ``0`` = network only.
-        refine_levels: refinement levels as downsampling factors of the network grid, coarse to fine.
-        refine_optimizer: ``"lbfgs"`` or ``"adam"``.
-        affine: run the affine pre-alignment.
+            thick-slice scan gets a smaller grid. A fixed size needs at least 4 voxels per axis and,
+            when refining, a multiple of the largest refinement level factor with at least 3
+            voxels per axis on the coarsest level (the one rule, checked by
+            :meth:`RegistrationOptions.validate`).
+        max_voxels: see ``size="auto"``.
+        min_spacing_fraction: see ``size="auto"``.
         crop_to_lungs: crop the fixed field of view to the lung box (+ ``crop_margin_mm``).
         crop_margin_mm: margin around the lung box, mm.
-        alpha: curvature weight of the refinement, mm^2.
-        beta: mask-alignment weight of the refinement (``> 0`` computes missing moving masks).
-        ngf_eps: NGF edge parameter, normalised intensity per mm.
-        use_bf16: bf16 autocast for the network on CPU (only where the CPU supports bf16 natively,
-            see :func:`cpu_bf16_supported`; otherwise a message says it was ignored).
-        use_amp: fp16 autocast for the network on CUDA.
-        network_precision: ``"auto"`` (what ``use_bf16`` and ``use_amp`` say), or force the
-            network's autocast dtype on any device: ``"float32"`` (none), ``"bfloat16"`` or
-            ``"float16"``. A forced reduced precision runs even where it is emulated (far slower
-            on CPUs without native support; used to measure its accuracy, e.g. CUDA's fp16 on a CPU).
-        network_symmetric: run the network both ways on every level (fixed/moving and
-            moving/fixed, one batch) and average the forward estimate with the inverted backward
-            one (:func:`~MLVIRNETLib.networks.cascade.symmetric_correction`, a fixed point): identical
-            scans then give almost no displacement from the network itself, for about 1.8 times the
-            network stage's time on a CPU. With models v5 and v6 the network alone is more
-            accurate this way on both held-out CTs, but after the ``accurate`` refinement it is not
-            (worse on one CT), so no preset uses it (docs/performance.md, "Symmetric network").
-        network_both_ways_fallback: network alone (``refine_iterations=0``) run one way: when its
-            deformation fits the pair worse than no motion, run the cascade once more with the
-            images swapped and keep the average of the two directions where that fits better than
-            no motion (else the identity). Small motions are then not lost to the one-way
-            network's bias, for one more network pass on those pairs only.
         hu_window: intensity window mapped to ``[0, 1]``.
-        lung_mask_spacing_mm: working voxel size of the automatic lung mask.
-        affine_options: settings of the affine stage.
-        slab_voxels: voxels per slab when evaluating the full-resolution field (the result does not
-            depend on it; smaller slabs use less memory and report progress, and check a cancel, more often).
+    """
+
+    size: tuple[int, int, int] | str = "auto"
+    max_voxels: int = PreprocessOptions.auto_max_voxels
+    min_spacing_fraction: float = 0.5
+    crop_to_lungs: bool = PreprocessOptions.crop_to_lungs
+    crop_margin_mm: float = PreprocessOptions.crop_margin_mm
+    hu_window: tuple[float, float] = HU_WINDOW
+
+
+@dataclass
+class NetworkOptions:
+    """How the network runs (the model and the device are arguments of :func:`register`).
+
+    Attributes:
+        precision: the network's autocast dtype. ``"auto"``: float16 on CUDA, float32 on a CPU;
+            ``"auto-bfloat16"``: float16 on CUDA, bfloat16 on a CPU with native bf16 support
+            (:func:`~MLVIRNETLib.registration.pipeline.cpu_bf16_supported`; elsewhere float32 and a
+            message says so); ``"float32"``, ``"bfloat16"``, ``"float16"``: that dtype on any device,
+            even where it is emulated (far slower; used to measure its accuracy).
+        both_ways_fallback: network alone (no refinement), run one way: when its deformation fits
+            the pair worse than no motion, run the cascade once more with the images swapped and
+            keep the average of the two directions where that fits better than no motion (else
+            the identity). Small motions are then not lost to the one-way network's bias, for one
+            more network pass on those pairs only.
+    """
+
+    precision: str = "auto"
+    both_ways_fallback: bool = True
+
+
+@dataclass
+class RuntimeOptions:
+    """How the work is run (the result does not depend on these).
+
+    Attributes:
+        slab_voxels: voxels per slab when evaluating the full-resolution field (smaller slabs use
+            less memory and report progress, and check a cancel, more often).
         num_threads: torch CPU threads during the call (restored afterwards); ``None`` leaves them.
     """
 
-    network_size: tuple[int, int, int] | str = "auto"
-    grid_max_voxels: int = 160
-    grid_min_spacing_fraction: float = 0.5
-    refine_iterations: int | Sequence[int] = (150, 60)
-    refine_levels: tuple[int, ...] = (4, 2)
-    refine_optimizer: str = "lbfgs"
-    affine: bool = True
-    crop_to_lungs: bool = True
-    crop_margin_mm: float = 10.0
-    alpha: float = 100.0
-    beta: float = 0.0
-    ngf_eps: float = 0.003
-    use_bf16: bool = False
-    use_amp: bool = True
-    network_precision: str = "auto"
-    network_symmetric: bool = False
-    network_both_ways_fallback: bool = True
-    hu_window: tuple[float, float] = HU_WINDOW
-    lung_mask_spacing_mm: float = 3.0
-    affine_options: AffineOptions = field(default_factory=AffineOptions)
     slab_voxels: int = 1_000_000
     num_threads: int | None = None
 
-    def __post_init__(self) -> None:
+
+GROUPS = ("grid", "affine", "network", "refinement", "lung_mask", "runtime")
+"""The stage groups of :class:`RegistrationOptions`, in the order the stages run."""
+
+_GROUP_TYPES: dict[str, type] = {
+    "grid": WorkingGrid,
+    "affine": AffineOptions,
+    "network": NetworkOptions,
+    "refinement": RefineOptions,
+    "lung_mask": LungMaskOptions,
+    "runtime": RuntimeOptions,
+}
+
+DEPRECATED_NAMES: dict[str, tuple[str, str]] = {
+    "network_size": ("grid", "size"),
+    "grid_max_voxels": ("grid", "max_voxels"),
+    "grid_min_spacing_fraction": ("grid", "min_spacing_fraction"),
+    "crop_to_lungs": ("grid", "crop_to_lungs"),
+    "crop_margin_mm": ("grid", "crop_margin_mm"),
+    "hu_window": ("grid", "hu_window"),
+    "refine_iterations": ("refinement", "iterations"),
+    "refine_levels": ("refinement", "level_factors"),
+    "refine_optimizer": ("refinement", "optimizer"),
+    "alpha": ("refinement", "alpha"),
+    "beta": ("refinement", "beta"),
+    "ngf_eps": ("refinement", "ngf_eps"),
+    "network_precision": ("network", "precision"),
+    "network_both_ways_fallback": ("network", "both_ways_fallback"),
+    "lung_mask_spacing_mm": ("lung_mask", "working_spacing_mm"),
+    "slab_voxels": ("runtime", "slab_voxels"),
+    "num_threads": ("runtime", "num_threads"),
+}
+"""Flat keyword names of earlier releases -> ``(group, field)``. They still work, with a
+``DeprecationWarning``, as keywords of :class:`RegistrationOptions` and :func:`options_for` and as
+attributes; ``affine`` (a bool), ``affine_options``, ``use_bf16``, ``use_amp`` and
+``network_symmetric`` are translated too (see :meth:`RegistrationOptions.__init__`)."""
+
+_SPECIAL_DEPRECATED = ("affine_options", "use_bf16", "use_amp", "network_symmetric")
+
+REGISTRATION_LUNG_MASK_SPACING_MM = 3.0
+"""Working voxel size (mm) of the automatic lung mask inside :func:`register`: coarser than
+:func:`~MLVIRNETLib.preprocessing.lungmask.segment_lungs` alone, since it only sets the crop box."""
+
+
+def _default_group(name: str) -> Any:
+    if name == "lung_mask":
+        return LungMaskOptions(working_spacing_mm=REGISTRATION_LUNG_MASK_SPACING_MM)
+    return _GROUP_TYPES[name]()
+
+
+def _deprecated(old: str, new: str) -> None:
+    warnings.warn(f"RegistrationOptions: {old!r} is deprecated; use {new} instead", DeprecationWarning, stacklevel=4)
+
+
+@dataclass(init=False)
+class RegistrationOptions:
+    """Settings of :func:`register`, one group per stage; each group's class holds its defaults.
+
+    Attributes:
+        grid: :class:`WorkingGrid`, the grid of preprocessing and refinement.
+        affine: :class:`~MLVIRNETLib.registration.affine.AffineOptions` of the affine
+            pre-alignment, or ``None`` to skip it.
+        network: :class:`NetworkOptions`.
+        refinement: :class:`~MLVIRNETLib.registration.refine.RefineOptions` of the variational
+            refinement (``iterations=0``: network only; ``level_factors`` relative to the working
+            grid, coarse to fine).
+        lung_mask: :class:`~MLVIRNETLib.preprocessing.lungmask.LungMaskOptions` of the automatic
+            lung mask.
+        runtime: :class:`RuntimeOptions`.
+
+    A group may be given as its object or as a ``dict`` of its fields. The flat names of earlier
+    releases (:data:`DEPRECATED_NAMES`) still work, with a ``DeprecationWarning``.
+    """
+
+    grid: WorkingGrid
+    affine: AffineOptions | None
+    network: NetworkOptions
+    refinement: RefineOptions
+    lung_mask: LungMaskOptions
+    runtime: RuntimeOptions
+
+    def __init__(
+        self,
+        grid: WorkingGrid | Mapping[str, Any] | None = None,
+        affine: AffineOptions | Mapping[str, Any] | bool | None = True,
+        network: NetworkOptions | Mapping[str, Any] | None = None,
+        refinement: RefineOptions | Mapping[str, Any] | None = None,
+        lung_mask: LungMaskOptions | Mapping[str, Any] | None = None,
+        runtime: RuntimeOptions | Mapping[str, Any] | None = None,
+        **deprecated: Any,
+    ) -> None:
+        """Raises:
+            ValueError: an unknown keyword (the message lists the valid ones) or a bad setting.
+            TypeError: a group that is neither its class, a ``dict`` nor ``None``.
+        """
+        unknown = sorted(k for k in deprecated if k not in DEPRECATED_NAMES and k not in _SPECIAL_DEPRECATED)
+        if unknown:
+            raise ValueError(f"unknown options key(s) {unknown}; valid keys are {list(GROUPS)}")
+        given = {"grid": grid, "network": network, "refinement": refinement, "lung_mask": lung_mask,
+                 "runtime": runtime}
+        for name, value in given.items():
+            object.__setattr__(self, name, _group(name, value))
+        object.__setattr__(self, "_network_symmetric", False)
+        if isinstance(affine, bool):
+            if "affine_options" in deprecated:
+                _deprecated("affine_options", "affine=AffineOptions(...)")
+            if affine is not True or "affine" in deprecated:
+                _deprecated("affine=True/False", "affine=AffineOptions() or None")
+            affine = _group("affine", deprecated.get("affine_options")) if affine else None
+        elif "affine_options" in deprecated:
+            raise ValueError("give the affine settings once: affine=AffineOptions(...) (affine_options is deprecated)")
+        self.affine = None if affine is None else _group("affine", affine)
+        for name, value in deprecated.items():
+            if name in DEPRECATED_NAMES:
+                setattr(self, name, value)  # warns
+        use_bf16, use_amp = deprecated.get("use_bf16"), deprecated.get("use_amp")
+        if use_bf16 is not None or use_amp is not None:
+            _deprecated("use_bf16/use_amp", "network=NetworkOptions(precision=...)")
+            bf16, amp = bool(use_bf16) if use_bf16 is not None else False, bool(use_amp) if use_amp is not None else True
+            if self.network.precision == "auto":
+                if bf16 and not amp:
+                    raise ValueError("use_bf16=True with use_amp=False has no precision setting: "
+                                     "use network=NetworkOptions(precision='bfloat16') on a CPU")
+                self.network.precision = "auto-bfloat16" if bf16 else ("auto" if amp else "float32")
+        if "network_symmetric" in deprecated:
+            _deprecated("network_symmetric", "nothing: no preset runs the network both ways on every level")
+            object.__setattr__(self, "_network_symmetric", deprecated["network_symmetric"])
         self.validate()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in DEPRECATED_NAMES:
+            group, key = DEPRECATED_NAMES[name]
+            _deprecated(name, f"options.{group}.{key}")
+            return getattr(object.__getattribute__(self, group), key)
+        if name == "network_symmetric":
+            _deprecated(name, "nothing: no preset runs the network both ways on every level")
+            return object.__getattribute__(self, "_network_symmetric")
+        if name == "affine_options":
+            _deprecated(name, "options.affine")
+            return object.__getattribute__(self, "affine")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in DEPRECATED_NAMES:
+            group, key = DEPRECATED_NAMES[name]
+            _deprecated(name, f"options.{group}.{key}")
+            current = getattr(self, group)
+            if current.__dataclass_params__.frozen:  # e.g. LungMaskOptions: a changed copy
+                object.__setattr__(self, group, replace(current, **{key: value}))
+            else:
+                setattr(current, key, value)
+            return
+        if name not in GROUPS:
+            raise AttributeError(f"RegistrationOptions has no setting {name!r}; the groups are {list(GROUPS)}")
+        object.__setattr__(self, name, value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RegistrationOptions):
+            return NotImplemented
+        return all(getattr(self, g) == getattr(other, g) for g in GROUPS) and \
+            self._network_symmetric == other._network_symmetric
 
     def validate(self) -> None:
         """Check every setting (also after attributes were changed on an existing object;
-        :func:`register` calls it). Sizes are checked before anything is allocated.
+        :func:`register` calls it). Sizes are checked before anything is allocated. This is the
+        only place the settings are checked.
 
         Raises:
-            ValueError: a setting out of range, a ``network_size`` that is not 3 integers, too
-                small for ``refine_levels`` (the coarsest level needs 3 voxels per axis), above
-                ``MAX_NETWORK_SIZE`` per axis or estimated to need more than
+            ValueError: a setting out of range, a working-grid ``size`` that is not 3 integers,
+                smaller than 4 per axis, too small for the refinement levels (the coarsest level
+                needs 3 voxels per axis) or not a multiple of the largest level factor while
+                refining, above ``MAX_GRID_SIZE`` per axis or estimated to need more than
                 ``MAX_NETWORK_MEMORY_GB``.
-            TypeError: ``affine_options`` is not an :class:`AffineOptions`.
+            TypeError: a group of the wrong type.
         """
-        size = self.network_size
+        for name in GROUPS:
+            value = getattr(self, name)
+            if name == "affine" and value is None:
+                continue
+            if isinstance(value, Mapping):
+                value = _group(name, value)
+                object.__setattr__(self, name, value)
+            if not isinstance(value, _GROUP_TYPES[name]):
+                raise TypeError(f"options.{name} must be a {_GROUP_TYPES[name].__name__} (or a dict of its fields"
+                                f"{', or None' if name == 'affine' else ''}), got {type(value).__name__}")
+        grid = self.grid
+        size = grid.size
         auto = isinstance(size, str) and size == "auto"
         if not auto and not _is_integer_triple(size):
-            raise ValueError(f"network_size must be 3 integers (nx, ny, nz) or 'auto', got {size!r}")
-        if isinstance(self.grid_max_voxels, bool) or not isinstance(self.grid_max_voxels, (int, np.integer)) \
-                or not 8 <= int(self.grid_max_voxels) <= MAX_NETWORK_SIZE:
-            raise ValueError(f"grid_max_voxels must be an integer from 8 to {MAX_NETWORK_SIZE}, got {self.grid_max_voxels!r}")
-        fraction = float(self.grid_min_spacing_fraction)
+            raise ValueError(f"grid.size must be 3 integers (nx, ny, nz) or 'auto', got {size!r}")
+        if not auto and min(int(n) for n in size) < 4:
+            raise ValueError(f"grid.size {tuple(int(n) for n in size)} is too small: at least 4 voxels per axis")
+        if isinstance(grid.max_voxels, bool) or not isinstance(grid.max_voxels, (int, np.integer)) \
+                or not 8 <= int(grid.max_voxels) <= MAX_GRID_SIZE:
+            raise ValueError(f"grid.max_voxels must be an integer from 8 to {MAX_GRID_SIZE}, got {grid.max_voxels!r}")
+        fraction = float(grid.min_spacing_fraction)
         if not (math.isfinite(fraction) and fraction >= 0):
-            raise ValueError(f"grid_min_spacing_fraction must be a finite value >= 0, got {self.grid_min_spacing_fraction}")
-        self.preprocess_options()  # validates size >= 4, window, margin
-        refine = self.refine_options()  # validates iterations, levels, weights
-        if self.num_threads is not None and int(self.num_threads) < 1:
-            raise ValueError(f"num_threads must be >= 1 or None, got {self.num_threads}")
-        if self.network_precision not in NETWORK_PRECISIONS:
-            raise ValueError(f"network_precision must be one of {NETWORK_PRECISIONS}, got {self.network_precision!r}")
-        for name in ("network_symmetric", "network_both_ways_fallback"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
-        if int(self.slab_voxels) < 1:
-            raise ValueError(f"slab_voxels must be >= 1, got {self.slab_voxels}")
-        if isinstance(self.affine_options, Mapping):
-            self.affine_options = _build(AffineOptions, self.affine_options, "affine_options")
-        if not isinstance(self.affine_options, AffineOptions):
-            raise TypeError(
-                "affine_options must be an AffineOptions (or a dict of its fields), "
-                f"got {type(self.affine_options).__name__}"
-            )
-        if not (math.isfinite(float(self.lung_mask_spacing_mm)) and float(self.lung_mask_spacing_mm) > 0):
-            raise ValueError(f"lung_mask_spacing_mm must be a finite value > 0, got {self.lung_mask_spacing_mm}")
-        size = (int(self.grid_max_voxels),) * 3 if auto else tuple(int(n) for n in size)
-        if max(size) > MAX_NETWORK_SIZE:
+            raise ValueError(f"grid.min_spacing_fraction must be a finite value >= 0, got {grid.min_spacing_fraction}")
+        refine = self.refinement
+        refine.__post_init__()  # validates iterations, levels, weights (also after changes)
+        self.preprocess_options()  # validates the window and the margin
+        runtime = self.runtime
+        if runtime.num_threads is not None and int(runtime.num_threads) < 1:
+            raise ValueError(f"runtime.num_threads must be >= 1 or None, got {runtime.num_threads}")
+        if int(runtime.slab_voxels) < 1:
+            raise ValueError(f"runtime.slab_voxels must be >= 1, got {runtime.slab_voxels}")
+        if self.network.precision not in NETWORK_PRECISIONS:
+            raise ValueError(f"network.precision must be one of {NETWORK_PRECISIONS}, got {self.network.precision!r}")
+        if not isinstance(self.network.both_ways_fallback, bool):
+            raise ValueError(f"network.both_ways_fallback must be true or false, got {self.network.both_ways_fallback!r}")
+        if not isinstance(self._network_symmetric, bool):
+            raise ValueError(f"network_symmetric must be true or false, got {self._network_symmetric!r}")
+        spacing = float(self.lung_mask.working_spacing_mm)
+        if not (math.isfinite(spacing) and spacing > 0):
+            raise ValueError(f"lung_mask.working_spacing_mm must be a finite value > 0, got {spacing}")
+        size = (int(grid.max_voxels),) * 3 if auto else tuple(int(n) for n in size)
+        if max(size) > MAX_GRID_SIZE:
             raise ValueError(
-                f"network_size {size} is too large: at most {MAX_NETWORK_SIZE} voxels per axis "
-                "(the default is 160 per axis)"
+                f"grid.size {size} is too large: at most {MAX_GRID_SIZE} voxels per axis "
+                f"(the default is {WorkingGrid.max_voxels} per axis)"
             )
         if sum(refine.iterations_per_level()) > 0 and not auto:
             factor = max(refine.level_factors)
             if any(n % factor for n in size):
                 raise ValueError(
-                    f"network_size {size} must be divisible by the largest refinement level "
-                    f"factor {factor} (refine_levels {tuple(refine.level_factors)})"
+                    f"grid.size {size} must be divisible by the largest refinement level "
+                    f"factor {factor} (refinement.level_factors {tuple(refine.level_factors)})"
                 )
             if min(size) // factor < 3:
                 raise ValueError(
-                    f"network_size {size} is too small for refinement: its coarsest level (1/{factor} of "
-                    f"network_size) would have {tuple(n // factor for n in size)} voxels, and it needs at least 3 "
-                    f"per axis; use a network_size of at least {3 * factor} per axis, a multiple of {factor} "
-                    f"(refine_levels {tuple(refine.level_factors)})"
+                    f"grid.size {size} is too small for refinement: its coarsest level (1/{factor} of "
+                    f"the grid) would have {tuple(n // factor for n in size)} voxels, and it needs at least 3 "
+                    f"per axis; use a grid.size of at least {3 * factor} per axis, a multiple of {factor} "
+                    f"(refinement.level_factors {tuple(refine.level_factors)})"
                 )
         gb = self.estimated_memory_gb()
         if gb > MAX_NETWORK_MEMORY_GB:
             raise ValueError(
-                f"network_size {size} ({math.prod(size) / 1e6:.0f} million voxels) would need about {gb:.0f} GB for "
-                f"preprocessing and refinement (limit {MAX_NETWORK_MEMORY_GB:g} GB); use a smaller network_size "
-                "(the default is 160 per axis)"
+                f"grid.size {size} ({math.prod(size) / 1e6:.0f} million voxels) would need about {gb:.0f} GB for "
+                f"preprocessing and refinement (limit {MAX_NETWORK_MEMORY_GB:g} GB); use a smaller grid.size "
+                f"(the default is {WorkingGrid.max_voxels} per axis)"
             )
 
     def estimated_memory_gb(self) -> float:
-        """A rough estimate (GB) of the memory preprocessing and refinement need on the network
+        """A rough estimate (GB) of the memory preprocessing and refinement need on the working
         grid (the network itself and the full-resolution field come on top)."""
-        size = (self.grid_max_voxels,) * 3 if isinstance(self.network_size, str) else self.network_size
+        size = (self.grid.max_voxels,) * 3 if isinstance(self.grid.size, str) else self.grid.size
         voxels = math.prod(int(n) for n in size)
-        refine = self.refine_options()
+        refine = self.refinement
         total = voxels * _BYTES_PER_NETWORK_VOXEL
         if sum(refine.iterations_per_level()) > 0:
             total += voxels * _BYTES_PER_REFINE_VOXEL / min(refine.level_factors) ** 3
         return total / 1e9
 
+    def as_dict(self) -> dict[str, Any]:
+        """The settings as a ``dict`` of groups (``affine`` may be ``None``), readable by
+        :meth:`from_dict`."""
+        return {g: (None if getattr(self, g) is None else asdict(getattr(self, g))) for g in GROUPS}
+
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> "RegistrationOptions":
-        """Options from a ``dict`` of field names (``affine_options`` may itself be a dict).
+        """Options from a ``dict`` of groups (each a dict of its fields, or its object).
 
         Raises:
             ValueError: an unknown key (the message lists the valid ones) or an invalid value.
         """
-        return _build(cls, values, "options")
+        try:
+            return cls(**dict(values))
+        except TypeError as exc:
+            raise ValueError(f"invalid options {dict(values)!r}: {exc}") from exc
 
     def preprocess_options(
         self, network_size: Sequence[int] | str | None = None, fixed_spacing_mm: Sequence[float] | None = None
     ) -> PreprocessOptions:
-        """The preprocessing settings; ``fixed_spacing_mm`` (the fixed image's voxel size) sets the
-        finest spacing of an ``"auto"`` grid."""
-        size = network_size if network_size is not None else self.network_size
-        refine = self.refine_options()
+        """The preprocessing settings for a working grid of ``network_size`` (default
+        ``grid.size``); ``fixed_spacing_mm`` (the fixed image's voxel size) sets the finest spacing
+        of an ``"auto"`` grid."""
+        grid = self.grid
+        size = network_size if network_size is not None else grid.size
+        refine = self.refinement
         multiple = max(refine.level_factors) if sum(refine.iterations_per_level()) > 0 else 4
         min_spacing: float | tuple[float, ...] = 0.0
         if fixed_spacing_mm is not None:
-            min_spacing = tuple(self.grid_min_spacing_fraction * float(v) for v in fixed_spacing_mm)
+            min_spacing = tuple(grid.min_spacing_fraction * float(v) for v in fixed_spacing_mm)
         return PreprocessOptions(
             network_size=size if isinstance(size, str) else tuple(size),  # type: ignore[arg-type]
-            hu_window=self.hu_window,
-            crop_to_lungs=self.crop_to_lungs,
-            crop_margin_mm=self.crop_margin_mm,
-            auto_max_voxels=int(self.grid_max_voxels),
+            hu_window=tuple(grid.hu_window),  # type: ignore[arg-type]
+            crop_to_lungs=grid.crop_to_lungs,
+            crop_margin_mm=grid.crop_margin_mm,
+            auto_max_voxels=int(grid.max_voxels),
             auto_min_spacing_mm=min_spacing,
             size_multiple=int(multiple),
         )
 
     def refine_options(self) -> RefineOptions:
-        return RefineOptions(
-            iterations=self.refine_iterations,
-            level_factors=self.refine_levels,
-            alpha=self.alpha,
-            beta=self.beta,
-            ngf_eps=self.ngf_eps,
-            optimizer=self.refine_optimizer,
-        )
+        """The refinement settings (the ``refinement`` group itself)."""
+        return self.refinement
+
+
+def _group(name: str, value: Any) -> Any:
+    """The group ``name`` from its object (copied), a ``dict`` of its fields, or ``None`` (defaults).
+
+    Raises:
+        ValueError: an unknown field of the group, or a bad value.
+        TypeError: a value of another type.
+    """
+    cls = _GROUP_TYPES[name]
+    if value is None:
+        return _default_group(name)
+    if isinstance(value, cls):
+        return replace(value)
+    if isinstance(value, Mapping):
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(str(k) for k in value if k not in names)
+        if unknown:
+            raise ValueError(f"unknown {name} option key(s) {unknown}; valid keys are {names}")
+        return _build(cls, {**asdict(_default_group(name)), **value}, f"{name} option")
+    raise TypeError(f"options.{name} must be a {cls.__name__} or a dict of its fields, got {type(value).__name__}")
 
 
 @dataclass

@@ -14,10 +14,10 @@
     the fixed lung box + margin, anti-aliased resampling to the network grid; the moving image is
     sampled at ``A x``.
 ``network``
-    the mlVIRNET cascade (inference mode; bf16 autocast on CPU if ``use_bf16``, fp16 AMP on CUDA)
+    the mlVIRNET cascade (inference mode; autocast as ``network.precision`` says: fp16 on CUDA by default)
     -> ``phi`` on the network grid. Network alone (no refinement), ``phi`` gives way to no motion
     where that fits the pair better, after a second pass with the images swapped has had its
-    chance (``network_both_ways_fallback``).
+    chance (``network.both_ways_fallback``).
 ``refine``
     :func:`MLVIRNETLib.registration.refine.refine`: instance optimisation of ``phi`` (or of the identity when
     there is no model) on 1/4 and 1/2 of the network grid.
@@ -51,7 +51,7 @@ from ..preprocessing.pair import PreprocessedPair, image_to_hu_tensor, mask_to_t
 from .affine import affine_register, compose_affine
 from .options import RegistrationOptions, RegistrationResult, as_options, field_of_view_lps, hu_messages, validate_pair
 from .refine import identity_if_better, refine
-from .warp import _full_field
+from .warp import full_field
 
 if TYPE_CHECKING:
     from ..networks.cascade import MultilevelNet
@@ -88,8 +88,8 @@ def _resolve_model(model, device: torch.device, messages: list[str]):
 def cpu_bf16_supported() -> bool:
     """True when the CPU has native bf16 support for oneDNN convolutions (AVX512-BF16 or AMX).
 
-    Without it, bf16 autocast is emulated and far slower than float32 (measured: > 60 times
-    slower for the default network on a 2-core AVX2 EPYC), so :func:`register` falls back to float32.
+    Without it, bf16 autocast is emulated and far slower than float32 (docs/performance.md), so
+    :func:`register` falls back to float32 with ``precision="auto-bfloat16"``.
     """
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -104,16 +104,17 @@ def _elapsed(t0: float, device: torch.device) -> float:
 
 
 def _autocast(device: torch.device, opts: RegistrationOptions, messages: list[str]):
-    if opts.network_precision == "float32":
+    precision = opts.network.precision
+    if precision == "float32":
         return contextlib.nullcontext()
-    if opts.network_precision in ("bfloat16", "float16"):
-        return torch.autocast(device.type, dtype=getattr(torch, opts.network_precision))
-    if device.type == "cpu" and opts.use_bf16:
+    if precision in ("bfloat16", "float16"):
+        return torch.autocast(device.type, dtype=getattr(torch, precision))
+    if device.type == "cpu" and precision == "auto-bfloat16":
         if not cpu_bf16_supported():
-            messages.append("use_bf16 ignored: this CPU has no native bf16 support; the network runs in float32")
+            messages.append("precision auto-bfloat16: this CPU has no native bf16 support; the network runs in float32")
             return contextlib.nullcontext()
         return torch.autocast("cpu", dtype=torch.bfloat16)
-    if device.type == "cuda" and opts.use_amp:
+    if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.float16)
     return contextlib.nullcontext()
 
@@ -168,14 +169,14 @@ def register(
     validate_pair(fixed, moving, fixed_mask, moving_mask)
     dev = resolve_device(device)
     old_threads = torch.get_num_threads()
-    if opts.num_threads is not None:
-        torch.set_num_threads(int(opts.num_threads))
+    if opts.runtime.num_threads is not None:
+        torch.set_num_threads(int(opts.runtime.num_threads))
     # an in-memory model runs in eval mode on ``dev``; the caller gets it back as it was
     restore = _ModelState.of(model)
     try:
         return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, Progress(progress, cancel), t_start)
     finally:
-        if opts.num_threads is not None:
+        if opts.runtime.num_threads is not None:
             torch.set_num_threads(old_threads)
         if restore is not None:
             restore()
@@ -224,7 +225,7 @@ def _register(
     # the grid of preprocessing and refinement: network_size; a model runs at its own input size
     # (its inputs are resampled from that grid), and without refinement the images are
     # preprocessed straight to the model's size
-    network_size = opts.network_size
+    network_size = opts.grid.size
     if model_size is not None and n_refine == 0:
         network_size = tuple(model_size)
     if net is None and n_refine == 0:
@@ -240,14 +241,14 @@ def _register(
 
     affine: np.ndarray | None = None
     with _timed("affine", timings, dev):
-        if opts.affine:
+        if opts.affine is not None:
             prog.stage(0.05, 0.15, "affine pre-alignment")
-            affine = affine_register(f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine_options, progress=prog)
+            affine = affine_register(f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine, progress=prog)
 
     with _timed("preprocess", timings, dev):
         prog.stage(0.20, 0.05, "preprocessing")
         pp = preprocess_pair(
-            (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.beta > 0 else None,
+            (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.refinement.beta > 0 else None,
             opts.preprocess_options(network_size, f_grid.spacing), affine=affine, device=dev, progress=prog,
         )
         del m_hu
@@ -319,7 +320,7 @@ def _check_overlap(
     fraction = float(pp.moving_valid.float().mean())
     if fraction >= MIN_OVERLAP_WARNING:
         return
-    box = "lung box" if opts.crop_to_lungs and pp.crop_index != ((0, 0, 0), tuple(f_grid.size)) else "field of view"
+    box = "lung box" if opts.grid.crop_to_lungs and pp.crop_index != ((0, 0, 0), tuple(f_grid.size)) else "field of view"
     how = "after the affine pre-alignment" if affine is not None else "without an affine pre-alignment (affine=False)"
     text = (
         f"the images barely overlap: {100 * fraction:.1f} % of the fixed {box} "
@@ -354,7 +355,7 @@ def _field_stage(
     if affine is not None:
         levels = [compose_affine(affine, lv) for lv in levels]
     prog(0.5, "full-resolution field: slabs")
-    deformation = _full_field(phi, affine, grid, opts.slab_voxels, dev, progress=lambda f, m: prog(0.5 + 0.5 * f, m))
+    deformation = full_field(phi, affine, grid, opts.runtime.slab_voxels, dev, progress=lambda f, m: prog(0.5 + 0.5 * f, m))
     return deformation, folding, levels
 
 
@@ -377,13 +378,13 @@ def _lung_masks(
 ) -> tuple[sitk.Image | None, sitk.Image | None]:
     """The masks given, or automatic ones where needed: the fixed one for the crop box (or the mask
     term), the moving one for the mask term. A scan without detectable lungs gets a message."""
-    need_fixed = fixed_mask is None and (opts.crop_to_lungs or opts.beta > 0)
-    need_moving = moving_mask is None and opts.beta > 0
+    need_fixed = fixed_mask is None and (opts.grid.crop_to_lungs or opts.refinement.beta > 0)
+    need_moving = moving_mask is None and opts.refinement.beta > 0
     if not (need_fixed or need_moving):
         return fixed_mask, moving_mask
-    from ..preprocessing.lungmask import LungMaskOptions, segment_lungs
+    from ..preprocessing.lungmask import segment_lungs
 
-    lm_opts = LungMaskOptions(working_spacing_mm=opts.lung_mask_spacing_mm)
+    lm_opts = opts.lung_mask
     if need_fixed:
         try:
             fixed_mask = segment_lungs(fixed, lm_opts, progress=prog)
@@ -424,9 +425,9 @@ def _network_alone_choice(
 ) -> Deformation:
     """What the network alone returns: the network's ``phi``, unless no motion fits the pair better.
 
-    One way, the shipped network (model v6) moves scans that did not move by up to 4.1 mm, so for
+    One way, the shipped network moves scans that did not move by a few millimetres, so for
     small motions its bias can outweigh the motion. When the identity has the lower objective
-    (:func:`~MLVIRNETLib.registration.refine.identity_if_better`) and ``opts.network_both_ways_fallback``
+    (:func:`~MLVIRNETLib.registration.refine.identity_if_better`) and ``opts.network.both_ways_fallback``
     is on (and the cascade ran one way), the cascade runs once more with the images swapped and
     :func:`~MLVIRNETLib.networks.cascade.symmetric_correction` averages the two directions, which
     cancels the bias; that is kept when it fits better than no motion, else the identity is.
@@ -439,7 +440,7 @@ def _network_alone_choice(
     if not identity:
         return phi
     rejected = "the network's deformation fitted the images worse than no motion"
-    if opts.network_both_ways_fallback and not opts.network_symmetric:
+    if opts.network.both_ways_fallback and not opts._network_symmetric:
         from ..networks.cascade import symmetric_correction
 
         prog.stage(0.35, 0.10, SWAPPED_PASS)
@@ -479,7 +480,7 @@ def _network_stage(
         net_fixed = resample_antialiased(fixed, grid, net_grid)
         net_moving = resample_antialiased(moving, grid, net_grid)
     with torch.inference_mode(), _autocast(dev, opts, messages), convolution_progress(net, prog, label):
-        out = net(net_fixed, net_moving, net_grid, symmetric=opts.network_symmetric)
+        out = net(net_fixed, net_moving, net_grid, symmetric=opts._network_symmetric)
     phi = Deformation(out.deformation.grid, out.deformation.displacement.float().clone())
     levels = []
     for i in range(len(out.levels)):

@@ -14,7 +14,7 @@ from ..core.sampling import sample_on_grid
 from ..preprocessing.pair import image_to_hu_tensor
 
 
-def _full_field(
+def full_field(
     phi: Deformation,
     affine: np.ndarray | None,
     grid: ImageGrid,

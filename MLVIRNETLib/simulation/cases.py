@@ -111,7 +111,7 @@ def sample_pair_files(
     The partner (``MLVIRNET-sample-moving.nii.gz``, int16 HU, the fixed grid) is the bundled CT
     moved by 15 mm synthetic breathing; the landmark lists (``.mrk.json``, LPS) hold 60
     corresponding lung points, so the TRE before and after a registration can be measured. The
-    files are generated on the first call (about 10 s on a 2-core CPU) and reused while the
+    files are generated on the first call (seconds) and reused while the
     settings recorded in ``MLVIRNET-sample.json`` match :data:`SAMPLE_PAIR`; each is written
     atomically.
 

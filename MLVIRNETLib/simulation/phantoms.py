@@ -6,8 +6,8 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.geometry import ImageGrid, zyx_to_xyz
-from ..preprocessing.lungmask import _anatomical_axes
-from ..preprocessing.morphology import _depth_mm, _dilate, _spacing_zyx
+from ..preprocessing.lungmask import anatomical_axes
+from ..preprocessing.morphology import depth_mm, dilate, grid_spacing_zyx
 
 
 def synthetic_chest_ct(lung_mask: sitk.Image, seed: int = 0, vessels_per_litre: float = 15.0) -> sitk.Image:
@@ -33,12 +33,12 @@ def synthetic_chest_ct(lung_mask: sitk.Image, seed: int = 0, vessels_per_litre: 
     if lung_mask.GetDimension() != 3:
         raise ValueError(f"expected a 3-D lung mask, got a {lung_mask.GetDimension()}-D image")
     grid = ImageGrid.from_sitk(lung_mask)
-    spacing = _spacing_zyx(grid)
+    spacing = grid_spacing_zyx(grid)
     lungs = sitk.GetArrayFromImage(lung_mask) != 0
     if not lungs.any():
         raise ValueError("the lung mask is empty")
     rng = np.random.default_rng(seed)
-    axes = _anatomical_axes(grid)
+    axes = anatomical_axes(grid)
     shape = lungs.shape
 
     # body: elliptic cylinder along the head-foot axis around the lungs, plus a 15 mm chest wall
@@ -51,7 +51,7 @@ def synthetic_chest_ct(lung_mask: sitk.Image, seed: int = 0, vessels_per_litre: 
     for a in in_plane:
         semi = (hi[a] - lo[a]) / 2.0 * 1.15 + 20.0 / spacing[a]
         r2 = r2 + ((coords[a].astype(np.float32) - centre[a]) / semi) ** 2
-    body = np.broadcast_to(r2 <= 1.0, shape) | _dilate(lungs, 15.0, spacing)
+    body = np.broadcast_to(r2 <= 1.0, shape) | dilate(lungs, 15.0, spacing)
 
     # lung texture: smooth noise (sigma 2 mm) plus white noise
     texture = sitk.GetImageFromArray(rng.normal(size=shape).astype(np.float32))
@@ -63,7 +63,7 @@ def synthetic_chest_ct(lung_mask: sitk.Image, seed: int = 0, vessels_per_litre: 
     del texture
 
     # vessels: balls centred at least 6 mm inside the lung
-    deep = np.argwhere(_depth_mm(lungs, spacing) >= 6.0)
+    deep = np.argwhere(depth_mm(lungs, spacing) >= 6.0)
     n_vessels = int(round(vessels_per_litre * lungs.sum() * float(np.prod(spacing)) / 1e6))
     if deep.size and n_vessels:
         for c in deep[rng.integers(0, len(deep), size=n_vessels)]:

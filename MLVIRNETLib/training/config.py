@@ -1,6 +1,6 @@
 """Training configuration: dataclasses read from (and written back to) a YAML file.
 
-A config file looks like ``Resources/Models/mlvirnet_default.yaml``::
+A config file looks like ``training_recipes/model_v6/config.yaml``::
 
     seed: 0
     output_dir: runs/default            # relative paths are relative to the config file

@@ -3,8 +3,8 @@
 Training looks at a CT no finer than its network grid: :func:`~MLVIRNETLib.training.synthetic_pairs.prepare_ct`
 low-passes every CT once to the spacing of a ``input_size`` grid over its lungs (about 3-4 mm for a
 96^3 input over a chest). A copy anti-aliased to a finer spacing than that (about 2 mm for the chest
-CTs of model v4) therefore gives nearly the same training pairs from a fraction of the bytes. The lent
-GPU machines receive at most 64 MiB (``benchmarks/model_v4/make_copies.py``).
+CTs of the training recipes) therefore gives nearly the same training pairs from a fraction of the bytes. The lent
+GPU machines receive at most 64 MiB (``training_recipes/common/make_copies.py``).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ On a GPU a training step of the 96^3 cascade costs less than making its pair on 
 (``schedule.data_workers`` processes make them), so the steps per second of a run are those of its
 pair production, which depend on the machine. :func:`pair_rate` measures them and
 :func:`write_sized_config` scales a config's ``schedule.level_steps`` to a number of steps, keeping
-their proportions (``benchmarks/model_v4/gpu_train.py`` does both on a lent GPU machine). The
+their proportions (``training_recipes/common/gpu_train.py`` does both on a lent GPU machine). The
 sized config is what reproduces the run.
 """
 

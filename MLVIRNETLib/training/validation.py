@@ -135,7 +135,7 @@ def validate_by_registration(net: MultilevelNet, cases: list[RegistrationCase]) 
     after, initial = [], []
     for case in cases:
         result = register(case.fixed, case.moving, case.fixed_lungs, None, model=net, device=device,
-                          options=RegistrationOptions(refine_iterations=0))
+                          options=RegistrationOptions(refinement={"iterations": 0}))
         after.append(tre(case.fixed_points, case.moving_points, result.deformation))
         initial.append(tre(case.fixed_points, case.moving_points))
     return {"register_tre_mm": float(np.mean([r.mean for r in after])),

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.deformation import Deformation, compose_all, folding_fraction, jacobian_determinant
 from MLVIRNETLib.core.geometry import ImageGrid

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import rotation_matrix
+from helpers import rotation_matrix
 
 from MLVIRNETLib.core.deformation import Deformation
 from MLVIRNETLib.core.devices import resolve_device, synchronize
@@ -24,7 +24,7 @@ from MLVIRNETLib.networks.cascade import MultilevelNet
 from MLVIRNETLib.preprocessing.pair import PreprocessOptions, normalize_ct, preprocess_pair
 from MLVIRNETLib.registration.affine import _AffineModel, _downsample, _Level, _loss
 from MLVIRNETLib.registration.refine import RefineOptions, refine
-from MLVIRNETLib.registration.warp import _full_field
+from MLVIRNETLib.registration.warp import full_field
 from MLVIRNETLib.simulation.breathing import rigid_matrix
 from MLVIRNETLib.training.config import TrainConfig, config_from_dict
 from MLVIRNETLib.training.pairs import TrainingPair
@@ -104,7 +104,7 @@ def test_deformation_operations_stay_on_the_device() -> None:
     assert phi.on_grid(g).displacement.shape == (1, 3, *g.shape_zyx)
     assert phi.folding_fraction().device == META
     assert phi.map_points(torch.zeros(5, 3, device=META)).device == META
-    full = _full_field(phi, _affine(g), g, slab_voxels=1000, device=META)  # several slabs
+    full = full_field(phi, _affine(g), g, slab_voxels=1000, device=META)  # several slabs
     assert full.displacement.device == META and full.grid == g
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.geometry import (
     ImageGrid,
@@ -325,7 +325,7 @@ def test_order_helpers_types_copies_and_errors() -> None:
 
 def test_normalized_to_index_inverts_the_normalised_coordinates() -> None:
     """On an oblique, anisotropic grid with a non-zero origin: index -> world -> normalised -> index."""
-    from conftest import oblique_grid
+    from helpers import oblique_grid
 
     from MLVIRNETLib.core.geometry import normalized_to_index
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.sampling import resample_to_grid, to_batch_tensor
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import oblique_grid, rotation_matrix
+from helpers import oblique_grid, rotation_matrix
 
 from MLVIRNETLib.core.geometry import apply_affine
 from MLVIRNETLib.core.sampling import sample, sample_on_grid

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.deformation import Deformation
 from MLVIRNETLib.evaluation.metrics import TREResult, dice, jacobian_stats, snap_to_voxel, tre

@@ -10,7 +10,7 @@ import SimpleITK as sitk
 import torch
 
 pytest.importorskip("matplotlib", reason="plots need the optional matplotlib (pip install mlvirnet[report])")
-from conftest import oblique_grid  # noqa: E402
+from helpers import oblique_grid  # noqa: E402
 from matplotlib.image import imread  # noqa: E402
 
 from MLVIRNETLib.core.geometry import ImageGrid  # noqa: E402

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.geometry import lps_to_ras
 from MLVIRNETLib.io.dirlab import dirlab_grid

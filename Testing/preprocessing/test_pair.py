@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.filters import antialias_sigma, box_downsample, gaussian_smooth, resample_antialiased
 from MLVIRNETLib.core.geometry import ImageGrid

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_grid, rotation_matrix
+from helpers import oblique_grid, rotation_matrix
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.core.progress import Progress, RegistrationCancelled

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.losses import LossWeights
 from MLVIRNETLib.registration import refine as refine_module

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import bundled_ct_3mm
+from helpers import bundled_ct_3mm
 
 from MLVIRNETLib.core.progress import Progress, RegistrationCancelled
 from MLVIRNETLib.evaluation.metrics import tre
@@ -57,8 +57,12 @@ def test_what_fits_worse_than_no_motion_gives_way(breathing_pair_3mm, fallback: 
                                                    head_scale: float, said: tuple[str, ...]) -> None:
     fixed = breathing_pair_3mm[0]
     reports: list[str] = []
-    options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=0, network_both_ways_fallback=fallback,
-                                  network_symmetric=symmetric)
+    options = RegistrationOptions(grid={"size": (32, 32, 32)}, refinement={"iterations": 0},
+                                  network={"both_ways_fallback": fallback})
+    if symmetric:
+        with pytest.warns(DeprecationWarning, match="network_symmetric"):  # experimental: no preset uses it
+            options = RegistrationOptions(grid={"size": (32, 32, 32)}, refinement={"iterations": 0},
+                                          network={"both_ways_fallback": fallback}, network_symmetric=True)
     result = register(fixed, fixed, model=_random_net(head_scale), device="cpu", options=options,
                       progress=Progress(lambda f, m: reports.append(m), min_interval_s=0.0))
     assert not said or any(text in m for m in result.messages for text in said), result.messages
@@ -81,12 +85,12 @@ def test_cancel_inside_the_second_pass_stops_it(breathing_pair_3mm) -> None:
 
     with pytest.raises(RegistrationCancelled):
         register(fixed, fixed, model=_random_net(), device="cpu",
-                 options=RegistrationOptions(network_size=(32, 32, 32), refine_iterations=0),
+                 options=RegistrationOptions(grid={"size": (32, 32, 32)}, refinement={"iterations": 0}),
                  progress=Progress(on_report, lambda: stop["now"], min_interval_s=0.0))
     assert stop["inside"] == 2
 
 
 def test_the_fallback_option_is_checked() -> None:
-    with pytest.raises(ValueError, match="network_both_ways_fallback must be true or false, got 'yes'"):
-        RegistrationOptions(network_both_ways_fallback="yes")
-    assert RegistrationOptions().network_both_ways_fallback is True
+    with pytest.raises(ValueError, match="network.both_ways_fallback must be true or false, got 'yes'"):
+        RegistrationOptions(network={"both_ways_fallback": "yes"})
+    assert RegistrationOptions().network.both_ways_fallback is True

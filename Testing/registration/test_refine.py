@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import rotation_matrix
+from helpers import rotation_matrix
 
 from MLVIRNETLib.core.deformation import Deformation
 from MLVIRNETLib.core.geometry import ImageGrid

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import rotation_matrix
+from helpers import rotation_matrix
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.core.progress import Progress
@@ -167,22 +167,23 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
     assert torch.isfinite(result.deformation.displacement).all()
     assert len(result.level_deformations) == 2 and result.timings["network"] > 0
     bf16 = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu",
-                    options=RegistrationOptions(affine=False, refine_iterations=0, network_size=(32, 32, 32), use_bf16=True))
+                    options=RegistrationOptions(affine=None, refinement={"iterations": 0}, grid={"size": (32, 32, 32)},
+                                                network={"precision": "auto-bfloat16"}))
     diff = (bf16.deformation.displacement - result.deformation.displacement).abs().max()
     assert float(diff) < 0.05 + 0.05 * float(result.deformation.displacement.abs().max())
     if not cpu_bf16_supported():  # emulated bf16 is far slower: the option is ignored, and said so
-        assert any("use_bf16 ignored" in m for m in bf16.messages)
+        assert any("precision auto-bfloat16: this CPU has no native bf16 support" in m for m in bf16.messages)
         assert float(diff) == 0.0
     # a forced precision runs even where it is emulated (how fp16 AMP accuracy is measured on a CPU)
     scale = float(result.deformation.displacement.abs().max())
     for precision in ("float16", "bfloat16"):
         forced = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu",
-                          options=RegistrationOptions(affine=False, refine_iterations=0, network_size=(32, 32, 32),
-                                                      network_precision=precision))
+                          options=RegistrationOptions(affine=None, refinement={"iterations": 0},
+                                                      grid={"size": (32, 32, 32)}, network={"precision": precision}))
         diff = float((forced.deformation.displacement - result.deformation.displacement).abs().max())
         assert 0.0 < diff < 0.05 + 0.05 * scale, (precision, diff, scale)
-    with pytest.raises(ValueError, match="network_precision"):
-        RegistrationOptions(network_precision="half")
+    with pytest.raises(ValueError, match="network.precision must be one of"):
+        RegistrationOptions(network={"precision": "half"})
 
     from MLVIRNETLib.networks.model_files import save_model
 
@@ -268,34 +269,36 @@ def test_bad_inputs_raise_one_clear_error(case) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA GPU"):
             register(case.fixed, case.fixed, model=None, device="cuda")
-    with pytest.raises(ValueError, match="network_size"):
-        RegistrationOptions(network_size=(2, 2, 2))
+    with pytest.raises(ValueError, match=r"grid.size \(2, 2, 2\) is too small: at least 4 voxels per axis"):
+        RegistrationOptions(grid={"size": (2, 2, 2)})
 
 
 def test_options_are_checked_before_any_work(case) -> None:
     with pytest.raises(TypeError, match="options must be a RegistrationOptions .* got list"):
-        register(case.fixed, case.fixed, model=None, options=[("affine", False)])
-    with pytest.raises(ValueError, match=r"unknown options key\(s\) \['network_sizes'\]; valid keys are \['network"):
+        register(case.fixed, case.fixed, model=None, options=[("affine", None)])
+    with pytest.raises(ValueError, match=r"unknown options key\(s\) \['network_sizes'\]; valid keys are \['grid"):
         register(case.fixed, case.fixed, model=None, options={"network_sizes": (32, 32, 32)})
-    too_small = r"network_size \(4, 4, 4\) is too small for refinement.*at least 12 per axis"
+    too_small = r"grid.size \(4, 4, 4\) is too small for refinement.*at least 12 per axis"
     with pytest.raises(ValueError, match=too_small):
-        RegistrationOptions(network_size=(4, 4, 4))
+        RegistrationOptions(grid={"size": (4, 4, 4)})
     with pytest.raises(ValueError, match=too_small):
-        register(case.fixed, case.fixed, model=None, options={"network_size": (4, 4, 4)})
+        register(case.fixed, case.fixed, model=None, options={"grid": {"size": (4, 4, 4)}})
     changed = RegistrationOptions()
-    changed.network_size = (4, 4, 4)  # as the CLI sets it: checked again by register()
+    changed.grid.size = (4, 4, 4)  # changed after it was made: checked again by register()
     with pytest.raises(ValueError, match=too_small):
         register(case.fixed, case.fixed, model=None, options=changed)
-    with pytest.raises(ValueError, match=r"network_size \(1024, 1024, 1024\) is too large: at most 512"):
-        RegistrationOptions(network_size=(1024, 1024, 1024))
-    with pytest.raises(ValueError, match=r"network_size \(512, 512, 512\) \(134 million voxels\) would need about 37 GB"
+    with pytest.raises(ValueError, match=r"grid.size \(1024, 1024, 1024\) is too large: at most 512"):
+        RegistrationOptions(grid={"size": (1024, 1024, 1024)})
+    with pytest.raises(ValueError, match=r"grid.size \(512, 512, 512\) \(134 million voxels\) would need about 37 GB"
                                          r" for preprocessing and refinement \(limit 16 GB\)"):
-        RegistrationOptions(network_size=(512, 512, 512), refine_levels=(4, 2, 1), refine_iterations=(1, 1, 1))
-    with pytest.raises(ValueError, match="network_size must be 3 integers"):
-        RegistrationOptions(network_size=160)
-    with pytest.raises(ValueError, match=r"unknown affine_options key\(s\) \['level'\]"):
-        RegistrationOptions(affine_options={"level": 3})
-    assert RegistrationOptions.from_dict({"affine_options": {"levels_mm": (6.0,)}}).affine_options.levels_mm == (6.0,)
+        RegistrationOptions(grid={"size": (512, 512, 512)},
+                            refinement={"level_factors": (4, 2, 1), "iterations": (1, 1, 1)})
+    with pytest.raises(ValueError, match="grid.size must be 3 integers"):
+        RegistrationOptions(grid={"size": 160})
+    with pytest.raises(ValueError, match=r"unknown affine option key\(s\) \['level'\]"):
+        RegistrationOptions(affine={"level": 3})
+    assert RegistrationOptions.from_dict({"affine": {"levels_mm": (6.0,)}}).affine.levels_mm == (6.0,)
+    assert RegistrationOptions.from_dict({"affine": None}).affine is None
 
 
 def test_a_mask_of_minus_one_names_its_values(case) -> None:

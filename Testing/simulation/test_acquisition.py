@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.simulation.acquisition import AcquisitionOptions, simulate_acquisition

@@ -6,7 +6,7 @@ import json
 
 import pytest
 import SimpleITK as sitk
-from conftest import bundled_ct_3mm
+from helpers import bundled_ct_3mm
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.core.progress import RegistrationCancelled

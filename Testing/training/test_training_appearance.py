@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import rotation_matrix
+from helpers import rotation_matrix
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.preprocessing.pair import AIR_HU

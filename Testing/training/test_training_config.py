@@ -130,9 +130,7 @@ def test_missing_and_non_yaml_files(tmp_path):
         load_config(bad)
 
 
-def test_the_shipped_config_loads():
-    from MLVIRNETLib.paths import resource_path
-
-    cfg = load_config(resource_path("Models", "mlvirnet_default.yaml"))
+def test_the_shipped_models_recipe_loads():
+    cfg = load_config(Path(__file__).resolve().parents[2] / "training_recipes" / "model_v6" / "config.yaml")
     assert isinstance(cfg, TrainConfig)
     assert cfg.network.levels == 3 and cfg.schedule.warm_start

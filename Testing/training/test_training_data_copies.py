@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import oblique_grid
+from helpers import oblique_grid
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.training.data_copies import coarser_copy, coarser_grid

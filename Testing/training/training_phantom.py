@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 import torch
-from conftest import rotation_matrix
+from helpers import rotation_matrix
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.simulation.phantoms import synthetic_chest_ct
