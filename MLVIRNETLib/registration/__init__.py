@@ -1,7 +1,8 @@
 """The registration pipeline: affine pre-alignment, network inference, variational refinement.
 
 Holds:
-    options   :class:`RegistrationOptions`, :class:`RegistrationResult` and the input checks.
+    options   :class:`RegistrationOptions` and the input checks.
+    quality   the quality check of a result and :class:`RegistrationResult` (with that check).
     presets   the named settings ``fast``, ``standard`` and ``accurate``.
     pipeline  :func:`register`, one function per stage.
     affine    the affine pre-alignment.
@@ -14,8 +15,9 @@ May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.pr
 """
 
 from ..core.progress import RegistrationCancelled
-from .options import NETWORK_PRECISIONS, RegistrationOptions, RegistrationResult, validate_pair
+from .options import NETWORK_PRECISIONS, RegistrationOptions, validate_pair
 from .pipeline import cpu_bf16_supported, register
+from .quality import QualityCheck, RegistrationResult
 from .presets import DEFAULT_PRESET, PRESETS, preset_options
 from .warp import warp_image
 
@@ -23,6 +25,7 @@ __all__ = [
     "DEFAULT_PRESET",
     "NETWORK_PRECISIONS",
     "PRESETS",
+    "QualityCheck",
     "RegistrationCancelled",
     "RegistrationOptions",
     "RegistrationResult",
