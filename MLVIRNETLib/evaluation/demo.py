@@ -60,6 +60,7 @@ class DemoConfig:
     model: str | Path | None = "default"
     device: str = "auto"
     refine_iterations: int | None = None
+    preset: str | None = None
 
 
 @dataclass
@@ -145,6 +146,10 @@ def run_demo(output_dir: PathLike, config: DemoConfig | None = None, progress: P
     synth_time = time.perf_counter() - t0
 
     options = RegistrationOptions()
+    if config.preset is not None:
+        from ..registration.presets import preset_options
+
+        options = preset_options(config.preset)
     if config.refine_iterations is not None:
         options.refine_iterations = int(config.refine_iterations)
     result = register(fixed, moving, lungs, None, model=config.model, device=config.device, options=options,

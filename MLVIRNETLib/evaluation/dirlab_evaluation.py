@@ -54,16 +54,19 @@ class DirlabRegistrationSettings:
     Attributes:
         model: model file, ``"default"`` (the shipped model) or ``None`` (refinement only).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        network_size: network grid ``N`` (``N^3``); ``None`` = the registration default.
+        network_size: network grid ``N`` (``N^3``) or ``(NX, NY, NZ)``; ``None`` = the registration default.
         refine_iterations: refinement iterations per level; ``None`` = the registration default.
+        preset: a preset name (``fast``, ``standard``, ``accurate``) the other settings override;
+            ``None`` = the default options.
         affine: run the affine pre-alignment.
         save_fields: existing folder where each case's field is written as ``<case slug>.nii.gz``.
     """
 
     model: str | Path | None = "default"
     device: str = "auto"
-    network_size: int | None = None
+    network_size: int | tuple[int, int, int] | None = None
     refine_iterations: int | None = None
+    preset: str | None = None
     affine: bool = True
     save_fields: Path | None = None
 
@@ -206,12 +209,18 @@ def register_case(
     fixed, moving = (read_dirlab_image(getattr(found, f"{ph}_image"), c) for ph in phases)
     overrides: dict[str, Any] = {}
     if settings.network_size is not None:
-        overrides["network_size"] = (settings.network_size,) * 3
+        size = settings.network_size
+        overrides["network_size"] = (size,) * 3 if isinstance(size, int) else tuple(size)
     if settings.refine_iterations is not None:
         overrides["refine_iterations"] = settings.refine_iterations
     if not settings.affine:
         overrides["affine"] = False
-    options = RegistrationOptions(**overrides)
+    if settings.preset is not None:
+        from ..registration.presets import preset_options
+
+        options = preset_options(settings.preset, **overrides)
+    else:
+        options = RegistrationOptions(**overrides)
     result = register(fixed, moving, model=settings.model, device=settings.device, options=options)
     details = {
         "fixed_image": str(getattr(found, f"{phases[0]}_image")),

@@ -197,8 +197,8 @@ def pair_landmarks(fixed: LandmarkTable, moving: LandmarkTable, fixed_name: str 
     else:
         if len(fixed.points) != len(moving.points):
             raise ValueError(
-                f"landmark counts differ ({len(fixed.points)} in {fixed_name}, {len(moving.points)} in "
-                f"{moving_name}) and the files carry no common labels to pair them by"
+                f"landmark counts differ: {len(fixed.points)} fixed vs {len(moving.points)} moving ({fixed_name}, "
+                f"{moving_name}), and the files carry no common labels to pair them by"
             )
         keep = ~(fixed.missing | moving.missing)
         fi = mi = list(np.flatnonzero(keep))
