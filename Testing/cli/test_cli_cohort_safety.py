@@ -149,7 +149,7 @@ def _tmpfs(path: Path, size: str) -> bool:
 
 def test_a_full_disk_stops_the_batch_and_register_keeps_all_outputs_as_before(cohort, tmp_path) -> None:
     disk = tmp_path / "disk"
-    if not _tmpfs(disk, "400k"):
+    if not _tmpfs(disk, "200k"):
         pytest.skip("mounting a small tmpfs needs root")
     try:
         r = _cli("batch", str(cohort), "-o", str(disk / "out"), *FAST, "--quiet")
