@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from . import CLIError
+from .register import add_model_and_device_arguments, add_preset_argument
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -33,11 +34,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--peak-mm", type=float, default=20.0, help="peak breathing displacement in mm (default 20)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic deformation and noise")
     p.add_argument("--landmarks", type=int, default=100, help="number of evaluation landmarks (default 100)")
-    p.add_argument("--model", default="default", metavar="PATH",
-                   help="model file, 'default' (shipped model) or 'none' (refinement only)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    add_preset_argument(p)
+    add_model_and_device_arguments(p)
     p.add_argument("--refine", type=int, default=None, metavar="N",
-                   help="refinement iterations per level (0 = network only; default: library default)")
+                   help="refinement iterations per level (0 = network only; default: those of the preset)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON object on stdout")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
@@ -61,6 +61,7 @@ def run(args) -> int:
         model=None if args.model == "none" else args.model,
         device=args.device,
         refine_iterations=args.refine,
+        preset=args.preset,
     )
     with progress_bar("register", quiet=args.quiet) as progress:
         result = run_demo(args.output, config, progress=progress)

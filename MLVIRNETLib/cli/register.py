@@ -21,6 +21,20 @@ if TYPE_CHECKING:
     from ..registration.options import RegistrationOptions
 
 
+EPILOG = """\
+presets (held-out CTs with 20 / 30 mm synthetic breathing, model v6, 2-core CPU; docs/performance.md):
+  fast      affine + network: TRE 0.69-0.75 / 1.16-1.47 mm, 7.1-8.3 s (512x512x126 CT: 15.5 s)
+  standard  + refinement (150, 60) iterations: TRE 0.317-0.348 / 0.455-0.495 mm, 17.7-22.0 s (28.4 s)
+  accurate  + finer refinement (224 per axis): TRE 0.254-0.266 / 0.323-0.425 mm, 30.0-51.1 s (56.9 s)
+
+prints: 'wrote FIELD' on stdout (one JSON object with --json: outputs, timings, quality, messages);
+notes and the quality warning (lung NCC or Dice below what real pairs reach) on stderr.
+
+exit status: 0 when the field (and --warped) are written, 2 for bad input or a failed write (every
+output is then as before: all are written to temporaries and published together), 130 after Ctrl-C.
+"""
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "register",
@@ -29,6 +43,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
             "Register the MOVING CT to the FIXED CT (affine pre-alignment, mlVIRNET network, variational "
             "refinement) and write the displacement field on the fixed grid (LPS mm, x_moving = x_fixed + u)."
         ),
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("fixed", type=Path, metavar="FIXED", help="fixed CT in HU (file or DICOM folder)")
     p.add_argument("moving", type=Path, metavar="MOVING", help="moving CT in HU (file or DICOM folder)")
@@ -52,30 +68,35 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def add_registration_arguments(p: argparse.ArgumentParser) -> None:
-    """The registration settings shared by ``register`` and ``batch``: --preset, --model, --device,
-    --refine, --no-affine, --symmetric-network, --both-ways-fallback, --network-size (read back with
+    """The registration settings shared by ``register``, ``batch``, ``demo`` and ``evaluate-dirlab``:
+    --preset, --model, --device, --refine, --no-affine, --network-size (read back with
     :func:`registration_settings`)."""
+    add_preset_argument(p)
+    add_model_and_device_arguments(p)
+    p.add_argument("--refine", type=int, default=None, metavar="N",
+                   help="refinement iterations per level (0 = network only; default: those of the preset)")
+    p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
+    p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
+                   help="working grid of preprocessing and refinement (default: follows the lung box and the "
+                        "image, at most 160 per axis; a model runs at its own input size)")
+
+
+def add_preset_argument(p) -> None:
+    """--preset, the same in every sub-command that registers."""
     from ..registration.presets import DEFAULT_PRESET, PRESETS
 
     p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
                    help="speed/accuracy: fast = network only, standard = network + refinement, accurate = network + "
                         f"finer refinement (default {DEFAULT_PRESET}; the options below override it)")
+
+
+def add_model_and_device_arguments(p: argparse.ArgumentParser) -> None:
+    """--model and --device, spelled the same in every sub-command that registers."""
     p.add_argument("--model", default="default", metavar="PATH",
-                   help="model file, 'default' (the shipped model) or 'none' (refinement only); default: default")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="compute device (default auto)")
-    p.add_argument("--refine", type=int, default=None, metavar="N",
-                   help="refinement iterations per level (0 = network only; default: the library default)")
-    p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
-    p.add_argument("--symmetric-network", action=argparse.BooleanOptionalAction, default=None,
-                   help="run the network both ways and average (about 1.8x the network's time; no motion gives "
-                        "almost no displacement; default: off in every preset)")
-    p.add_argument("--both-ways-fallback", action=argparse.BooleanOptionalAction, default=None,
-                   help="network alone, one way: where its result fits worse than no motion, run it again with the "
-                        "images swapped and average the two directions (small motions; one more network pass on "
-                        "those pairs only; default: on)")
-    p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
-                   help="working grid of preprocessing and refinement (default: follows the lung box and the "
-                        "image, at most 160 per axis; a model runs at its own input size)")
+                   help="model file, 'default' (the shipped model, used when the option is left out) or 'none' "
+                        "(refinement only)")
+    p.add_argument("--device", default="auto", metavar="DEVICE",
+                   help="compute device: auto, cpu, cuda or cuda:N (default auto: the first GPU, else the CPU)")
 
 
 def check_registration_arguments(args) -> None:
@@ -102,10 +123,6 @@ def registration_settings(args) -> tuple["RegistrationOptions", str | Path | Non
         values["network_size"] = tuple(args.network_size)
     if args.refine is not None:
         values["refine_iterations"] = int(args.refine)
-    if args.symmetric_network is not None:
-        values["network_symmetric"] = bool(args.symmetric_network)
-    if args.both_ways_fallback is not None:
-        values["network_both_ways_fallback"] = bool(args.both_ways_fallback)
     options = preset_options(args.preset, **values)  # validates the combination (ValueError)
     model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
     return options, model
@@ -124,6 +141,7 @@ def _check_inputs(args) -> None:
 def run(args) -> int:
     import SimpleITK as sitk
 
+    from ..io.atomic import atomic_outputs
     from ..io.fields import IMAGE_SUFFIXES, field_format, write_field
     from ..io.images import read_image, write_image
     from ..registration.pipeline import register
@@ -144,7 +162,6 @@ def run(args) -> int:
             raise CLIError("--warped and -o name the same file")
 
     from ..core.devices import resolve_device
-
     resolve_device(args.device)  # a CUDA request without a GPU fails here, before reading anything
     options, model = registration_settings(args)
 
@@ -156,13 +173,13 @@ def run(args) -> int:
     with progress_bar("register", quiet=args.quiet) as progress:
         result = register(fixed, moving, fixed_mask, moving_mask, model=model, device=args.device,
                           options=options, progress=progress)
-    if args.field_compression is None:
-        write_field(result.deformation, args.output)
-    else:
-        write_field(result.deformation, args.output, compress_level=args.field_compression)
-    if args.warped is not None:
-        pixel_type = sitk.sitkFloat32 if args.warped_float32 else None  # None: MOVING's pixel type
-        write_image(warp_image(moving, result.deformation, padding_value=-1024.0, pixel_type=pixel_type), args.warped)
+    targets = [args.output] + ([args.warped] if args.warped is not None else [])
+    with atomic_outputs(targets) as tmp:  # all new or all as before
+        level = {} if args.field_compression is None else {"compress_level": args.field_compression}
+        write_field(result.deformation, tmp[0], **level)
+        if args.warped is not None:
+            pixel_type = sitk.sitkFloat32 if args.warped_float32 else None  # None: MOVING's pixel type
+            write_image(warp_image(moving, result.deformation, padding_value=-1024.0, pixel_type=pixel_type), tmp[1])
     for msg in result.messages:
         print(f"mlvirnet register: {msg}", file=sys.stderr)
     if args.json:
@@ -174,6 +191,7 @@ def run(args) -> int:
             "model_used": result.model_used,
             "affine": result.affine.tolist() if result.affine is not None else None,
             "network_grid": list(result.network_grid.size) if result.network_grid is not None else None,
+            "quality": result.quality.to_dict() if result.quality is not None else None,
             "messages": result.messages,
         }
         print(json.dumps(info))

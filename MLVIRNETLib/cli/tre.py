@@ -13,7 +13,7 @@ from ..evaluation.metrics import tre
 from ..io.dirlab import dirlab_grid
 from ..io.fields import read_field
 from ..io.images import read_image_grid
-from ..io.landmarks import landmark_format, read_landmarks
+from ..io.landmarks import landmark_format, read_landmark_pairs
 from . import CLIError
 
 
@@ -70,14 +70,16 @@ def run(args) -> int:
             )
     if args.snap_to_voxel and moving_grid is None:
         raise CLIError("--snap-to-voxel needs the moving grid: give --dirlab-case or --moving-image")
-    fixed = read_landmarks(args.fixed_landmarks, fixed_grid)
-    moving = read_landmarks(args.moving_landmarks, moving_grid)
+    pairs = read_landmark_pairs(args.fixed_landmarks, args.moving_landmarks, fixed_grid, moving_grid)
+    fixed, moving = pairs.fixed, pairs.moving
     fields = args.field[0] if args.field is not None and len(args.field) == 1 else args.field
     deformation = read_field(fields, dtype=torch.float64) if fields is not None else None
     result = tre(fixed, moving, deformation, snap_grid=moving_grid if args.snap_to_voxel else None)
     kind = "registered" if deformation is not None else "initial"
     if args.json:
         doc = {"kind": kind, **result.to_dict(include_points=args.per_point), "units": "mm", "std_definition": "population"}
+        doc["skipped_landmarks"] = pairs.skipped
+        doc["paired_by"] = "label" if pairs.labels is not None else "position"
         doc["fixed_landmarks"] = str(args.fixed_landmarks)
         doc["moving_landmarks"] = str(args.moving_landmarks)
         doc["field"] = None if fields is None else str(fields) if len(args.field) == 1 else [str(f) for f in fields]
@@ -86,5 +88,7 @@ def run(args) -> int:
         what = f"through {' + '.join(str(f) for f in args.field)}" if deformation is not None else "initial (no field)"
         print(f"TRE {what}, direction fixed -> moving ({args.fixed_landmarks.name} -> {args.moving_landmarks.name})")
         print(f"  n = {result.n} landmarks{', snapped to moving voxels' if result.snapped else ''}")
+        if pairs.note is not None:
+            print(f"  {pairs.note}")
         print(f"  mean {result.mean:.2f} mm, sd {result.std:.2f} mm (population), p95 {result.p95:.2f} mm, max {result.max:.2f} mm")
     return 0

@@ -3,20 +3,21 @@
 The work behind ``mlvirnet batch``.
 
 Manifest
-    A CSV file with a header row. Columns ``id``, ``fixed`` and ``moving`` are required;
-    ``fixed_mask``, ``moving_mask``, ``fixed_landmarks`` and ``moving_landmarks`` are optional (an
-    empty cell means none; landmarks come in pairs). Paths are absolute or relative to the
-    manifest's folder. An ``id`` names the pair's output folder: letters, digits, ``.``, ``_`` and
-    ``-``, not starting with ``.``, unique. :func:`read_manifest` checks the whole manifest before
-    any work and names the line of the first problem.
+    See :mod:`MLVIRNETLib.evaluation.manifest`: :func:`read_manifest` checks the whole manifest
+    before any work and names the line of the first problem. No output may replace an input of the
+    run (the manifest included); :func:`run_cohort` refuses that before any work.
 
 Outputs (``OUTDIR``)
     ``<id>/field.nii.gz``
         the deformation field (fixed -> moving, LPS mm, on the fixed grid), as ``mlvirnet register``.
     ``<id>/result.json``
-        timings, folding and, with landmarks, the TRE before and after; written last, so a pair is
-        *done* exactly when its ``result.json`` exists. A pair killed half-way is not done and is
-        registered again by the next run; a done pair is never registered again.
+        the inputs (absolute and manifest paths, size, modification time), the settings, timings,
+        folding, the quality check and, with landmarks, the TRE before and after; written last. A
+        pair is *done* when its ``result.json`` parses, matches the current inputs and settings and
+        its outputs exist (:mod:`MLVIRNETLib.evaluation.pair_state`); otherwise it is registered
+        again, and the run says why. A pair killed half-way is not done.
+    ``<id>/`` itself is locked (``flock``) while a run works on the pair: two runs on one folder
+        never register a pair twice, and a killed run's lock is released by the kernel.
     ``<id>/error.txt``
         why the pair failed (first line: the error; then the traceback). The run goes on with the
         next pair; a later run tries the pair again and removes the file when it succeeds.
@@ -31,16 +32,18 @@ Shards
     ``i, i + n, i + 2n, ...`` (1-based, manifest order), so ``n`` array jobs (Slurm
     ``--array=1-n`` with ``$SLURM_ARRAY_TASK_ID``, SGE ``-t 1-n`` with ``$SGE_TASK_ID``) cover every
     pair exactly once. Shards write to disjoint pair folders; every file is written atomically.
+
+A full disk (or quota, or file size limit) stops the run at once with an ``OSError``: every later
+pair would fail to write as well.
 """
 
 from __future__ import annotations
 
-import csv
+import errno
 import json
 import math
 import os
 import re
-import shutil
 import tempfile
 import time
 import traceback
@@ -54,126 +57,29 @@ from ..core.devices import resolve_device
 from ..core.progress import CancelFn, Progress, ProgressFn, RegistrationCancelled
 from ..io.fields import write_field
 from ..io.images import read_image
-from ..io.landmarks import landmark_format, read_landmarks
+from ..io.atomic import remove_stale_temporaries
+from ..io.integrity import IncompleteWriteError
+from ..io.landmarks import read_landmark_pairs
 from ..registration.options import RegistrationOptions
+from .manifest import (  # noqa: F401 - the manifest's names stay importable from here
+    BOXPLOT_NAME, OPTIONAL_COLUMNS, REQUIRED_COLUMNS, SUMMARY_CSV, SUMMARY_JSON, CohortPair, read_manifest)
 from .metrics import TREResult, tre
+from .pair_state import PairLock, file_stamp, pair_status, settings_record
 from .reports import write_csv, write_json, write_text
 
 PathLike = str | os.PathLike
+__all__ = ["BOXPLOT_NAME", "OPTIONAL_COLUMNS", "REQUIRED_COLUMNS", "SUMMARY_CSV", "SUMMARY_JSON", "CohortConfig",
+           "CohortPair", "CohortResult", "PairOutcome", "Shard", "read_manifest", "register_pair", "run_cohort",
+           "summary_rows", "write_summary"]
 
-REQUIRED_COLUMNS = ("id", "fixed", "moving")
-OPTIONAL_COLUMNS = ("fixed_mask", "moving_mask", "fixed_landmarks", "moving_landmarks")
 FIELD_NAME = "field.nii.gz"
 RESULT_NAME = "result.json"
 ERROR_NAME = "error.txt"
-SUMMARY_CSV = "summary.csv"
-SUMMARY_JSON = "summary.json"
-BOXPLOT_NAME = "tre_boxplot.png"
 SUMMARY_COLUMNS = (
     "id", "status", "seconds", "landmarks", "tre_before_mean", "tre_before_p95", "tre_after_mean", "tre_after_p95",
-    "folding_percent", "error",
+    "folding_percent", "quality_ncc", "quality_ok", "error",
 )
 """Columns of ``summary.csv`` (TRE in mm; empty where a pair has no landmarks or is not done)."""
-_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$")
-
-
-@dataclass(frozen=True)
-class CohortPair:
-    """One row of the manifest, paths resolved; ``line`` is its line in the manifest file."""
-
-    id: str
-    fixed: Path
-    moving: Path
-    fixed_mask: Path | None = None
-    moving_mask: Path | None = None
-    fixed_landmarks: Path | None = None
-    moving_landmarks: Path | None = None
-    line: int = 0
-
-    @property
-    def has_landmarks(self) -> bool:
-        return self.fixed_landmarks is not None and self.moving_landmarks is not None
-
-    def inputs(self) -> dict[str, Path]:
-        """Column name -> path of every input the row names."""
-        names = REQUIRED_COLUMNS[1:] + OPTIONAL_COLUMNS
-        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
-
-
-def read_manifest(path: PathLike) -> list[CohortPair]:
-    """Read and check a cohort manifest (module docstring) -> its pairs in file order.
-
-    Raises:
-        FileNotFoundError: the manifest does not exist.
-        ValueError: one message naming the manifest and the line of the first problem: a missing or
-            unknown column, a row with too many or too few cells, an empty, unsafe or repeated id,
-            a missing required path, an input that does not exist, one landmark file without the
-            other, a landmark file of unknown format, or no rows at all.
-    """
-    manifest = Path(path)
-    if not manifest.is_file():
-        raise FileNotFoundError(f"manifest not found: {manifest}")
-    try:
-        text = manifest.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError:
-        raise ValueError(f"manifest {manifest} is not a UTF-8 text file") from None
-    reader = csv.DictReader(text.splitlines())
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-    unknown = [c for c in columns if c not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS]
-    if missing or unknown:
-        problem = f"missing column(s) {missing}" if missing else f"unknown column(s) {unknown}"
-        raise ValueError(f"manifest {manifest}, line 1: {problem}; the columns are {list(REQUIRED_COLUMNS)} and "
-                         f"optionally {list(OPTIONAL_COLUMNS)}")
-    reader.fieldnames = columns
-    pairs: list[CohortPair] = []
-    seen: dict[str, int] = {}
-    for row in reader:
-        pair = _pair_of_row(row, reader.line_num, manifest, seen)
-        seen[pair.id] = pair.line
-        pairs.append(pair)
-    if not pairs:
-        raise ValueError(f"manifest {manifest} lists no pairs (a header row and one row per pair are needed)")
-    return pairs
-
-
-def _pair_of_row(row: dict, line: int, manifest: Path, seen: dict[str, int]) -> CohortPair:
-    pair_id = (row.get("id") or "").strip()
-
-    def fail(problem: str) -> ValueError:
-        where = f"manifest {manifest}, line {line}" + (f" (id {pair_id!r})" if pair_id else "")
-        return ValueError(f"{where}: {problem}")
-
-    if None in row or any(v is None for v in row.values()):
-        raise fail(f"expected {len(row) - (None in row)} cells, as in the header")
-    if not pair_id:
-        raise fail("empty id")
-    if not _ID.match(pair_id) or pair_id in (".", ".."):
-        raise fail("an id may hold only letters, digits, '.', '_' and '-' and must not start with '.'")
-    if pair_id in seen:
-        raise fail(f"id {pair_id!r} repeats line {seen[pair_id]}")
-    paths: dict[str, Path | None] = {}
-    for name in REQUIRED_COLUMNS[1:] + OPTIONAL_COLUMNS:
-        cell = (row.get(name) or "").strip()
-        if not cell:
-            if name in REQUIRED_COLUMNS:
-                raise fail(f"no {name} image")
-            paths[name] = None
-            continue
-        p = Path(cell).expanduser()
-        p = p if p.is_absolute() else manifest.parent / p
-        if not p.exists():
-            raise fail(f"{name} not found: {p}")
-        paths[name] = p
-    if (paths["fixed_landmarks"] is None) != (paths["moving_landmarks"] is None):
-        raise fail("give both fixed_landmarks and moving_landmarks, or neither")
-    for name in ("fixed_landmarks", "moving_landmarks"):
-        if paths[name] is not None:
-            try:
-                landmark_format(paths[name])
-            except ValueError as exc:
-                raise fail(str(exc)) from None
-    return CohortPair(id=pair_id, line=line, **paths)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)
@@ -232,6 +138,7 @@ class PairOutcome:
     status: str
     seconds: float = 0.0
     error: str | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -259,16 +166,35 @@ class CohortResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
+def _same(a: Path, b: Path) -> bool:
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
+
+
 def _check_output_dir(pairs: list[CohortPair], out: Path) -> None:
-    """Refuse an output folder that is a file, unwritable, or where an output would replace an input."""
+    """Refuse, before any work, an output folder that is a file or unwritable, a pair id that names a
+    file there, and any output that would replace an input of the run (the manifest included)."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a folder")
+    inputs = [("manifest", m) for m in {p.manifest for p in pairs if p.manifest is not None}]
+    inputs += [(f"pair {p.id!r} {name}", src) for p in pairs for name, src in p.inputs().items()]
+    for name in (SUMMARY_CSV, SUMMARY_JSON, BOXPLOT_NAME):
+        for label, src in inputs:
+            if _same(out / name, src):
+                raise ValueError(f"the {label} {src} is where the output {name} goes; refusing to overwrite an "
+                                 "input: choose another output folder")
     for pair in pairs:
-        targets = [out / pair.id / n for n in (FIELD_NAME, RESULT_NAME, ERROR_NAME)]
-        targets += [out / n for n in (SUMMARY_CSV, SUMMARY_JSON, BOXPLOT_NAME)]
-        for name, src in pair.inputs().items():
-            if any(t.resolve() == src.resolve() for t in targets):
-                raise ValueError(f"pair {pair.id!r}: the {name} input {src} is where an output goes; "
+        folder = out / pair.id
+        if folder.exists() and not folder.is_dir():
+            raise ValueError(f"pair {pair.id!r}: {folder} exists and is not a folder; its outputs go in a folder "
+                             "of that name (rename the file or the id)")
+        for label, src in inputs:
+            if src.resolve() == folder.resolve() or folder.resolve() in src.resolve().parents:
+                raise ValueError(f"the {label} {src} lies in the output folder of pair {pair.id!r}, where an output goes; "
                                  "choose another output folder")
     out.mkdir(parents=True, exist_ok=True)
     try:
@@ -279,6 +205,25 @@ def _check_output_dir(pairs: list[CohortPair], out: Path) -> None:
     os.unlink(probe)
 
 
+def _stamps(pair: CohortPair) -> dict[str, dict[str, Any]]:
+    """Column -> :func:`file_stamp` of every input of ``pair``, with the path as the manifest wrote it."""
+    out = {}
+    for name, path in pair.inputs().items():
+        stamp = file_stamp(path)
+        if pair.cells is not None and name in pair.cells:
+            stamp["manifest_path"] = pair.cells[name]
+        out[name] = stamp
+    return out
+
+
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """True for a full disk, quota or file size limit (the writes of every later pair would fail too)."""
+    return isinstance(exc, IncompleteWriteError) or (isinstance(exc, OSError) and exc.errno in _DISK_FULL)
+
+
 def run_cohort(
     pairs: list[CohortPair],
     output_dir: PathLike,
@@ -287,6 +232,9 @@ def run_cohort(
     cancel: CancelFn | None = None,
 ) -> CohortResult:
     """Register the pairs of ``config.shard`` that are not done yet, then write the cohort summary.
+
+    A pair another run is working on (its lock is held) is put off until the others are done; then
+    this run waits for the lock and registers the pair unless the other run finished it.
 
     Args:
         pairs: the manifest's pairs (:func:`read_manifest`), all of them (the shard is chosen here).
@@ -302,6 +250,7 @@ def run_cohort(
     Raises:
         ValueError: a bad output folder, an input where an output goes, an unusable device.
         FileNotFoundError: a model file that does not exist.
+        OSError: the disk is full (or a quota or file size limit is reached): the run stops at once.
         RegistrationCancelled: ``cancel()`` returned True (the pair in progress is not done).
     """
     config = config if config is not None else CohortConfig()
@@ -310,37 +259,57 @@ def run_cohort(
     if isinstance(config.model, (str, Path)) and str(config.model) != "default" and not Path(config.model).is_file():
         raise FileNotFoundError(f"model file not found: {config.model}")
     _check_output_dir(pairs, out)
+    settings = settings_record(config.options, config.model)
     mine = config.shard.select(pairs)
     outer = Progress(progress, cancel)
-    outcomes: list[PairOutcome] = []
-    for k, pair in enumerate(mine):
+    outcomes: dict[str, PairOutcome] = {}
+    queue = [(pair, False) for pair in mine]
+    while queue:
+        pair, wait = queue.pop(0)
+        k = mine.index(pair)
         label = f"{k + 1}/{len(mine)} {pair.id}"
         outer.stage(k / len(mine), 1.0 / len(mine), f"{label}: starting")
         pair_dir = out / pair.id
-        if (pair_dir / RESULT_NAME).is_file():
-            outcomes.append(PairOutcome(pair.id, "skipped"))
-            outer(1.0, f"{label}: done before")
-            continue
-        outcomes.append(_run_pair(pair, pair_dir, config, lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel))
-        outer(1.0, f"{label}: {outcomes[-1].status}")
+        pair_dir.mkdir(exist_ok=True)
+        with PairLock(pair_dir, wait=wait) as locked:
+            if not locked:
+                outer(0.0, f"{label}: another run is registering it; coming back to it at the end")
+                queue.append((pair, True))
+                continue
+            done, why = pair_status(pair_dir / RESULT_NAME, _stamps(pair), settings)
+            if done:
+                outcomes[pair.id] = PairOutcome(pair.id, "skipped")
+                outer(1.0, f"{label}: done before")
+                continue
+            if why is not None:
+                outer(0.0, f"{label}: {why}", force=True)
+            outcome = _run_pair(pair, pair_dir, config, settings, lambda f, m, lab=label: outer(f, f"{lab}: {m}"),
+                                cancel)
+            outcome.note = why
+            outcomes[pair.id] = outcome
+            outer(1.0, f"{label}: {outcome.status}")
     rows = summary_rows(pairs, out)
     outputs, note = write_summary(rows, pairs, out)
-    return CohortResult(outcomes, rows, outputs, note)
+    return CohortResult([outcomes[p.id] for p in mine], rows, outputs, note)
 
 
-def _run_pair(pair: CohortPair, pair_dir: Path, config: CohortConfig, progress: ProgressFn,
-              cancel: CancelFn | None) -> PairOutcome:
-    """Register one pair and write its field and ``result.json``, or its ``error.txt``."""
+def _run_pair(pair: CohortPair, pair_dir: Path, config: CohortConfig, settings: dict[str, Any],
+              progress: ProgressFn, cancel: CancelFn | None) -> PairOutcome:
+    """Register one pair (its lock held) and write its field and ``result.json``, or its ``error.txt``.
+
+    Raises:
+        OSError: the disk is full: the cohort stops.
+    """
     t0 = time.perf_counter()
-    pair_dir.mkdir(exist_ok=True)
-    for name in (FIELD_NAME, RESULT_NAME, ERROR_NAME):  # temporary folders of writes killed by an earlier run
-        for stale in pair_dir.glob(f".{name}.*.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(pair_dir)  # of killed writers only: a live writer's temporaries stay
+    (pair_dir / RESULT_NAME).unlink(missing_ok=True)  # not done until the new one is written
     try:
-        doc = register_pair(pair, pair_dir, config, progress, cancel)
+        doc = register_pair(pair, pair_dir, config, progress, cancel, settings)
     except RegistrationCancelled:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of one pair is recorded and the cohort goes on
+        if _disk_full(exc):
+            raise
         message = " ".join(f"{type(exc).__name__}: {exc}".split())
         write_text(message + "\n\n" + traceback.format_exc(), pair_dir / ERROR_NAME)
         return PairOutcome(pair.id, "failed", time.perf_counter() - t0, message)
@@ -349,7 +318,7 @@ def _run_pair(pair: CohortPair, pair_dir: Path, config: CohortConfig, progress: 
 
 
 def register_pair(pair: CohortPair, pair_dir: Path, config: CohortConfig, progress: ProgressFn | None = None,
-                  cancel: CancelFn | None = None) -> dict[str, Any]:
+                  cancel: CancelFn | None = None, settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Register one pair; write ``field.nii.gz`` and then ``result.json`` into ``pair_dir``.
 
     Returns:
@@ -361,34 +330,43 @@ def register_pair(pair: CohortPair, pair_dir: Path, config: CohortConfig, progre
     from ..registration.pipeline import register
 
     t0 = time.perf_counter()
+    stamps = _stamps(pair)
     fixed, moving = read_image(pair.fixed), read_image(pair.moving)
     fixed_mask = read_image(pair.fixed_mask) if pair.fixed_mask is not None else None
     moving_mask = read_image(pair.moving_mask) if pair.moving_mask is not None else None
     points = None
+    skipped = None
     if pair.has_landmarks:
         from ..core.geometry import ImageGrid
 
-        points = (read_landmarks(pair.fixed_landmarks, ImageGrid.from_sitk(fixed)),
-                  read_landmarks(pair.moving_landmarks, ImageGrid.from_sitk(moving)))
-        tre(*points)  # unequal counts fail here, before the registration
+        found = read_landmark_pairs(pair.fixed_landmarks, pair.moving_landmarks, ImageGrid.from_sitk(fixed),
+                                    ImageGrid.from_sitk(moving))
+        points, skipped = (found.fixed, found.moving), found.skipped
     result = register(fixed, moving, fixed_mask, moving_mask, model=config.model, device=config.device,
                       options=config.options, progress=progress, cancel=cancel)
     before = after = None
     if points is not None:
         before, after = tre(*points), tre(*points, result.deformation)
     write_field(result.deformation, pair_dir / FIELD_NAME)
+    quality = getattr(result, "quality", None)
     doc: dict[str, Any] = {
         "id": pair.id,
         "status": "done",
         "seconds": time.perf_counter() - t0,
-        "inputs": {k: str(v) for k, v in pair.inputs().items()},
+        "manifest": str(pair.manifest.absolute()) if pair.manifest is not None else None,
+        "inputs": stamps,
+        "settings": settings if settings is not None else settings_record(config.options, config.model),
+        "outputs": [FIELD_NAME],
         "field": FIELD_NAME,
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "folding_percent": 100.0 * result.folding_fraction,
         "model_used": result.model_used,
+        "quality": quality.to_dict() if quality is not None else None,
         "messages": list(result.messages),
+        "landmarks_skipped": skipped,
         "tre_before_mm": _tre_doc(before),
         "tre_after_mm": _tre_doc(after),
+        "pid": os.getpid(),
     }
     write_json(doc, pair_dir / RESULT_NAME)  # last: its presence means "done"
     return doc
@@ -401,25 +379,40 @@ def _tre_doc(result: TREResult | None) -> dict[str, Any] | None:
             "per_point": [float(v) for v in result.per_point]}
 
 
+def _read_result(path: Path) -> dict[str, Any] | None:
+    """The parsed ``result.json`` with the fields the summary needs, or ``None`` when damaged."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        float(doc["seconds"])
+        return doc
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        return None
+
+
 def summary_rows(pairs: list[CohortPair], output_dir: PathLike) -> list[dict[str, Any]]:
-    """One row (:data:`SUMMARY_COLUMNS`) per pair of the manifest, read from its folder in ``output_dir``."""
+    """One row (:data:`SUMMARY_COLUMNS`) per pair of the manifest, read from its folder in ``output_dir``;
+    a damaged ``result.json`` makes its pair ``pending`` with the reason in ``error``."""
     out = Path(output_dir)
     rows = []
     for pair in pairs:
         row: dict[str, Any] = {c: None for c in SUMMARY_COLUMNS}
         row.update(id=pair.id, status="pending")
         result, error = out / pair.id / RESULT_NAME, out / pair.id / ERROR_NAME
-        if result.is_file():
-            doc = json.loads(result.read_text(encoding="utf-8"))
+        doc = _read_result(result) if result.is_file() else None
+        if doc is not None:
             before, after = doc.get("tre_before_mm"), doc.get("tre_after_mm")
+            quality = doc.get("quality") or {}
             row.update(status="done", seconds=round(float(doc["seconds"]), 3),
-                       folding_percent=doc.get("folding_percent"))
+                       folding_percent=doc.get("folding_percent"), quality_ncc=quality.get("ncc"),
+                       quality_ok=quality.get("ok"))
             if before and after:
                 row.update(landmarks=before["n"], tre_before_mean=before["mean"], tre_before_p95=before["p95"],
                            tre_after_mean=after["mean"], tre_after_p95=after["p95"])
         elif error.is_file():
             lines = error.read_text(encoding="utf-8").splitlines()
             row.update(status="failed", error=lines[0] if lines else "failed")
+        elif result.is_file():
+            row.update(error=f"{result} is damaged")
         rows.append(row)
     return rows
 
@@ -437,7 +430,9 @@ def write_summary(rows: list[dict[str, Any]], pairs: list[CohortPair],
     pooled: dict[str, dict[str, Any]] = {}
     per_case: dict[str, dict[str, np.ndarray]] = {}
     for r in done:
-        doc = json.loads((out / r["id"] / RESULT_NAME).read_text(encoding="utf-8"))
+        doc = _read_result(out / r["id"] / RESULT_NAME)
+        if doc is None or not doc.get("tre_before_mm") or not doc.get("tre_after_mm"):
+            continue
         per_case[r["id"]] = {"before": np.asarray(doc["tre_before_mm"]["per_point"]),
                              "after": np.asarray(doc["tre_after_mm"]["per_point"])}
     for when in ("before", "after"):

@@ -60,6 +60,7 @@ class DemoConfig:
     model: str | Path | None = "default"
     device: str = "auto"
     refine_iterations: int | None = None
+    preset: str | None = None
 
 
 @dataclass
@@ -145,7 +146,8 @@ def run_demo(output_dir: PathLike, config: DemoConfig | None = None, progress: P
     synth_time = time.perf_counter() - t0
 
     options = options_for(
-        "standard", refinement={"iterations": None if config.refine_iterations is None else int(config.refine_iterations)}
+        config.preset or "standard",
+        refinement={"iterations": None if config.refine_iterations is None else int(config.refine_iterations)},
     )
     result = register(fixed, moving, lungs, None, model=config.model, device=config.device, options=options,
                       progress=progress)

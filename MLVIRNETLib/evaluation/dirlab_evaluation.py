@@ -54,16 +54,19 @@ class DirlabRegistrationSettings:
     Attributes:
         model: model file, ``"default"`` (the shipped model) or ``None`` (refinement only).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        network_size: network grid ``N`` (``N^3``); ``None`` = the registration default.
+        network_size: network grid ``N`` (``N^3``) or ``(NX, NY, NZ)``; ``None`` = the registration default.
         refine_iterations: refinement iterations per level; ``None`` = the registration default.
+        preset: a preset name (``fast``, ``standard``, ``accurate``) the other settings override;
+            ``None`` = the default options.
         affine: run the affine pre-alignment.
         save_fields: existing folder where each case's field is written as ``<case slug>.nii.gz``.
     """
 
     model: str | Path | None = "default"
     device: str = "auto"
-    network_size: int | None = None
+    network_size: int | tuple[int, int, int] | None = None
     refine_iterations: int | None = None
+    preset: str | None = None
     affine: bool = True
     save_fields: Path | None = None
 
@@ -204,9 +207,10 @@ def register_case(
     c = parse_case(found.case)
     phases = ("inhale", "exhale") if fixed_phase == "inhale" else ("exhale", "inhale")
     fixed, moving = (read_dirlab_image(getattr(found, f"{ph}_image"), c) for ph in phases)
+    size = settings.network_size
     options = options_for(
-        "standard",
-        grid={"size": None if settings.network_size is None else (settings.network_size,) * 3},
+        settings.preset or "standard",
+        grid={"size": None if size is None else ((size,) * 3 if isinstance(size, int) else tuple(size))},
         refinement={"iterations": settings.refine_iterations},
         **({} if settings.affine else {"affine": None}),
     )

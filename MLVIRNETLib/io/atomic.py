@@ -223,3 +223,49 @@ def write_atomically(path: PathLike, write: Callable[[BinaryIO], None]) -> Path:
         fh.flush()
         os.fsync(fh.fileno())
     return Path(path)
+
+
+@contextlib.contextmanager
+def atomic_outputs(paths: list[PathLike]) -> Iterator[list[Path]]:
+    """Yield one temporary path per target of ``paths``; publish them all only when every one is written.
+
+    The outputs of one command are then all new or all as before: a failure while any of them is
+    written (a full disk between the first and the last) removes every temporary and leaves every
+    target as it was. The writers may themselves write atomically into the temporary paths
+    (:func:`atomic_output`, with its checks). Temporaries are hidden folders named as those of
+    :func:`atomic_output`, so a killed run's are removed by :func:`remove_stale_temporaries`.
+
+    Raises:
+        FileNotFoundError: a target's folder does not exist.
+        OSError, ValueError, RuntimeError: of the writers, naming the targets, not the temporaries.
+    """
+    targets = [Path(p) for p in paths]
+    tmpdirs: list[Path] = []
+    try:
+        for target in targets:
+            folder = target.parent if str(target.parent) else Path(".")
+            if not folder.is_dir():
+                raise FileNotFoundError(f"output folder does not exist: {folder}")
+            try:
+                prefix = f".{target.name}.mlvirnet-{os.getpid()}-{_HOST}."
+                tmpdirs.append(Path(tempfile.mkdtemp(prefix=prefix, suffix=".tmp", dir=folder)))
+            except OSError as exc:
+                raise _describe_os_error(exc, target, folder, creating=True) from None
+        try:
+            yield [d / t.name for d, t in zip(tmpdirs, targets)]
+        except (OSError, ValueError, RuntimeError) as exc:
+            for d, t in zip(tmpdirs, targets):
+                better = _scrub(exc, d, t, t.parent)
+                if better is not None:
+                    raise better from None
+            raise
+        for d, t in zip(tmpdirs, targets):
+            if not (d / t.name).exists():
+                raise RuntimeError(f"writer produced no file for {t}")
+        for d, t in zip(tmpdirs, targets):  # every file is complete: publish them together
+            for extra in (p for p in d.iterdir() if p.name != t.name):
+                os.replace(extra, t.parent / extra.name)
+            os.replace(d / t.name, t)
+    finally:
+        for d in tmpdirs:
+            shutil.rmtree(d, ignore_errors=True)

@@ -289,6 +289,58 @@ def _sitk_error(p: Path, exc: RuntimeError) -> ValueError:
     return ValueError(f"cannot read deformation field {p}: {reason}")
 
 
+def check_itk_hdf5(path: PathLike, shown: str | None = None) -> None:
+    """Check the structure of an ITK HDF5 transform file with h5py, before ITK reads it.
+
+    ITK trusts the sizes stored in the file: a displacement field of size zero, or parameters that
+    do not fill the stored grid, corrupt its heap and end the process after the error is reported.
+    This check reads only the small datasets: every ``TransformGroup/N`` must name its
+    ``TransformType``; a displacement field must hold 18 fixed parameters (size, origin,
+    spacing, direction) with a positive integer size and positive spacing, and exactly
+    ``3 * nx * ny * nz`` finite parameters.
+
+    Raises:
+        ValueError: naming ``shown`` (default ``path``) and what is wrong.
+    """
+    import h5py
+
+    name = shown or str(path)
+    try:
+        with h5py.File(path, "r") as f:
+            group = f.get("TransformGroup")
+            if not isinstance(group, h5py.Group) or len(group) == 0:
+                raise ValueError(f"{name} is an HDF5 file but not an ITK transform file (no TransformGroup)")
+            for key in group:
+                _check_h5_transform(group[key], f"{name} transform {key}")
+    except OSError as exc:
+        raise ValueError(f"cannot read {name} as HDF5: {' '.join(str(exc).split())}") from None
+
+
+def _check_h5_transform(item, name: str) -> None:
+    import h5py
+
+    if not isinstance(item, h5py.Group) or "TransformType" not in item:
+        raise ValueError(f"{name}: no TransformType")
+    kind = item["TransformType"][()]
+    kind = kind[0] if np.ndim(kind) else kind
+    kind = kind.decode("utf-8", "replace") if isinstance(kind, bytes) else str(kind)
+    if not kind.startswith("DisplacementFieldTransform"):
+        return
+    fixed = np.asarray(item.get("TransformFixedParameters", np.zeros(0))[()], dtype=float).ravel()
+    params = item.get("TransformParameters")
+    if fixed.size != 18:
+        raise ValueError(f"{name}: a 3-D displacement field needs 18 fixed parameters, the file holds {fixed.size}")
+    size, spacing = fixed[:3], fixed[6:9]
+    if np.any(size < 1) or np.any(size != np.round(size)) or np.any(~np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise ValueError(f"{name}: displacement field of size {size.tolist()} and spacing {spacing.tolist()}; "
+                         "the size must be positive whole numbers and the spacing positive")
+    count = 0 if params is None else int(np.prod(params.shape))
+    expected = 3 * int(np.prod(size))
+    if count != expected:
+        raise ValueError(f"{name}: the displacement field of size {[int(v) for v in size]} needs {expected} "
+                         f"parameters, the file holds {count}")
+
+
 def _read_piece(p: Path) -> list[sitk.Transform]:
     """One file -> transforms in ITK queue order; fields as float64 ``DisplacementFieldTransform``."""
     if not p.exists():
@@ -304,6 +356,8 @@ def _read_piece(p: Path) -> list[sitk.Transform]:
             image = sitk.ReadImage(str(p))
             sitk_to_deformation(image, source=p)  # shape and NaN checks with the file's name
             return [sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))]
+        if name.endswith((".h5", ".hdf5")):
+            check_itk_hdf5(p)
         return _flatten(sitk.ReadTransform(str(p)))
     except RuntimeError as exc:
         raise _sitk_error(p, exc) from None
@@ -379,7 +433,9 @@ def read_field(
     elif len(queue) == 1 and queue[0].GetName() not in ("DisplacementFieldTransform",) and len(paths) == 1 and (
         paths[0].name.lower().endswith(TRANSFORM_SUFFIXES) and reference is None
     ):
-        raise ValueError(f"{shown} holds a {queue[0].GetName()}, not a displacement field transform")
+        kind = queue[0].GetName()
+        article = "an" if kind[:1] in "AEIOU" else "a"
+        raise ValueError(f"{shown} holds {article} {kind}, not a displacement field transform")
     else:
         try:
             image = _compose(queue, reference, shown)

@@ -11,6 +11,9 @@ Formats (chosen from the suffix, or forced with ``fmt``):
 ``mrk.json``
     Slicer markups JSON; the points of every markup in the file, in order. ``coordinateSystem``
     ``"LPS"`` or ``"RAS"`` is honoured (a missing field means LPS, Slicer's default since 4.11).
+    A control point with ``"positionStatus": "missing"`` (skipped during placement) has no
+    meaningful position: :func:`read_landmark_pairs` leaves it out, :func:`read_landmarks` refuses
+    the file.
 ``fcsv``
     Slicer's legacy CSV; the ``# CoordinateSystem = LPS|RAS|0|1`` header line is honoured
     (``0`` = RAS, ``1`` = LPS; a missing line means RAS, the format's original convention).
@@ -26,6 +29,7 @@ import io
 import json
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -58,8 +62,50 @@ def landmark_format(path: PathLike) -> str:
 # ----------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------
-def read_landmarks(path: PathLike, grid: ImageGrid | None = None, fmt: str | None = None) -> np.ndarray:
-    """Read landmarks -> ``(P, 3)`` float64 LPS mm.
+@dataclass(frozen=True)
+class LandmarkTable:
+    """The points of one landmark file with what the file says about them.
+
+    Attributes:
+        points: ``(P, 3)`` float64 LPS mm, every point of the file in order (a missing point keeps
+            its stored position, which means nothing).
+        labels: one label per point (Slicer markups, ``.fcsv``, a CSV ``label`` column), else ``None``.
+        missing: ``(P,)`` bool, True for a point marked ``"positionStatus": "missing"``.
+    """
+
+    points: np.ndarray
+    labels: list[str] | None
+    missing: np.ndarray
+
+
+@dataclass(frozen=True)
+class LandmarkPairs:
+    """Corresponding fixed and moving landmarks (:func:`read_landmark_pairs`).
+
+    Attributes:
+        fixed, moving: ``(N, 3)`` float64 LPS mm, row ``i`` of one corresponds to row ``i`` of the other.
+        labels: the label of each pair when paired by label, else ``None`` (paired by position).
+        skipped: points left out: marked missing in either file, or (paired by label) a label that
+            only one file holds.
+    """
+
+    fixed: np.ndarray
+    moving: np.ndarray
+    labels: list[str] | None
+    skipped: int
+
+    @property
+    def note(self) -> str | None:
+        """A sentence for the user when points were skipped, else ``None``."""
+        if not self.skipped:
+            return None
+        how = "by label" if self.labels is not None else "by position"
+        return (f"{self.skipped} landmark(s) skipped (marked missing, or without a partner); "
+                f"{len(self.fixed)} pairs matched {how}")
+
+
+def read_landmark_table(path: PathLike, grid: ImageGrid | None = None, fmt: str | None = None) -> LandmarkTable:
+    """Read a landmark file -> :class:`LandmarkTable` (points, labels, missing flags).
 
     Args:
         path: the landmark file.
@@ -69,7 +115,8 @@ def read_landmarks(path: PathLike, grid: ImageGrid | None = None, fmt: str | Non
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: unknown format, empty file, a row without exactly 3 coordinates, a
-            non-numeric value, a DIR-LAB index outside the image, or a DIR-LAB file without grid.
+            non-numeric value, a DIR-LAB index outside the image, a DIR-LAB file without grid,
+            or a non-finite coordinate of a point that is not marked missing.
     """
     p = Path(path)
     if not p.is_file():
@@ -81,6 +128,8 @@ def read_landmarks(path: PathLike, grid: ImageGrid | None = None, fmt: str | Non
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError:
         raise ValueError(f"landmark file {p} is not a text file") from None
+    labels: list[str] | None = None
+    missing: np.ndarray | None = None
     if kind == "dirlab":
         if grid is None:
             raise ValueError(
@@ -89,16 +138,92 @@ def read_landmarks(path: PathLike, grid: ImageGrid | None = None, fmt: str | Non
             )
         points = _index_points_to_world(_parse_dirlab(text, p), grid, p)
     elif kind == "mrk.json":
-        points = _parse_markups_json(text, p)
+        points, labels, missing = _parse_markups_json(text, p)
     elif kind == "fcsv":
-        points = _parse_fcsv(text, p)
+        points, labels = _parse_fcsv(text, p)
     else:
-        points = _parse_csv(text, p)
+        points, labels = _parse_csv(text, p)
     if points.shape[0] == 0:
         raise ValueError(f"landmark file {p} holds no points")
-    if not np.all(np.isfinite(points)):
+    missing = np.zeros(points.shape[0], dtype=bool) if missing is None else missing
+    if not np.all(np.isfinite(points[~missing])):
         raise ValueError(f"landmark file {p} holds non-finite coordinates")
-    return points
+    return LandmarkTable(points, labels, missing)
+
+
+def read_landmarks(path: PathLike, grid: ImageGrid | None = None, fmt: str | None = None) -> np.ndarray:
+    """Read landmarks -> ``(P, 3)`` float64 LPS mm.
+
+    Args:
+        path: the landmark file.
+        grid: the image grid that DIR-LAB voxel indices refer to (required for that format only).
+        fmt: force a format (one of :data:`FORMATS`) instead of guessing from the suffix.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: as :func:`read_landmark_table`, and for a file with points marked missing
+            (their position means nothing; :func:`read_landmark_pairs` leaves them out).
+    """
+    table = read_landmark_table(path, grid, fmt)
+    if table.missing.any():
+        raise ValueError(
+            f"landmark file {path} marks {int(table.missing.sum())} point(s) missing (positionStatus); "
+            "read it as a pair with its partner file so that those points are left out"
+        )
+    return table.points
+
+
+def pair_landmarks(fixed: LandmarkTable, moving: LandmarkTable, fixed_name: str = "fixed",
+                   moving_name: str = "moving") -> LandmarkPairs:
+    """Match two landmark tables: by label where both files label every point with unique labels,
+    else by position (equal counts needed); points marked missing in either file are left out.
+
+    Raises:
+        ValueError: unequal counts when pairing by position, or no pair left.
+    """
+    def by_label(t: LandmarkTable) -> dict[str, int] | None:
+        if t.labels is None or any(not lab for lab in t.labels) or len(set(t.labels)) != len(t.labels):
+            return None
+        return {lab: i for i, lab in enumerate(t.labels)}
+
+    f_labels, m_labels = by_label(fixed), by_label(moving)
+    if f_labels is not None and m_labels is not None and set(f_labels) & set(m_labels):
+        common = [lab for lab in f_labels if lab in m_labels]
+        kept = [lab for lab in common if not fixed.missing[f_labels[lab]] and not moving.missing[m_labels[lab]]]
+        fi = [f_labels[lab] for lab in kept]
+        mi = [m_labels[lab] for lab in kept]
+        labels: list[str] | None = kept
+        skipped = len(f_labels) + len(m_labels) - 2 * len(kept)
+    else:
+        if len(fixed.points) != len(moving.points):
+            raise ValueError(
+                f"landmark counts differ: {len(fixed.points)} fixed vs {len(moving.points)} moving ({fixed_name}, "
+                f"{moving_name}), and the files carry no common labels to pair them by"
+            )
+        keep = ~(fixed.missing | moving.missing)
+        fi = mi = list(np.flatnonzero(keep))
+        labels = None
+        skipped = 2 * int((~keep).sum())
+    if not fi:
+        raise ValueError(f"no landmark pair left between {fixed_name} and {moving_name} "
+                         "(every point is marked missing or lacks a partner)")
+    return LandmarkPairs(fixed.points[fi], moving.points[mi], labels, skipped)
+
+
+def read_landmark_pairs(fixed_path: PathLike, moving_path: PathLike, fixed_grid: ImageGrid | None = None,
+                        moving_grid: ImageGrid | None = None) -> LandmarkPairs:
+    """Read corresponding fixed and moving landmark files -> :class:`LandmarkPairs`.
+
+    Points marked ``"positionStatus": "missing"`` (Slicer markups) are left out; the rest pair by
+    label where both files label every point uniquely (Slicer markups, ``.fcsv``, CSV with a
+    ``label`` column), else by position; ``skipped`` counts the points left out.
+
+    Raises:
+        FileNotFoundError: a file does not exist.
+        ValueError: as :func:`read_landmark_table` and :func:`pair_landmarks`.
+    """
+    return pair_landmarks(read_landmark_table(fixed_path, fixed_grid), read_landmark_table(moving_path, moving_grid),
+                          str(fixed_path), str(moving_path))
 
 
 def _number(token: str, path: Path, line_no: int) -> float:
@@ -133,7 +258,7 @@ def _index_points_to_world(one_based: np.ndarray, grid: ImageGrid, path: Path) -
     return np.asarray(grid.index_to_world(index), dtype=float)
 
 
-def _parse_markups_json(text: str, path: Path) -> np.ndarray:
+def _parse_markups_json(text: str, path: Path) -> tuple[np.ndarray, list[str], np.ndarray]:
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -141,13 +266,14 @@ def _parse_markups_json(text: str, path: Path) -> np.ndarray:
     markups = doc.get("markups") if isinstance(doc, dict) else None
     if not isinstance(markups, list):
         raise ValueError(f"{path} is not a Slicer markups file (no 'markups' list)")
-    points = []
+    points, labels, missing = [], [], []
     for m_no, markup in enumerate(markups):
         system = str(markup.get("coordinateSystem", "LPS")).upper()
         if system not in ("LPS", "RAS"):
             raise ValueError(f"{path} markup {m_no}: unknown coordinateSystem {system!r} (expected LPS or RAS)")
         for c_no, cp in enumerate(markup.get("controlPoints") or []):
-            pos = cp.get("position")
+            gone = str(cp.get("positionStatus", "defined")).lower() == "missing"
+            pos = cp.get("position", [0.0, 0.0, 0.0] if gone else None)
             if not isinstance(pos, list) or len(pos) != 3:
                 raise ValueError(f"{path} markup {m_no} control point {c_no}: position must be 3 numbers, got {pos!r}")
             try:
@@ -155,13 +281,15 @@ def _parse_markups_json(text: str, path: Path) -> np.ndarray:
             except (TypeError, ValueError):
                 raise ValueError(f"{path} markup {m_no} control point {c_no}: non-numeric position {pos!r}") from None
             points.append(ras_to_lps(xyz) if system == "RAS" else xyz)
-    return np.asarray(points, dtype=float).reshape(-1, 3)
+            labels.append(str(cp.get("label", "")))
+            missing.append(gone)
+    return np.asarray(points, dtype=float).reshape(-1, 3), labels, np.asarray(missing, dtype=bool)
 
 
-def _parse_fcsv(text: str, path: Path) -> np.ndarray:
+def _parse_fcsv(text: str, path: Path) -> tuple[np.ndarray, list[str] | None]:
     system = "RAS"
     columns = ["id", "x", "y", "z"]
-    rows = []
+    rows, labels = [], []
     for line_no, line in enumerate(text.splitlines(), start=1):
         s = line.strip()
         if not s:
@@ -186,14 +314,16 @@ def _parse_fcsv(text: str, path: Path) -> np.ndarray:
         if len(fields) <= max(ix, iy, iz):
             raise ValueError(f"{path} line {line_no}: expected at least {max(ix, iy, iz) + 1} columns, found {len(fields)}")
         rows.append([_number(fields[i], path, line_no) for i in (ix, iy, iz)])
+        il = columns.index("label") if "label" in columns else -1
+        labels.append(fields[il].strip() if 0 <= il < len(fields) else "")
     points = np.asarray(rows, dtype=float).reshape(-1, 3)
-    return ras_to_lps(points) if system == "RAS" else points
+    return (ras_to_lps(points) if system == "RAS" else points), labels
 
 
-def _parse_csv(text: str, path: Path) -> np.ndarray:
+def _parse_csv(text: str, path: Path) -> tuple[np.ndarray, list[str] | None]:
     lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip() and not line.lstrip().startswith("#")]
     if not lines:
-        return np.zeros((0, 3))
+        return np.zeros((0, 3)), None
     dialect_delim = ";" if lines[0][1].count(";") > lines[0][1].count(",") else ","
     first = [f.strip() for f in next(csv.reader([lines[0][1]], delimiter=dialect_delim))]
 
@@ -221,13 +351,16 @@ def _parse_csv(text: str, path: Path) -> np.ndarray:
             raise ValueError(f"{path}: CSV header {first} must name columns x, y and z (LPS mm)") from None
         body = lines[1:]
         width = len(cols)
-    rows = []
+    il = cols.index("label") if cols is not None and "label" in cols else None
+    rows, labels = [], []
     for line_no, line in body:
         fields = [f.strip() for f in next(csv.reader([line], delimiter=dialect_delim))]
         if len(fields) != width:
             raise ValueError(f"{path} line {line_no}: expected {width} columns, found {len(fields)}: {line.strip()!r}")
         rows.append([_number(fields[i], path, line_no) for i in idx])
-    return np.asarray(rows, dtype=float).reshape(-1, 3)
+        if il is not None:
+            labels.append(fields[il])
+    return np.asarray(rows, dtype=float).reshape(-1, 3), (labels if il is not None else None)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -49,7 +49,8 @@ from ..core.geometry import ImageGrid
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..preprocessing.pair import PreprocessedPair, image_to_hu_tensor, mask_to_tensor, preprocess_pair
 from .affine import affine_register, compose_affine
-from .options import RegistrationOptions, RegistrationResult, as_options, field_of_view_lps, hu_messages, validate_pair
+from .options import RegistrationOptions, as_options, field_of_view_lps, hu_messages, validate_pair
+from .quality import RegistrationResult, check_quality
 from .refine import identity_if_better, refine
 from .warp import full_field
 
@@ -275,6 +276,10 @@ def _register(
         if phi is None:
             phi = Deformation.identity(pp.grid, device=dev)
 
+    with _timed("quality", timings, dev):
+        quality = check_quality(pp.fixed, pp.moving, pp.grid, phi, pp.fixed_mask, pp.moving_mask)
+        if quality.message is not None:
+            messages.append(quality.message)
     with _timed("field", timings, dev):
         prog.stage(0.90, 0.10, "full-resolution field")
         deformation, folding, levels = _field_stage(phi, affine, levels, f_grid, opts, dev, prog)
@@ -291,6 +296,7 @@ def _register(
         model_used=model_label,
         messages=messages,
         network_grid=pp.grid,
+        quality=quality,
     )
 
 

@@ -192,7 +192,7 @@ def refine(
         current = _better_start(pyramid[0], initial, weights)
     for level, n_it in zip(pyramid, iterations):
         learning_rate = opts.learning_rate * min(level.grid.spacing) / finest_spacing
-        report = _level_reporter(prog, level.factor, n_it, done, total)
+        report = _level_reporter(prog, level.factor, n_it, done, total, max(level.grid.spacing))
         displacement, terms = _refine_level(
             level, current, n_it, opts.optimizer, learning_rate, weights, prog.check_cancel, report
         )
@@ -244,12 +244,14 @@ def _better_start(level: "_LevelData", initial: Deformation, weights: LossWeight
     return identity if values[1] < values[0] else initial
 
 
-def _level_reporter(prog: Progress, factor: int, iterations: int, done: int, total: int) -> _Report:
+def _level_reporter(prog: Progress, factor: int, iterations: int, done: int, total: int,
+                    spacing_mm: float) -> _Report:
     """``report(k, loss)`` for one level: ``prog((done + k) / total, message)``; ``done`` and ``total``
-    count iterations over all levels. The message names the loss only when it is given."""
+    count iterations over all levels. The message names the level's resolution (the fraction of the
+    working grid and its coarsest voxel spacing) and the loss only when it is given."""
 
     def report(k: int, loss: torch.Tensor | None) -> None:
-        text = f"refine 1/{factor}: iteration {k}/{iterations}"
+        text = f"refine 1/{factor} resolution, {spacing_mm:.1f} mm: iteration {k}/{iterations}"
         prog((done + k) / total, text if loss is None else f"{text}, loss {float(loss.detach()):.4f}")
 
     return report

@@ -17,7 +17,6 @@ from MLVIRNETLib.cli.register import add_registration_arguments, registration_se
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.fields import read_field
 from MLVIRNETLib.paths import bundled_ct_path
-from MLVIRNETLib.registration.presets import PRESETS
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -184,40 +183,17 @@ def test_preset_chooses_the_stages(images, tmp_path, capsys, preset: str, refine
     assert read_field(field).grid.is_close(images["grid"], tol_mm=1e-3)
 
 
-@pytest.mark.parametrize("argv,symmetric", [
-    ([], False), (["--preset", "accurate"], False), (["--symmetric-network"], True),
-    (["--preset", "accurate", "--symmetric-network"], True), (["--preset", "fast", "--symmetric-network"], True),
-    (["--symmetric-network", "--no-symmetric-network"], False),
-])
-def test_symmetric_network_follows_the_preset_unless_given(argv: list[str], symmetric: bool) -> None:
-    """--symmetric-network / --no-symmetric-network override the preset's network_symmetric (off in
-    every preset); register and batch share these arguments and this helper."""
+@pytest.mark.parametrize("argv", [[], ["--preset", "accurate"], ["--preset", "fast"]])
+def test_the_presets_network_settings_are_followed(argv: list[str]) -> None:
+    """The experimental network flags are gone from the CLI: the preset's network_symmetric (off)
+    and network_both_ways_fallback (on) are what register and batch use."""
     parser = argparse.ArgumentParser()
     add_registration_arguments(parser)
     options, _ = registration_settings(parser.parse_args(argv))
-    assert options.network_symmetric is symmetric
-
-
-@pytest.mark.parametrize("argv,fallback", [
-    ([], True), (["--preset", "fast"], True), (["--preset", "fast", "--no-both-ways-fallback"], False),
-    (["--no-both-ways-fallback", "--both-ways-fallback"], True),
-])
-def test_the_both_ways_fallback_is_on_unless_turned_off(argv: list[str], fallback: bool) -> None:
-    parser = argparse.ArgumentParser()
-    add_registration_arguments(parser)
-    options, _ = registration_settings(parser.parse_args(argv))
-    assert options.network_both_ways_fallback is fallback
-
-
-def test_a_preset_that_runs_the_network_both_ways_is_followed(monkeypatch) -> None:
-    """No shipped preset runs the network both ways since model v4; one that did would be
-    followed unless --no-symmetric-network is given."""
-    monkeypatch.setitem(PRESETS, "accurate", {**PRESETS["accurate"], "network_symmetric": True})
-    parser = argparse.ArgumentParser()
-    add_registration_arguments(parser)
-    for argv, symmetric in ((["--preset", "accurate"], True), (["--preset", "accurate", "--no-symmetric-network"], False)):
-        options, _ = registration_settings(parser.parse_args(argv))
-        assert options.network_symmetric is symmetric
+    assert options.network_symmetric is False and options.network_both_ways_fallback is True
+    for flag in ("--symmetric-network", "--no-both-ways-fallback"):
+        with pytest.raises(SystemExit):
+            parser.parse_args([flag])
 
 
 def test_unknown_preset_and_compression_are_refused(images, tmp_path, capsys) -> None:

@@ -179,10 +179,11 @@ def test_progress_is_reported_at_every_iteration(pair, monkeypatch, optimizer: s
     refine(pp.fixed, pp.moving, pp.grid, options=opts, progress=prog)
     assert seen[-1] == (1.0, "refinement done")
     iteration_reports = [m for _, m in seen[:-1]]
-    assert all(m.startswith(("refine 1/4: iteration ", "refine 1/2: iteration ")) for m in iteration_reports)
+    assert all(m.startswith(("refine 1/4 resolution, ", "refine 1/2 resolution, ")) for m in iteration_reports)
+    iteration_reports = [m.split(" mm: ")[0].split(",")[0] + ": " + m.split(" mm: ")[1] for m in iteration_reports]
     if optimizer == "adam":
-        assert iteration_reports == [f"refine 1/4: iteration {k}/4" for k in range(1, 5)] + [
-            f"refine 1/2: iteration {k}/3" for k in range(1, 4)
+        assert iteration_reports == [f"refine 1/4 resolution: iteration {k}/4" for k in range(1, 5)] + [
+            f"refine 1/2 resolution: iteration {k}/3" for k in range(1, 4)
         ]
     else:  # one report per closure evaluation: all evaluations with gradients but each level's first
         assert len(iteration_reports) == evaluations["grad"] - 2 >= 7

@@ -1,0 +1,137 @@
+"""The quality check after a registration: do the registered images agree in the lungs?
+
+A wrong header (x and y swapped in the direction matrix, a mirrored axis) or a failed registration
+leaves the fixed image and the warped moving image far apart, yet the registration finishes
+normally. :func:`check_quality` measures, on the working grid of the registration (cheap):
+
+``ncc``
+    the normalised cross-correlation of the fixed image and the warped moving image (both HU
+    windowed to ``[0, 1]``) over the fixed lung mask grown by :data:`MASK_MARGIN_VOXELS` voxels,
+    so that the lung borders (chest wall, diaphragm, mediastinum) take part; the whole working
+    grid where there is no fixed mask.
+``lung_dice``
+    the Dice overlap of the fixed lung mask and the warped moving lung mask, where both exist.
+
+The result is flagged when ``ncc`` falls below :data:`NCC_THRESHOLD` or ``lung_dice`` below
+:data:`DICE_THRESHOLD`: values that successful registrations of real pairs stay above (the
+calibration, its command and its figures are in docs/cohorts.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.deformation import Deformation
+from ..core.geometry import ImageGrid
+from ..core.sampling import check_volume
+from .options import RegistrationResult as _BaseResult
+
+NCC_THRESHOLD = 0.80
+"""Below this lung NCC of fixed and warped moving, a registration is flagged (docs/cohorts.md)."""
+DICE_THRESHOLD = 0.80
+"""Below this lung Dice of the fixed and warped moving masks, a registration is flagged (docs/cohorts.md)."""
+MASK_MARGIN_VOXELS = 2
+"""The fixed lung mask is grown by this many working-grid voxels before the NCC is taken over it."""
+
+
+@dataclass(frozen=True)
+class QualityCheck:
+    """The outcome of :func:`check_quality`.
+
+    Attributes:
+        ncc: normalised cross-correlation in the (grown) fixed lung mask, in ``[-1, 1]``.
+        ncc_threshold: the value below which ``ok`` is False.
+        lung_dice: Dice of the fixed and warped moving lung masks, ``None`` without both masks.
+        dice_threshold: the Dice below which ``ok`` is False.
+        ok: both measures at or above their thresholds.
+        message: a sentence for the user when ``ok`` is False, else ``None``.
+    """
+
+    ncc: float
+    ncc_threshold: float
+    lung_dice: float | None
+    dice_threshold: float
+    ok: bool
+    message: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (``result.json``, ``--json``)."""
+        return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+
+
+def _weighted_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> float:
+    a, b, w = a.double(), b.double(), w.double()
+    total = w.sum()
+    if float(total) <= 0:
+        return 0.0
+    ma, mb = (w * a).sum() / total, (w * b).sum() / total
+    da, db = a - ma, b - mb
+    cov = (w * da * db).sum()
+    var = ((w * da * da).sum() * (w * db * db).sum()).sqrt()
+    return float(cov / var) if float(var) > 0 else 0.0
+
+
+def check_quality(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    grid: ImageGrid,
+    deformation: Deformation,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
+    ncc_threshold: float = NCC_THRESHOLD,
+    dice_threshold: float = DICE_THRESHOLD,
+) -> QualityCheck:
+    """Measure how well ``moving`` warped by ``deformation`` agrees with ``fixed`` in the lungs.
+
+    Args:
+        fixed, moving: ``(1, 1, D, H, W)`` images on ``grid`` (the registration's working grid;
+            ``moving`` already sampled through any affine pre-alignment).
+        grid: their grid.
+        deformation: the map of the working grid (fixed -> moving sample points).
+        fixed_mask, moving_mask: ``(1, 1, D, H, W)`` lung masks in ``[0, 1]`` on ``grid`` or ``None``.
+        ncc_threshold, dice_threshold: the flagging thresholds.
+
+    Raises:
+        ValueError: images and masks not of the grid's shape.
+    """
+    for name, t in (("fixed", fixed), ("moving", moving), ("fixed_mask", fixed_mask), ("moving_mask", moving_mask)):
+        if t is not None:
+            check_volume(t, grid, name)
+    with torch.no_grad():
+        phi = deformation.on_grid(grid).to(device=fixed.device, dtype=torch.float32)
+        warped = phi.warp(moving.float(), grid)
+        if fixed_mask is not None and float(fixed_mask.sum()) > 0:
+            k = 2 * MASK_MARGIN_VOXELS + 1
+            weight = F.max_pool3d((fixed_mask > 0.5).float(), k, stride=1, padding=MASK_MARGIN_VOXELS)
+        else:
+            weight = torch.ones_like(fixed, dtype=torch.float32)
+        ncc = _weighted_ncc(fixed.float(), warped, weight)
+        dice = None
+        if fixed_mask is not None and moving_mask is not None:
+            a = fixed_mask > 0.5
+            b = phi.warp(moving_mask.float(), grid) > 0.5
+            denom = float(a.sum() + b.sum())
+            dice = 2.0 * float((a & b).sum()) / denom if denom > 0 else None
+    ok = ncc >= ncc_threshold and (dice is None or dice >= dice_threshold)
+    message = None
+    if not ok:
+        parts = [f"lung NCC {ncc:.2f}" + (f" < {ncc_threshold:.2f}" if ncc < ncc_threshold else "")]
+        if dice is not None:
+            parts.append(f"lung Dice {dice:.2f}" + (f" < {dice_threshold:.2f}" if dice < dice_threshold else ""))
+        message = (f"quality check: the registered images agree poorly in the lungs ({', '.join(parts)}; "
+                   "successful registrations of real pairs stay above); check both image headers "
+                   "(orientation, direction matrix) and the result before using it")
+    return QualityCheck(ncc, ncc_threshold, dice, dice_threshold, ok, message)
+
+
+@dataclass
+class RegistrationResult(_BaseResult):
+    """Output of :func:`MLVIRNETLib.registration.register`: the fields of the base class (the
+    deformation, timings, messages, ...) and ``quality``, the :class:`QualityCheck` of the result
+    (``None`` only for a result built without the check)."""
+
+    quality: QualityCheck | None = field(default=None)
