@@ -29,14 +29,13 @@ fixed volume, and saving the node (``.h5``) writes the same ITK displacement fie
 
 from __future__ import annotations
 
-import collections
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
 from ..core.progress import Progress, ProgressFn
+from .checks import checkRegistrationInputs
 from .outputs import JACOBIAN_COLOR_NODE_ID, JACOBIAN_WINDOW, RegistrationSummary, jacobianImage, warpedImage
 from .nodes import (
     nodeName,
@@ -48,7 +47,6 @@ from .nodes import (
     gridFromVolumeNode,
     gridTransformToDeformation,
     imageToNewVolumeNode,
-    markupsToPoints,
     maskNodeToImage,
     pairedControlPoints,
     setMarkupsPoints,
@@ -65,63 +63,9 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 ProgressCallback = ProgressFn
 """``progress(fraction in [0, 1], message)``."""
 
-T = TypeVar("T")
-
 DEFAULT_TRANSFORM_NAME = "MLVIRNET transform"
 
-PROGRESS_INTERVAL_S = 0.1
-"""The Logic calls ``progressCallback`` this often while the library works (each call lets Slicer
-repaint and read the Cancel button); the library's reports are passed on at most this often."""
-
-POLL_INTERVAL_S = 0.1
-"""How often the calling thread looks for the worker's reports (:func:`runInWorkerThread`)."""
-
-
-def runInWorkerThread(
-    work: Callable[[ProgressFn], T], progressCallback: ProgressFn, stop: Callable[[], None] | None = None
-) -> T:
-    """``work(progress)`` in a worker thread; its reports reach ``progressCallback`` in this thread.
-
-    The worker's reports are queued (at most one every :data:`PROGRESS_INTERVAL_S` seconds, stage
-    starts and ends always) and passed on in order; when there is none, the latest is passed on
-    again, so ``progressCallback`` runs every :data:`PROGRESS_INTERVAL_S` seconds whatever the
-    worker does (while the worker holds Python's GIL, as long as that takes). ``work`` must not
-    touch MRML nodes: only this thread does. When ``progressCallback`` raises, ``stop()`` asks the
-    worker to end (``work`` must then return or raise soon) and the error is re-raised once it has.
-
-    Returns:
-        What ``work`` returned.
-
-    Raises:
-        What ``work`` raised (e.g. :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`), or what
-        ``progressCallback`` raised, after the worker has stopped.
-    """
-    reports: collections.deque = collections.deque()  # appended by the worker, emptied here
-    outcome: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            outcome["result"] = work(Progress(lambda f, m: reports.append((f, m)), min_interval_s=PROGRESS_INTERVAL_S))
-        except BaseException as error:  # noqa: BLE001 - handed to the calling thread, which re-raises it
-            outcome["error"] = error
-
-    thread = threading.Thread(target=target, name="MLVIRNET registration", daemon=True)
-    thread.start()
-    latest = None
-    try:
-        while thread.is_alive() or reports:
-            thread.join(POLL_INTERVAL_S)
-            pending = [reports.popleft() for _ in range(len(reports))]
-            for latest in pending or ([latest] if latest is not None else []):
-                progressCallback(*latest)
-    except BaseException:
-        if stop is not None:
-            stop()
-        thread.join()
-        raise
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["result"]
+from .worker import PROGRESS_INTERVAL_S, runInWorkerThread  # noqa: E402
 
 NO_MODEL = "none"
 """``model`` value for registering without a network (variational multilevel refinement alone)."""
@@ -130,64 +74,6 @@ NO_MODEL = "none"
 # ----------------------------------------------------------------------------------------------
 # Logic
 # ----------------------------------------------------------------------------------------------
-def checkRegistrationInputs(
-    fixedVolumeNode,
-    movingVolumeNode,
-    outputTransformNode=None,
-    fixedMaskNode=None,
-    movingMaskNode=None,
-    outputVolumeNode=None,
-    jacobianVolumeNode=None,
-) -> None:
-    """Refuse unusable registration inputs and outputs with one clear ValueError, before any work.
-
-    Checks the node types, that fixed and moving differ, that no output is an input (inputs are
-    never overwritten) and that the two output volumes differ, that the volumes hold voxels, and
-    the parent transforms (see the module docstring).
-
-    Raises:
-        ValueError: naming the problem; nothing is created or changed.
-    """
-    requireNode(fixedVolumeNode, "vtkMRMLScalarVolumeNode", "fixed volume")
-    requireNode(movingVolumeNode, "vtkMRMLScalarVolumeNode", "moving volume")
-    if fixedVolumeNode.GetID() == movingVolumeNode.GetID():
-        raise ValueError(f"the fixed and the moving volume are the same node ('{nodeName(fixedVolumeNode)}'): choose two volumes")
-    for node, what in ((fixedVolumeNode, "fixed volume"), (movingVolumeNode, "moving volume")):
-        if node.GetImageData() is None:
-            raise ValueError(f"{what} '{nodeName(node)}' has no voxels")
-    if outputTransformNode is not None:
-        requireNode(outputTransformNode, "vtkMRMLTransformNode", "output transform")
-        if outputTransformNode.GetParentTransformNode() is not None:
-            raise ValueError(
-                f"output transform '{nodeName(outputTransformNode)}' is itself under a transform; "
-                "choose a transform that is not nested"
-            )
-    inputs = {fixedVolumeNode.GetID(): "fixed volume", movingVolumeNode.GetID(): "moving volume"}
-    for mask, what, reference in ((fixedMaskNode, "fixed mask", fixedVolumeNode), (movingMaskNode, "moving mask", movingVolumeNode)):
-        if mask is None:
-            continue
-        if not (mask.IsA("vtkMRMLLabelMapVolumeNode") or mask.IsA("vtkMRMLSegmentationNode")):
-            raise ValueError(f"the {what} must be a labelmap volume or a segmentation, got a {mask.GetClassName()}")
-        if mask.GetID() in inputs:
-            raise ValueError(f"the {what} is the {inputs[mask.GetID()]}")
-        requireNoParentTransform(mask, what)
-    outputs = {}
-    for node, what in ((outputVolumeNode, "warped volume"), (jacobianVolumeNode, "Jacobian volume")):
-        if node is None:
-            continue
-        requireNode(node, "vtkMRMLScalarVolumeNode", what)
-        if node.GetID() in inputs:
-            raise ValueError(
-                f"the {what} '{nodeName(node)}' is the {inputs[node.GetID()]}: inputs are never overwritten, "
-                "choose another volume or 'Create new volume'"
-            )
-        if node.GetID() in outputs:
-            raise ValueError(f"the {what} and the {outputs[node.GetID()]} are the same node: choose two volumes")
-        outputs[node.GetID()] = what
-    requireNoParentTransform(fixedVolumeNode, "fixed volume")
-    requireNoParentTransform(movingVolumeNode, "moving volume", outputTransformNode, allowResults=True)
-
-
 def _storeResult(transformNode, gridTransform, fixedVolumeNode, movingVolumeNode, folding: float | None) -> None:
     """Put a registration result into ``transformNode``, with Slicer's registration references."""
     wasModifying = transformNode.StartModify()

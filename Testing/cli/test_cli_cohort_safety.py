@@ -106,7 +106,7 @@ def test_resume_redoes_changed_damaged_and_incomplete_pairs(cohort, tmp_path) ->
              "--quiet", "--json")
     info = json.loads(r.stdout)  # other settings: everything again; the truncated file named
     assert info["registered"] == ["p0", "p1", "p2"] and "damaged" in info["redone"]["p2"], r.stderr
-    assert "settings differ" in info["redone"]["p0"] and "refine_iterations" in info["redone"]["p0"]
+    assert "settings differ" in info["redone"]["p0"] and "refinement.iterations" in info["redone"]["p0"]
 
 
 def test_two_concurrent_runs_with_kill_9_do_every_pair_once(tmp_path) -> None:

@@ -58,7 +58,8 @@ def snapshot(scene) -> list[tuple[str, str, int]]:
 def run(pair, on_progress, monkeypatch):
     """Register through the Logic with every report forwarded (no throttling); returns what it needs."""
     monkeypatch.setattr("MLVIRNETLib.mrml.logic.PROGRESS_INTERVAL_S", 0.0)
-    monkeypatch.setattr("MLVIRNETLib.mrml.logic.POLL_INTERVAL_S", 0.01)
+    monkeypatch.setattr("MLVIRNETLib.mrml.worker.PROGRESS_INTERVAL_S", 0.0)
+    monkeypatch.setattr("MLVIRNETLib.mrml.worker.POLL_INTERVAL_S", 0.01)
     scene = slicer.vtkMRMLScene()
     logic = L.MLVIRNETLogic(scene)
     fixed = L.imageToNewVolumeNode(scene, pair[0], "fixed")

@@ -588,6 +588,6 @@ def test_presets_reach_the_library_and_the_advanced_settings_win():
     assert make(registration, None, None, True, "fast") == preset_options("fast")
     assert make(registration, None, None, True, "accurate") == preset_options("accurate")
     assert make(registration, None, 7, False, "fast").refine_iterations == 7
-    assert make(registration, None, None, False, "standard").affine is False
+    assert make(registration, None, None, False, "standard").affine is None  # the affine stage skipped
     with pytest.raises(ValueError, match="unknown preset"):
         make(registration, None, None, True, "turbo")
