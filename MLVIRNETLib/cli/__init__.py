@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 from .. import __version__
+from ..io.atomic import same_file  # noqa: F401 (part of the CLI helpers)
 
 # sub-command name -> module (inside MLVIRNETLib.cli) providing add_parser(subparsers) and run(args) -> int
 COMMANDS: dict[str, str] = {
@@ -46,17 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 class CLIError(Exception):
     """An error the user can fix; printed as one line without a traceback."""
-
-
-def same_file(a: Path, b: Path) -> bool:
-    """True when ``a`` and ``b`` name the same file (the same inode when both exist, else the same
-    resolved path): the check that keeps an output from overwriting an input."""
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
 
 
 def check_output(path: Path, inputs: dict[str, Path | None], name: str) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 EPILOG = """\
-presets (held-out CTs with 20 / 30 mm synthetic breathing, model v6, 2-core CPU; docs/performance.md):
+presets (held-out CTs with 20 / 30 mm synthetic breathing, the shipped model, 2-core CPU; docs/performance.md):
   fast      affine + network: TRE 0.69-0.75 / 1.16-1.47 mm, 7.1-8.3 s (512x512x126 CT: 15.5 s)
   standard  + refinement (150, 60) iterations: TRE 0.317-0.348 / 0.455-0.495 mm, 17.7-22.0 s (28.4 s)
   accurate  + finer refinement (224 per axis): TRE 0.254-0.266 / 0.323-0.425 mm, 30.0-51.1 s (56.9 s)

@@ -54,6 +54,7 @@ from typing import Any
 import numpy as np
 
 from ..core.devices import resolve_device
+from ..io.atomic import same_file
 from ..core.progress import CancelFn, Progress, ProgressFn, RegistrationCancelled
 from ..io.fields import write_field
 from ..io.images import read_image
@@ -166,15 +167,6 @@ class CohortResult:
         return [o for o in self.outcomes if o.status == "failed"]
 
 
-def _same(a: Path, b: Path) -> bool:
-    try:
-        if a.exists() and b.exists():
-            return os.path.samefile(a, b)
-    except OSError:
-        pass
-    return a.resolve() == b.resolve()
-
-
 def _check_output_dir(pairs: list[CohortPair], out: Path) -> None:
     """Refuse, before any work, an output folder that is a file or unwritable, a pair id that names a
     file there, and any output that would replace an input of the run (the manifest included)."""
@@ -184,7 +176,7 @@ def _check_output_dir(pairs: list[CohortPair], out: Path) -> None:
     inputs += [(f"pair {p.id!r} {name}", src) for p in pairs for name, src in p.inputs().items()]
     for name in (SUMMARY_CSV, SUMMARY_JSON, BOXPLOT_NAME):
         for label, src in inputs:
-            if _same(out / name, src):
+            if same_file(out / name, src):
                 raise ValueError(f"the {label} {src} is where the output {name} goes; refusing to overwrite an "
                                  "input: choose another output folder")
     for pair in pairs:

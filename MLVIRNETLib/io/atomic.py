@@ -269,3 +269,14 @@ def atomic_outputs(paths: list[PathLike]) -> Iterator[list[Path]]:
     finally:
         for d in tmpdirs:
             shutil.rmtree(d, ignore_errors=True)
+
+
+def same_file(a: Path, b: Path) -> bool:
+    """True when ``a`` and ``b`` name the same file (the same inode when both exist, else the same
+    resolved path): the check that keeps an output from overwriting an input."""
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+    except OSError:
+        pass
+    return a.resolve() == b.resolve()
