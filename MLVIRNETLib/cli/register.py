@@ -69,16 +69,27 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
 
 def add_registration_arguments(p: argparse.ArgumentParser) -> None:
     """The registration settings shared by ``register``, ``batch``, ``demo`` and ``evaluate-dirlab``:
-    --preset, --model, --device, --refine, --no-affine, --network-size (read back with
+    --preset, --model, --device, --refine, --no-affine, --grid-size (read back with
     :func:`registration_settings`)."""
     add_preset_argument(p)
     add_model_and_device_arguments(p)
     p.add_argument("--refine", type=int, default=None, metavar="N",
                    help="refinement iterations per level (0 = network only; default: those of the preset)")
     p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
-    p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
+    p.add_argument("--grid-size", "--network-size", dest="grid_size", type=int, nargs=3, default=None,
+                   metavar=("NX", "NY", "NZ"), action=_GridSizeAction,
                    help="working grid of preprocessing and refinement (default: follows the lung box and the "
-                        "image, at most 160 per axis; a model runs at its own input size)")
+                        "image, at most 160 per axis; a model runs at its own input size). --network-size is "
+                        "its former, deprecated spelling")
+
+
+class _GridSizeAction(argparse.Action):
+    """Stores ``--grid-size``; its former spelling ``--network-size`` works with a note on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string == "--network-size":
+            print("note: --network-size is deprecated; use --grid-size", file=sys.stderr)
+        setattr(namespace, self.dest, values)
 
 
 def add_preset_argument(p) -> None:
@@ -109,21 +120,19 @@ def check_registration_arguments(args) -> None:
             raise FileNotFoundError(f"model file not found: {model}")
     if args.refine is not None and args.refine < 0:
         raise CLIError(f"--refine must be >= 0, got {args.refine}")
-    if args.network_size is not None and (min(args.network_size) < 4 or any(s % 4 for s in args.network_size)):
-        raise CLIError(f"--network-size must be 3 multiples of 4 (>= 4), got {args.network_size}")
 
 
 def registration_settings(args) -> tuple["RegistrationOptions", str | Path | None]:
     """``(RegistrationOptions, model)`` from the arguments of :func:`add_registration_arguments`;
     ``model`` is ``"default"``, ``None`` (no network) or a ``Path``."""
-    from ..registration.presets import preset_options
+    from ..registration.presets import options_for
 
-    values: dict = {"affine": False} if args.no_affine else {}
-    if args.network_size is not None:
-        values["network_size"] = tuple(args.network_size)
-    if args.refine is not None:
-        values["refine_iterations"] = int(args.refine)
-    options = preset_options(args.preset, **values)  # validates the combination (ValueError)
+    options = options_for(  # the one translation; it checks every setting (ValueError)
+        args.preset,
+        grid={"size": tuple(args.grid_size) if args.grid_size is not None else None},
+        refinement={"iterations": args.refine},
+        **({"affine": None} if args.no_affine else {}),
+    )
     model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
     return options, model
 

@@ -1,7 +1,7 @@
 """MRML side of MLVIRNET: volume, transform, markups and table nodes <-> the library.
 
 This module is the logic of the 3D Slicer module (``MLVIRNET/MLVIRNET.py`` builds on
-:class:`MLVIRNETLogic`). It is usable without the Slicer application: it needs only MRML and VTK,
+:class:`RegistrationLogic`). It is usable without the Slicer application: it needs only MRML and VTK,
 which the ``slicer-core`` wheel provides, and it imports them (and torch, through the library)
 lazily inside functions, so ``import MLVIRNETLib.mrml`` works anywhere.
 
@@ -86,7 +86,7 @@ def _storeResult(transformNode, gridTransform, fixedVolumeNode, movingVolumeNode
     transformNode.EndModify(wasModifying)
 
 
-class MLVIRNETLogic:
+class RegistrationLogic:
     """Everything the MLVIRNET Slicer module does, usable from scripts without the GUI.
 
     Args:
@@ -112,7 +112,7 @@ class MLVIRNETLogic:
 
         scene = getattr(slicer, "mrmlScene", None)
         if scene is None:
-            raise ValueError("no MRML scene: pass one to MLVIRNETLogic(scene=...) when running outside Slicer")
+            raise ValueError("no MRML scene: pass one to RegistrationLogic(scene=...) when running outside Slicer")
         return scene
 
     def cancel(self, reason: str = "") -> None:
@@ -206,7 +206,7 @@ class MLVIRNETLogic:
 
         with passive_waiting_while_loading():
             from .. import registration
-        resolvedOptions = self._registrationOptions(registration, options, refineIterations, affine, preset)
+        resolvedOptions = self.registrationOptions(options, refineIterations, affine, preset)
         if model is None or (isinstance(model, str) and model in ("", "default")):
             model = "default"
         elif isinstance(model, str) and model.lower() == NO_MODEL:
@@ -284,22 +284,43 @@ class MLVIRNETLogic:
         display.SetWindowLevel(*JACOBIAN_WINDOW)
 
     @staticmethod
-    def _registrationOptions(registration, options, refineIterations, affine: bool, preset: str = "standard"):
-        """``RegistrationOptions`` (``options`` or those of ``preset``) with the module's two settings applied."""
-        import dataclasses
+    def registrationOptions(options=None, refineIterations=None, affine: bool = True, preset: str = "standard"):
+        """The ``RegistrationOptions`` of a run: ``options`` (or those of ``preset`` when it is None)
+        with the module's two settings on top, through the library's one translation
+        (:func:`~MLVIRNETLib.registration.presets.options_for` /
+        :func:`~MLVIRNETLib.registration.presets.with_overrides`).
 
-        base = options if options is not None else registration.preset_options(preset)
-        if not isinstance(base, registration.RegistrationOptions):
-            raise ValueError(f"options must be a RegistrationOptions, got {type(base).__name__}")
-        changes: dict[str, Any] = {"affine": bool(affine)}
+        Args:
+            options: a ``RegistrationOptions``, or None for ``preset``'s.
+            refineIterations: refinement iterations (one per level, or one for every level); None
+                keeps those of ``options``/``preset``.
+            affine: False skips the affine pre-alignment; True keeps it (with the settings of
+                ``options`` when it has them).
+            preset: a preset name, used when ``options`` is None.
+
+        Raises:
+            ValueError: an unknown preset, iterations that are not integers >= 0, or a bad setting.
+            TypeError: ``options`` is not a ``RegistrationOptions``.
+        """
+        from ..registration.options import RegistrationOptions
+        from ..registration.presets import options_for, with_overrides
+
+        if options is not None and not isinstance(options, RegistrationOptions):
+            raise TypeError(f"options must be a RegistrationOptions, got {type(options).__name__}")
+        overrides: dict[str, Any] = {}
         if refineIterations is not None:
-            iterations = [refineIterations] if isinstance(refineIterations, (int, float)) else list(refineIterations)
+            single = isinstance(refineIterations, (int, float))
+            iterations = [refineIterations] if single else list(refineIterations)
             if any(int(i) != i or i < 0 for i in iterations):
                 raise ValueError(f"refinement iterations must be integers >= 0, got {refineIterations}")
-            changes["refine_iterations"] = (
-                int(refineIterations) if isinstance(refineIterations, (int, float)) else tuple(int(i) for i in iterations)
-            )
-        return dataclasses.replace(base, **changes)
+            overrides["refinement"] = {"iterations": int(refineIterations) if single else tuple(int(i) for i in iterations)}
+        if not affine:
+            overrides["affine"] = None
+        elif options is not None and options.affine is None:
+            overrides["affine"] = {}
+        if options is None:
+            return options_for(preset, **overrides)
+        return with_overrides(options, **overrides)
 
     # -- resampling -----------------------------------------------------------------------------
     def warpVolume(
@@ -597,3 +618,15 @@ class MLVIRNETLogic:
                 removeNodeAndDisplay(scene, node)
             raise
         return out
+
+
+def __getattr__(name: str):
+    """``MLVIRNETLogic``, the former name of :class:`RegistrationLogic`, with a deprecation warning
+    (the Slicer module's own logic keeps that name)."""
+    if name == "MLVIRNETLogic":
+        import warnings
+
+        warnings.warn("MLVIRNETLib.mrml.logic.MLVIRNETLogic is deprecated; use RegistrationLogic",
+                      DeprecationWarning, stacklevel=2)
+        return RegistrationLogic
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
