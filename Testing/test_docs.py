@@ -69,3 +69,14 @@ def test_the_link_checker_catches_a_planted_broken_link(tmp_path):
         "Inline `[in code](not_checked_either.md)` too.\n"
     )
     assert broken_links(page) == ["1: missing.png", "2: gone.md", "2: ../nowhere/file.md"]
+
+
+def test_performance_page_prints_the_current_presets():
+    """docs/performance.md shows the presets' settings as ``preset_table()`` prints them today."""
+    from MLVIRNETLib.registration.presets import preset_table
+
+    page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    assert preset_table() in page, (
+        "docs/performance.md: paste the output of\n"
+        '  python -c "from MLVIRNETLib.registration.presets import preset_table; print(preset_table())"'
+    )
