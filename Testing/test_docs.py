@@ -80,3 +80,18 @@ def test_performance_page_prints_the_current_presets():
         "docs/performance.md: paste the output of\n"
         '  python -c "from MLVIRNETLib.registration.presets import preset_table; print(preset_table())"'
     )
+
+
+def test_the_register_help_quotes_the_preset_figures_of_the_performance_page() -> None:
+    """Each preset line of ``mlvirnet register --help`` gives figures of that preset's row in the
+    first table of docs/performance.md (a figure measured again changes both, or this fails)."""
+    from MLVIRNETLib.cli.register import EPILOG
+    from MLVIRNETLib.registration.presets import PRESETS
+
+    page = (ROOT / "docs" / "performance.md").read_text(encoding="utf-8")
+    number = re.compile(r"\d+\.\d+")
+    for preset in PRESETS:
+        help_line = next(line for line in EPILOG.splitlines() if line.strip().startswith(preset + " "))
+        row = next(line for line in page.splitlines() if line.startswith(f"| `{preset}`"))
+        in_help = set(number.findall(help_line.split(":", 1)[1]))
+        assert len(in_help) >= 5 and in_help <= set(number.findall(row)), (preset, in_help - set(number.findall(row)))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..evaluation.dirlab_evaluation import DirlabEvaluationConfig, DirlabRegistrationSettings, evaluate_dirlab
 from . import CLIError
-from .register import add_registration_arguments
+from .settings import add_registration_arguments
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

@@ -36,6 +36,7 @@ import numpy as np
 
 from ..core.progress import Progress, ProgressFn
 from .checks import checkRegistrationInputs
+from .tre_table import fillTreTable, formatTreStats, treStats
 from .outputs import JACOBIAN_COLOR_NODE_ID, JACOBIAN_WINDOW, RegistrationSummary, jacobianImage, warpedImage
 from .nodes import (
     nodeName,
@@ -456,77 +457,22 @@ class RegistrationLogic:
                 mappedRas = np.asarray(lps_to_ras(metrics.snap_to_voxel(np.asarray(ras_to_lps(mappedRas)), snapGrid)))
             final = TREResult.from_errors(np.linalg.norm(mappedRas - movingRas, axis=1), snapped=snapToVolumeNode is not None)
 
-        stats = self._treStats(final)
+        stats = treStats(final)
         stats["skipped"] = skipped
         note = f"; {skipped} landmark pair(s) with a missing point left out" if skipped else ""
         if transformNode is not None:
-            stats["initial"] = self._treStats(initial)
+            stats["initial"] = treStats(initial)
             stats["summary"] = (
-                f"TRE {self._formatStats(stats)} after registration; {self._formatStats(stats['initial'])} before{note}"
+                f"TRE {formatTreStats(stats)} after registration; {formatTreStats(stats['initial'])} before{note}"
             )
         else:
-            stats["summary"] = f"TRE {self._formatStats(stats)} (no transform){note}"
+            stats["summary"] = f"TRE {formatTreStats(stats)} (no transform){note}"
         if tableNode is not None:
-            self._fillTreTable(
+            fillTreTable(
                 tableNode, labels, fixedRas, movingRas, mappedRas, initial, final if transformNode else None
             )
             tableNode.SetAttribute("MLVIRNET.TRESummary", stats["summary"])
         return stats
-
-    @staticmethod
-    def _treStats(result) -> dict:
-        errors = np.asarray(result.per_point, dtype=float).reshape(-1)
-        return {
-            "mean": float(result.mean),
-            "std": float(result.std),
-            "p95": float(result.p95),
-            "max": float(result.max),
-            "n": int(result.n),
-            "errors": errors.tolist(),
-        }
-
-    @staticmethod
-    def _formatStats(stats: dict) -> str:
-        return (
-            f"{stats['mean']:.2f} ± {stats['std']:.2f} mm (95th percentile {stats['p95']:.2f}, "
-            f"max {stats['max']:.2f}, n = {stats['n']})"
-        )
-
-    @staticmethod
-    def _fillTreTable(tableNode, labels, fixedRas, movingRas, mappedRas, initial, final) -> None:
-        import vtk
-
-        columns: list[tuple[str, Any]] = [("Landmark", list(labels))]
-        for prefix, ras in (("Fixed", fixedRas), ("Moving", movingRas)):
-            for axis, letter in enumerate("RAS"):
-                columns.append((f"{prefix} {letter}", ras[:, axis]))
-        if final is not None:
-            for axis, letter in enumerate("RAS"):
-                columns.append((f"Mapped {letter}", mappedRas[:, axis]))
-            columns.append(("Initial error (mm)", np.asarray(initial.per_point, dtype=float).reshape(-1)))
-            columns.append(("Error (mm)", np.asarray(final.per_point, dtype=float).reshape(-1)))
-        else:
-            columns.append(("Error (mm)", np.asarray(initial.per_point, dtype=float).reshape(-1)))
-
-        wasModifying = tableNode.StartModify()
-        table = tableNode.GetTable()
-        table.Initialize()
-        for name, values in columns:
-            if name == "Landmark":
-                array = vtk.vtkStringArray()
-                array.SetName(name)
-                for value in values:
-                    array.InsertNextValue(str(value))
-            else:
-                array = vtk.vtkDoubleArray()
-                array.SetName(name)
-                for value in values:
-                    array.InsertNextValue(float(value))
-            table.AddColumn(array)
-        for name, _ in columns[1:]:
-            tableNode.SetColumnUnitLabel(name, "mm")
-        tableNode.Modified()
-        tableNode.EndModify(wasModifying)
 
     def importLandmarks(self, path: str | Path, referenceVolumeNode=None, name: str | None = None):
         """Load a landmark file as a new fiducial node (labels 1..P, locked).

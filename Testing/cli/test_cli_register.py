@@ -13,7 +13,7 @@ import torch
 from helpers import rotation_matrix
 
 from MLVIRNETLib.cli import main
-from MLVIRNETLib.cli.register import add_registration_arguments, registration_settings
+from MLVIRNETLib.cli.settings import add_registration_arguments, registration_settings
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.fields import read_field
 from MLVIRNETLib.paths import bundled_ct_path
