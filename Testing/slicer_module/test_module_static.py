@@ -328,6 +328,22 @@ def test_extension_files():
     assert s4ext["category"].strip() == "Registration"
 
 
+def test_the_extension_addresses_name_files_of_this_repository_and_it_ships_one_model():
+    """The icon and screenshot addresses of CMakeLists.txt and MLVIRNET.s4ext point into this
+    repository's main branch at files that exist; the Resources/* glob that CMake installs (Python
+    files and caches left out, as CMakeLists.txt filters them) holds one model file."""
+    prefix = "https://raw.githubusercontent.com/MLVIRNET/SlicerMLVIRNET/main/"
+    for name in ("CMakeLists.txt", "MLVIRNET.s4ext"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        addresses = re.findall(r"https://raw\.githubusercontent\.com/\S+?\.png", text)
+        assert len(addresses) == 2, (name, addresses)
+        for address in addresses:
+            assert address.startswith(prefix) and (ROOT / address[len(prefix):]).is_file(), (name, address)
+    installed = [p for p in (ROOT / "Resources").rglob("*") if p.is_file()
+                 and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".py")]
+    assert [p.name for p in installed if p.suffix == ".pt"] == ["mlvirnet_default.pt"]
+
+
 def test_widget_calls_logic_methods_with_keywords_they_take_and_presets_the_library_has(module_tree):
     """The keywords the widget passes to ``self.logic.<method>(...)`` are parameters of that method,
     and the module's preset names map to presets of the library (both only run inside Slicer)."""
