@@ -2,8 +2,8 @@
 
 A 512 x 512 x N int16 volume and a smooth grid transform on the same grid are put into a real MRML
 scene (slicer-core); the warp reads the transform into a float32 field slab by slab, resamples in
-a worker thread and fills a new volume node. Prints the median time and the peak resident memory
-above the state before the warp, next to the size of the float32 field.
+a worker thread and fills a new volume node. Prints the median time and the median peak resident memory of one
+warp above the state before it, next to the size of the float32 field.
 
     python benchmarks/bench_slicer_warp.py --slices 300 --repeats 3
 """
@@ -61,6 +61,7 @@ def main() -> None:
     from MLVIRNETLib import mrml as L
     from MLVIRNETLib.core.deformation import Deformation
     from MLVIRNETLib.core.geometry import ImageGrid
+    from MLVIRNETLib.mrml.nodes import removeNodeAndDisplay
 
     grid = ImageGrid((512, 512, args.slices), (0.7, 0.7, 1.0), (-180.0, -180.0, -150.0), tuple(np.eye(3).ravel()))
     rng = np.random.default_rng(0)
@@ -80,20 +81,23 @@ def main() -> None:
     gc.collect()
     fieldMB = 12 * int(np.prod(grid.size)) / 2**20
     logic = L.RegistrationLogic(scene)
-    before = current_rss_mb()
-    times = []
-    with PeakSampler() as sampler:
-        for _ in range(args.repeats):
+    start = current_rss_mb()
+    times, peaks, starts = [], [], []
+    for _ in range(args.repeats):
+        before = current_rss_mb()
+        with PeakSampler() as sampler:
             t = time.perf_counter()
             out = logic.warpVolume(moving, transform, moving, scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode"))
             times.append(time.perf_counter() - t)
-            scene.RemoveNode(out)
-            gc.collect()
-    peak = sampler.peak
+        peaks.append(sampler.peak - before)
+        starts.append(before - start)
+        removeNodeAndDisplay(scene, out)  # as the Data module deletes a volume: its display node too
+        gc.collect()
     print(f"volume 512 x 512 x {args.slices}; float32 field {fieldMB:.0f} MB")
     print(f"warpVolume: median {statistics.median(times):.1f} s over {args.repeats} runs ({', '.join(f'{t:.1f}' for t in times)})")
-    print(f"peak resident memory during the warps, above the state before: {peak - before:.0f} MB "
-          f"({(peak - before) / fieldMB:.2f} x the field)")
+    print(f"peak resident memory of a warp above the state before it: median {statistics.median(peaks):.0f} MB "
+          f"({statistics.median(peaks) / fieldMB:.2f} x the field; runs: {', '.join(f'{p:.0f}' for p in peaks)} MB)")
+    print(f"resident memory at the start of each run above the first: {', '.join(f'{s:.0f}' for s in starts)} MB")
 
 
 if __name__ == "__main__":

@@ -222,6 +222,49 @@ _INTEGER_LIMITS = {
 _FLOAT_TYPES = {sitk.sitkFloat32: np.float32, sitk.sitkFloat64: np.float64}
 
 
+def numpy_type_of(pixel_type: int) -> type:
+    """The numpy scalar type of a SimpleITK scalar integer or float ``pixel_type``.
+
+    Raises:
+        ValueError: another pixel type.
+    """
+    if pixel_type in _INTEGER_LIMITS:
+        return _INTEGER_LIMITS[pixel_type]
+    if pixel_type in _FLOAT_TYPES:
+        return _FLOAT_TYPES[pixel_type]
+    raise ValueError(f"pixel_type must be a SimpleITK scalar integer or float type id, got {pixel_type!r}")
+
+
+CAST_CHUNK_VOXELS = 1 << 22
+"""Voxels converted at a time by :func:`cast_to_pixel_type` (its float64 temporaries stay this small)."""
+
+
+def cast_to_pixel_type(array: np.ndarray, pixel_type: int) -> np.ndarray:
+    """``array`` in the numpy type of SimpleITK's ``pixel_type``: integer types are rounded to the
+    nearest integer and clipped to the type's range, float types converted. The work is done a
+    block of the first axis at a time, so a large volume needs no full-size temporary copy.
+
+    Raises:
+        ValueError: ``pixel_type`` is not a SimpleITK scalar integer or float type id.
+    """
+    if pixel_type in _FLOAT_TYPES:
+        return array.astype(_FLOAT_TYPES[pixel_type], copy=False)
+    if pixel_type not in _INTEGER_LIMITS:
+        raise ValueError(f"pixel_type must be a SimpleITK scalar integer or float type id, got {pixel_type!r}")
+    np_type = _INTEGER_LIMITS[pixel_type]
+    info = np.iinfo(np_type)
+    out = np.empty(array.shape, dtype=np_type)
+    if array.ndim == 0 or array.size == 0:
+        out[...] = np.clip(np.rint(np.asarray(array, dtype=np.float64)), info.min, info.max)
+        return out
+    step = max(1, CAST_CHUNK_VOXELS // max(1, array[0].size))
+    for i in range(0, array.shape[0], step):
+        block = np.rint(array[i:i + step].astype(np.float64))
+        np.clip(block, info.min, info.max, out=block)
+        out[i:i + step] = block
+    return out
+
+
 def tensor_to_image(tensor: torch.Tensor | np.ndarray, grid: ImageGrid, pixel_type: int | None = None) -> sitk.Image:
     """A ``(1, 1, D, H, W)`` or ``(D, H, W)`` tensor on ``grid`` -> ``SimpleITK.Image``.
 
@@ -250,14 +293,7 @@ def tensor_to_image(tensor: torch.Tensor | np.ndarray, grid: ImageGrid, pixel_ty
     if array.dtype == bool:
         array = array.astype(np.uint8)
     if pixel_type is not None:
-        if pixel_type in _INTEGER_LIMITS:
-            np_type = _INTEGER_LIMITS[pixel_type]
-            info = np.iinfo(np_type)
-            array = np.clip(np.rint(array.astype(np.float64)), info.min, info.max).astype(np_type)
-        elif pixel_type in _FLOAT_TYPES:
-            array = array.astype(_FLOAT_TYPES[pixel_type])
-        else:
-            raise ValueError(f"pixel_type must be a SimpleITK scalar integer or float type id, got {pixel_type!r}")
+        array = cast_to_pixel_type(array, pixel_type)
     image = sitk.GetImageFromArray(np.ascontiguousarray(array), isVector=False)
     grid.copy_to_sitk(image)
     return image

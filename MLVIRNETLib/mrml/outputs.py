@@ -20,6 +20,11 @@ JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 """Slicer's diverging blue-white-red colour table: blue where the lungs shrink (det J < 1), white
 where the volume is kept, red where they expand."""
 
+WARP_SLAB_VOXELS = 1_000_000
+"""Voxels per slab of the warped volume: the slab's sample points and weights stay small next to
+the field, so the warp's peak memory is the field plus the moving volume in float32 and the
+output."""
+
 JACOBIAN_SLAB_VOXELS = 2_000_000
 """Voxels per slab of the Jacobian determinant (its gradients take about 20 floats a voxel)."""
 
@@ -71,8 +76,9 @@ def warpedImage(movingImage: "sitk.Image", deformation: "Deformation", isLabel: 
     from ..registration.warp import warp_image
 
     if isLabel:
-        return warp_image(movingImage, deformation, padding_value=0.0, mode="nearest", progress=progress)
-    return warp_image(movingImage, deformation, progress=progress)
+        return warp_image(movingImage, deformation, slab_voxels=WARP_SLAB_VOXELS, padding_value=0.0, mode="nearest",
+                          progress=progress)
+    return warp_image(movingImage, deformation, slab_voxels=WARP_SLAB_VOXELS, progress=progress)
 
 
 def jacobianImage(deformation: "Deformation", progress: "ProgressFn") -> "sitk.Image":

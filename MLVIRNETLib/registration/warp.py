@@ -77,12 +77,14 @@ def warp_image(
     Returns:
         ``sitk.Image`` on ``deformation.grid``.
     """
-    from ..io.images import tensor_to_image
+    from ..io.images import cast_to_pixel_type, numpy_type_of
 
     m, m_grid = image_to_hu_tensor(moving, deformation.displacement.device)
     grid = deformation.grid
     nx, ny, nz = grid.size
-    out = torch.empty((1, 1, *grid.shape_zyx), dtype=torch.float32)
+    # each slab goes straight into the output's pixel type: no float copy of the whole output
+    pixel_type = pixel_type if pixel_type is not None else moving.GetPixelID()
+    out = np.empty(grid.shape_zyx, dtype=numpy_type_of(pixel_type))
     slab = max(1, int(slab_voxels) // max(nx * ny, 1))
     for z0 in range(0, nz, slab):
         z1 = min(nz, z0 + slab)
@@ -93,8 +95,11 @@ def warp_image(
         else:
             w = sample_on_grid(m - padding_value, m_grid, sgrid, offset=offset, mode=mode, padding_mode="zeros")
             w += padding_value
-        out[:, :, z0:z1] = w.cpu()
+        out[z0:z1] = cast_to_pixel_type(w[0, 0].cpu().numpy(), pixel_type)
         if progress is not None:
             progress(z1 / nz, f"warped image: slices {z1}/{nz}")
-    return tensor_to_image(out, grid, pixel_type=pixel_type if pixel_type is not None else moving.GetPixelID())
+    del m
+    image = sitk.GetImageFromArray(out, isVector=False)
+    grid.copy_to_sitk(image)
+    return image
 

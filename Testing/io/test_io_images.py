@@ -141,3 +141,28 @@ def test_image_to_tensor_rejects_vector_images():
     vec = sitk.Image([4, 4, 4], sitk.sitkVectorFloat32, 3)
     with pytest.raises(ValueError, match="scalar"):
         image_to_tensor(vec)
+
+
+@pytest.mark.parametrize("pixel_type,np_type", [(sitk.sitkInt16, np.int16), (sitk.sitkUInt8, np.uint8),
+                                                (sitk.sitkInt32, np.int32), (sitk.sitkFloat32, np.float32)])
+def test_block_wise_cast_equals_the_whole_volume_cast(monkeypatch, pixel_type: int, np_type) -> None:
+    """Casting a block of slices at a time gives what one rint/clip of the whole float64 volume
+    gave, halves and values beyond the type's range included."""
+    from MLVIRNETLib.io import images
+
+    rng = np.random.default_rng(5)
+    array = (rng.normal(scale=30000.0, size=(7, 5, 6)).astype(np.float32))
+    array[0, 0, :4] = [0.5, 1.5, -2.5, 1e30]
+    monkeypatch.setattr(images, "CAST_CHUNK_VOXELS", 40)  # 1 slice per block
+    got = images.cast_to_pixel_type(array, pixel_type)
+    if np.issubdtype(np_type, np.integer):
+        info = np.iinfo(np_type)
+        expected = np.clip(np.rint(array.astype(np.float64)), info.min, info.max).astype(np_type)
+    else:
+        expected = array.astype(np_type)
+    assert got.dtype == np_type and np.array_equal(got, expected)
+    grid = oblique_grid(size=(6, 5, 7))
+    image = tensor_to_image(torch.from_numpy(array), grid, pixel_type=pixel_type)
+    assert np.array_equal(sitk.GetArrayFromImage(image), expected)
+    with pytest.raises(ValueError, match="pixel_type must be"):
+        images.cast_to_pixel_type(array, sitk.sitkVectorFloat32)
