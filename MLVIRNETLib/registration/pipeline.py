@@ -167,6 +167,8 @@ def register(
     """
     opts = as_options(options)
     t_start = time.perf_counter()
+    prog = Progress(progress, cancel)
+    prog(0.0, "checking the inputs", force=True)  # a progress display's clock starts with ``total``'s
     validate_pair(fixed, moving, fixed_mask, moving_mask)
     dev = resolve_device(device)
     old_threads = torch.get_num_threads()
@@ -175,7 +177,7 @@ def register(
     # an in-memory model runs in eval mode on ``dev``; the caller gets it back as it was
     restore = _ModelState.of(model)
     try:
-        return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, Progress(progress, cancel), t_start)
+        return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, prog, t_start)
     finally:
         if opts.runtime.num_threads is not None:
             torch.set_num_threads(old_threads)
