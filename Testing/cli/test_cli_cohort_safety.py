@@ -210,3 +210,23 @@ def test_landmarks_marked_missing_are_skipped_and_paired_by_label(tmp_path) -> N
     assert doc["skipped_landmarks"] == 2 and doc["paired_by"] == "label"
     r = _cli("tre", "--fixed-landmarks", str(fixed), "--moving-landmarks", str(moving))
     assert "2 landmark(s) skipped" in r.stdout
+
+
+def test_library_diagnostics_do_not_precede_the_one_line_error(tmp_path) -> None:
+    """ITK's HDF5 prints its error stack (HDF5-DIAG) and ITK/GDCM a WARNING block before the failure
+    reaches the reader; stderr holds the command's one line only."""
+    with h5py.File(tmp_path / "odd.h5", "w") as f:  # an ITK transform group whose type ITK cannot convert
+        f.create_group("TransformGroup/0")["TransformType"] = np.array([b"AffineTransform_double_3_3"])
+    (tmp_path / "p.csv").write_text("x,y,z\n1,2,3\n")
+    r = _cli("tre", "--fixed-landmarks", str(tmp_path / "p.csv"), "--moving-landmarks", str(tmp_path / "p.csv"),
+             "--field", str(tmp_path / "odd.h5"))
+    assert r.returncode == 2 and r.stderr.startswith("mlvirnet tre: error: cannot read deformation field"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "HDF5-DIAG" not in r.stderr, r.stderr
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        (dicom / name).write_bytes(b"not a DICOM file" * 64)
+    fixed = write_pair(tmp_path, "p", (0.0, 0.0, 0.0))[0]
+    r = _cli("register", str(fixed), str(dicom), "-o", str(tmp_path / "f.nii.gz"), *FAST, "--quiet")
+    assert r.returncode == 2 and "holds no DICOM series" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "GDCM" not in r.stderr and "WARNING" not in r.stderr
