@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,12 +27,6 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "MLVIRNETLib.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
-
-
-def _popen(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "MLVIRNETLib.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -109,35 +104,56 @@ def test_resume_redoes_changed_damaged_and_incomplete_pairs(cohort, tmp_path) ->
     assert "settings differ" in info["redone"]["p0"] and "refinement.iterations" in info["redone"]["p0"]
 
 
+def _lines_into(stream, lines: list[str]) -> threading.Thread:
+    """Read ``stream`` line by line into ``lines`` in a thread (a full pipe would stall the writer)."""
+    thread = threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")), daemon=True)
+    thread.start()
+    return thread
+
+
 def test_two_concurrent_runs_with_kill_9_do_every_pair_once(tmp_path) -> None:
+    """Run b starts while run a registers; one of them meets a pair the other holds and leaves it
+    (the lock); a is then killed with its lock held and maybe a temporary half written."""
     folder = tmp_path / "c"
     folder.mkdir()
+    ids = [f"q{k}" for k in range(6)]
     rows = ["id,fixed,moving"]
-    for k in range(4):
-        paths = write_pair(folder, f"q{k}", (3.0 - k, 2.0, 1.0 + k))
-        rows.append(f"q{k},{paths[0].name},{paths[1].name}")
+    for k, pid in enumerate(ids):
+        paths = write_pair(folder, pid, (3.0 - k, 2.0, 1.0 + k))
+        rows.append(f"{pid},{paths[0].name},{paths[1].name}")
     manifest = folder / "m.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    args = ("batch", str(manifest), "-o", str(out), *FAST[:3], "--refine", "30", "--network-size", "16", "16",
-            "16", "--json")
-    a = _popen(*args)
+    # the shipped model: about 2 s a pair, so that the runs overlap on some pair
+    args = [sys.executable, "-m", "MLVIRNETLib.cli", "batch", str(manifest), "-o", str(out), "--preset", "fast",
+            "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MLVIRNET_PROGRESS_INTERVAL": "0"}
+    a = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    a_err: list[str] = []
+    _lines_into(a.stderr, a_err)
     deadline = time.time() + 120
     while not list(out.glob("*/result.json")) and time.time() < deadline:
         time.sleep(0.05)
-    b = _popen(*args)
-    time.sleep(1.0)
-    a.send_signal(signal.SIGKILL)  # a dies holding a pair's lock, maybe with a temporary half written
+    b = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    b_err: list[str] = []
+    b_reader = _lines_into(b.stderr, b_err)
+    left = "another run is registering it"
+    while not any(left in line for line in a_err + b_err) and b.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    a.send_signal(signal.SIGKILL)
     a.wait()
-    stdout, stderr = b.communicate(timeout=300)
-    assert b.returncode == 0, stderr
+    stdout = b.stdout.read()
+    b.wait(timeout=300)
+    b_reader.join(timeout=10)
+    assert b.returncode == 0, "".join(b_err)
+    assert any(left in line for line in a_err + b_err), "no run ever left a pair to the other: no lock"
     info = json.loads(stdout)
     pids = {p.parent.name: json.loads(p.read_text())["pid"] for p in out.glob("*/result.json")}
-    assert sorted(pids) == ["q0", "q1", "q2", "q3"] and not list(out.glob("*/error.txt"))
+    assert sorted(pids) == ids and not list(out.glob("*/error.txt"))
     by_a = {pid for pid, who in pids.items() if who == a.pid}
     assert by_a and not by_a & set(info["registered"])  # b never redid a pair a had finished
-    assert sorted(by_a | set(info["registered"])) == ["q0", "q1", "q2", "q3"]
-    assert info["cohort"] == {"done": 4, "failed": 0, "pending": 0}
+    assert sorted(by_a | set(info["registered"])) == ids
+    assert info["cohort"] == {"done": len(ids), "failed": 0, "pending": 0}
     assert not [p for p in out.rglob(".*")]  # the killed writer's temporaries are gone
 
 
