@@ -203,6 +203,10 @@ def test_a_crafted_h5_is_one_error_line_without_a_crash(tmp_path) -> None:
              "--field", str(tmp_path / "zero.h5"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "size [0, 0, 0]" in r.stderr or "size [0.0, 0.0, 0.0]" in r.stderr
+    moving = write_pair(tmp_path, "p", (0.0, 0.0, 0.0))[1]
+    r = _cli("warp", str(moving), str(tmp_path / "zero.h5"), "-o", str(tmp_path / "w.nii.gz"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "size [0" in r.stderr, r.stderr
+    assert not (tmp_path / "w.nii.gz").exists()
     sitk.WriteTransform(sitk.AffineTransform(3), str(tmp_path / "affine.h5"))
     r = _cli("tre", "--fixed-landmarks", str(tmp_path / "p.csv"), "--moving-landmarks", str(tmp_path / "p.csv"),
              "--field", str(tmp_path / "affine.h5"))
