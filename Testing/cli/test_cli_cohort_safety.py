@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from cohort_data import FAST, write_cohort, write_pair
+from cohort_data import FAST, SHIFTS_MM, write_cohort, write_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -250,3 +250,20 @@ def test_library_diagnostics_do_not_precede_the_one_line_error(tmp_path) -> None
     r = _cli("register", str(fixed), str(dicom), "-o", str(tmp_path / "f.nii.gz"), *FAST, "--quiet")
     assert r.returncode == 2 and "holds no DICOM series" in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and "GDCM" not in r.stderr and "WARNING" not in r.stderr
+
+
+def test_batch_skips_landmarks_marked_missing(cohort, tmp_path) -> None:
+    shift = np.array(SHIFTS_MM[0])  # pair p0: its landmarks move by -shift
+    pts = np.loadtxt(cohort.parent / "p0_fixed.csv", delimiter=",", skiprows=1)[:3]
+    fixed = _markups(tmp_path / "f.mrk.json", [*pts.tolist(), [687.0, 0, 0]], {3}, ["A", "B", "C", "D"])
+    moved = (pts - shift).tolist()
+    moving = _markups(tmp_path / "m.mrk.json", [moved[2], moved[0], [500.0, 1, 1], moved[1]], {2},
+                      ["C", "A", "D", "B"])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,fixed,moving,fixed_landmarks,moving_landmarks\n"
+                        f"p0,{cohort.parent / 'p0_fixed.nii.gz'},{cohort.parent / 'p0_moving.nii.gz'},{fixed},{moving}\n")
+    r = _cli("batch", str(manifest), "-o", str(tmp_path / "out"), *FAST, "--quiet")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "out" / "p0" / "result.json").read_text())
+    assert doc["landmarks_skipped"] == 2 and doc["tre_before_mm"]["n"] == 3, doc
+    assert doc["tre_before_mm"]["max"] == pytest.approx(float(np.linalg.norm(shift)), abs=1e-3)
