@@ -2,8 +2,13 @@
 
 On a terminal: a tqdm bar (tqdm is an optional dependency). When stderr is not a terminal (a log
 file, a pipe, a cluster job's output): plain lines such as ``register: 42% refine 1/2: iteration
-10/60 (12 s)``, the first at once, then at most one every :data:`LOG_INTERVAL_S` seconds (or
+10/60 (12.3 s)``, the first at once, then at most one every :data:`LOG_INTERVAL_S` seconds (or
 ``$MLVIRNET_PROGRESS_INTERVAL``), and a final line when the work ends. ``--quiet``: nothing.
+
+Both show one clock, :class:`ReportClock`: the seconds from the first report to the latest one. The
+registration reports as it starts and as it ends, so the time shown at the end is the registration's
+own time (the ``total`` a command prints), not the time spent before (reading, synthesising) or after
+(writing the outputs).
 """
 
 from __future__ import annotations
@@ -54,39 +59,60 @@ def _tqdm_bar(desc: str, stream: TextIO):
         from tqdm import tqdm
     except ImportError:
         return None
-    return tqdm(total=100, file=stream, desc=desc, bar_format="{l_bar}{bar}| {elapsed} {postfix}")
+    return tqdm(total=100, file=stream, desc=desc, bar_format="{l_bar}{bar}|{postfix}")
+
+
+class ReportClock:
+    """Seconds from the first report to the latest one (``None`` before the first)."""
+
+    def __init__(self) -> None:
+        self.first: float | None = None
+        self.latest: float | None = None
+
+    def report(self) -> None:
+        """Note the time of a report (the first one starts the clock)."""
+        self.latest = time.monotonic()
+        if self.first is None:
+            self.first = self.latest
+
+    @property
+    def seconds(self) -> float:
+        """Seconds from the first report to the latest (0 before any report)."""
+        return 0.0 if self.first is None else self.latest - self.first
+
+    def text(self) -> str:
+        """The time as shown: ``"12.3 s"``."""
+        return f"{self.seconds:.1f} s"
 
 
 class LogLines:
     """A ``progress(fraction, message)`` callback that prints at most one plain line every ``interval_s``.
 
     The first report is printed at once; :meth:`finish` prints the last state when it was not
-    printed yet, with the elapsed time.
+    printed yet. Each line shows the :class:`ReportClock` time of its report.
     """
 
     def __init__(self, desc: str, stream: TextIO, interval_s: float) -> None:
         self.desc = desc
         self.stream = stream
         self.interval_s = float(interval_s)
-        self.start = time.monotonic()
+        self.clock = ReportClock()
         self.last_print = -float("inf")
-        self.state: tuple[int, str] | None = None
-        self.printed: tuple[int, str] | None = None
+        self.state: tuple[int, str, str] | None = None
+        self.printed: tuple[int, str, str] | None = None
 
-    def _line(self, state: tuple[int, str]) -> str:
-        percent, message = state
-        return f"{self.desc}: {percent}% {message} ({time.monotonic() - self.start:.0f} s)"
-
-    def _print(self, state: tuple[int, str]) -> None:
-        print(self._line(state), file=self.stream, flush=True)
+    def _print(self, state: tuple[int, str, str]) -> None:
+        percent, message, clock = state
+        print(f"{self.desc}: {percent}% {message} ({clock})", file=self.stream, flush=True)
         self.printed = state
         self.last_print = time.monotonic()
 
     def __call__(self, fraction: float, message: str) -> None:
+        self.clock.report()
         text = " ".join(str(message).split())
         if len(text) > MESSAGE_CHARS:
             text = text[: MESSAGE_CHARS - 3] + "..."
-        self.state = (int(100 * min(max(float(fraction), 0.0), 1.0)), text)
+        self.state = (int(100 * min(max(float(fraction), 0.0), 1.0)), text, self.clock.text())
         if time.monotonic() - self.last_print >= self.interval_s:
             self._print(self.state)
 
@@ -118,9 +144,12 @@ def progress_bar(desc: str, quiet: bool = False, stream: TextIO | None = None) -
         lines.finish()
         return
 
+    clock = ReportClock()
+
     def progress(fraction: float, message: str) -> None:
+        clock.report()
         bar.n = round(100 * min(max(fraction, 0.0), 1.0), 1)
-        bar.set_postfix_str(str(message)[:60], refresh=False)
+        bar.set_postfix_str(f"{clock.text()} {str(message)[:60]}", refresh=False)
         bar.refresh()
 
     try:

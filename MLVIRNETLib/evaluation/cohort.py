@@ -265,7 +265,7 @@ def run_cohort(
         pair_dir.mkdir(exist_ok=True)
         with PairLock(pair_dir, wait=wait) as locked:
             if not locked:
-                outer(0.0, f"{label}: another run is registering it; coming back to it at the end")
+                outer(0.0, f"{label}: another run is registering it; coming back to it at the end", force=True)
                 queue.append((pair, True))
                 continue
             done, why = pair_status(pair_dir / RESULT_NAME, _stamps(pair), settings)

@@ -184,6 +184,7 @@ def run_demo(output_dir: PathLike, config: DemoConfig | None = None, progress: P
         "timings_s": {k: round(v, 3) for k, v in result.timings.items()},
         "synthesis_s": round(synth_time, 3),
         "model_used": result.model_used,
+        "quality": result.quality.to_dict() if result.quality is not None else None,
         "messages": result.messages,
         "outputs": {k: (str(v) if v is not None else None) for k, v in outputs.items()},
     }

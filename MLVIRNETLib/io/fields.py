@@ -63,6 +63,7 @@ from ..core.geometry import LPS_TO_RAS, ImageGrid
 from .atomic import atomic_output
 from .images import read_back_header, sitk_error_reason
 from .integrity import check_file, check_input, count_nonfinite
+from .native_stderr import held_native_stderr
 
 PathLike = str | os.PathLike
 
@@ -352,13 +353,14 @@ def _read_piece(p: Path) -> list[sitk.Transform]:
         field_format(p)  # raises the "unsupported" message
     check_input(p, "deformation field")
     try:
-        if name.endswith(IMAGE_SUFFIXES):
-            image = sitk.ReadImage(str(p))
-            sitk_to_deformation(image, source=p)  # shape and NaN checks with the file's name
-            return [sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))]
-        if name.endswith((".h5", ".hdf5")):
-            check_itk_hdf5(p)
-        return _flatten(sitk.ReadTransform(str(p)))
+        with held_native_stderr():  # ITK/HDF5 diagnostics are dropped when the read fails
+            if name.endswith(IMAGE_SUFFIXES):
+                image = sitk.ReadImage(str(p))
+                sitk_to_deformation(image, source=p)  # shape and NaN checks with the file's name
+                return [sitk.DisplacementFieldTransform(sitk.Cast(image, sitk.sitkVectorFloat64))]
+            if name.endswith((".h5", ".hdf5")):
+                check_itk_hdf5(p)
+            return _flatten(sitk.ReadTransform(str(p)))
     except RuntimeError as exc:
         raise _sitk_error(p, exc) from None
 

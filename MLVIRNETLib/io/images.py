@@ -20,6 +20,7 @@ import torch
 from ..core.geometry import ImageGrid
 from .atomic import PathLike, atomic_output
 from .integrity import check_file, check_input, require_finite
+from .native_stderr import held_native_stderr
 
 
 # ----------------------------------------------------------------------------------------------
@@ -78,14 +79,15 @@ def read_image(path: PathLike) -> sitk.Image:
     if not p.exists():
         raise FileNotFoundError(f"image not found: {p}")
     try:
-        if p.is_dir():
-            reader = sitk.ImageSeriesReader()
-            reader.SetFileNames(_dicom_series_files(p))
-            image = reader.Execute()
-        else:
-            if not p.is_file():
-                raise ValueError(f"cannot read image {p}: not a regular file")
-            image = _read_checked(p)
+        with held_native_stderr():  # ITK/GDCM/HDF5 diagnostics are dropped when the read fails
+            if p.is_dir():
+                reader = sitk.ImageSeriesReader()
+                reader.SetFileNames(_dicom_series_files(p))
+                image = reader.Execute()
+            else:
+                if not p.is_file():
+                    raise ValueError(f"cannot read image {p}: not a regular file")
+                image = _read_checked(p)
     except RuntimeError as exc:  # SimpleITK reports unreadable files as RuntimeError
         raise ValueError(f"cannot read image {p}: {sitk_error_reason(exc)}") from None
     except PermissionError:
@@ -127,7 +129,8 @@ def read_image_grid(path: PathLike) -> ImageGrid:
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(p))
     try:
-        reader.ReadImageInformation()
+        with held_native_stderr():
+            reader.ReadImageInformation()
     except RuntimeError:
         raise ValueError(f"cannot read image header of {p}") from None
     dim = reader.GetDimension()

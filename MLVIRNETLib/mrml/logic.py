@@ -245,7 +245,7 @@ class RegistrationLogic:
         summary = RegistrationSummary(
             timings=dict(result.timings), folding_fraction=float(result.folding_fraction), model=result.model_used,
             preset=preset if options is None else None, device=str(result.deformation.displacement.device),
-            messages=tuple(str(m) for m in result.messages),
+            messages=tuple(str(m) for m in result.messages), quality=result.quality,
         )
         del result, outputs["result"]  # the field lives on in the grid transform only
         prog.check_cancel()  # the last point where a cancel leaves the scene as it was

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 
     from ..core.deformation import Deformation
     from ..core.progress import ProgressFn
+    from ..registration.quality import QualityCheck
 
 JACOBIAN_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 """Slicer's diverging blue-white-red colour table: blue where the lungs shrink (det J < 1), white
@@ -43,6 +44,8 @@ class RegistrationSummary:
         preset: the preset the options came from (``None`` for options given by the caller).
         device: the device the network ran on.
         messages: notes and warnings for the user.
+        quality: the result's quality check (lung NCC, and Dice with both masks; ``None`` when not
+            known).
     """
 
     timings: dict[str, float] = field(default_factory=dict)
@@ -51,9 +54,11 @@ class RegistrationSummary:
     preset: str | None = None
     device: str = "cpu"
     messages: tuple[str, ...] = ()
+    quality: QualityCheck | None = None
 
     def details(self) -> str:
-        """Lines for the panel's details view."""
+        """Lines for the panel's details view; a failed quality check's warning comes right after
+        the quality line (and is not repeated among the notes)."""
         lines = []
         if self.preset is not None:
             lines.append(f"Preset: {self.preset}")
@@ -63,7 +68,16 @@ class RegistrationSummary:
         if "total" in self.timings:
             lines.append(f"Time: {self.timings['total']:.1f} s ({stages})")
         lines.append(f"Folding (det J <= 0): {100 * self.folding_fraction:.3f} % of voxels")
-        lines.extend(f"Note: {message}" for message in self.messages)
+        q, warning = self.quality, None
+        if q is not None:
+            measures = f"lung NCC {q.ncc:.2f} (flagged below {q.ncc_threshold:.2f})"
+            if q.lung_dice is not None:
+                measures += f", lung Dice {q.lung_dice:.2f} (flagged below {q.dice_threshold:.2f})"
+            lines.append(f"Quality: {'good' if q.ok else 'POOR'}: {measures}")
+            if q.message is not None:
+                warning = q.message
+                lines.append(f"Warning: {warning}")
+        lines.extend(f"Note: {message}" for message in self.messages if message != warning)
         return "\n".join(lines)
 
 

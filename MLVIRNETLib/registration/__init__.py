@@ -1,8 +1,8 @@
 """The registration pipeline: affine pre-alignment, network inference, variational refinement.
 
 Holds:
-    options   :class:`RegistrationOptions` and the input checks.
-    quality   the quality check of a result and :class:`RegistrationResult` (with that check).
+    options   :class:`RegistrationOptions`, the input checks and :class:`RegistrationResult`.
+    quality   the quality check of a result.
     presets   the named settings ``fast``, ``standard`` and ``accurate``.
     pipeline  :func:`register`, one function per stage.
     affine    the affine pre-alignment.
@@ -20,13 +20,14 @@ from .options import (
     NETWORK_PRECISIONS,
     NetworkOptions,
     RegistrationOptions,
+    RegistrationResult,
     RuntimeOptions,
     WorkingGrid,
     validate_pair,
 )
 from .refine import RefineOptions
 from .pipeline import cpu_bf16_supported, register
-from .quality import QualityCheck, RegistrationResult
+from .quality import QualityCheck
 from .presets import DEFAULT_PRESET, PRESETS, options_for, preset_options, preset_table, with_overrides
 from .warp import warp_image
 

@@ -16,6 +16,7 @@ from ..preprocessing.lungmask import LungMaskOptions
 from ..preprocessing.morphology import not_hu_reason
 from ..preprocessing.pair import HU_WINDOW, PreprocessOptions, mask_values_problem
 from .affine import AffineOptions
+from .quality import QualityCheck
 from .refine import RefineOptions
 
 NETWORK_PRECISIONS = ("auto", "auto-bfloat16", "float32", "bfloat16", "float16")
@@ -440,6 +441,8 @@ class RegistrationResult:
         model_used: path of the model file (or ``"<in-memory>"``), ``None`` without a network.
         messages: notes for the user (missing default model, fallbacks).
         network_grid: the grid the network and the refinement worked on.
+        quality: the :class:`~MLVIRNETLib.registration.quality.QualityCheck` of the result (``None``
+            only for a result built without the check).
     """
 
     deformation: Deformation
@@ -450,6 +453,7 @@ class RegistrationResult:
     model_used: str | None = None
     messages: list[str] = field(default_factory=list)
     network_grid: ImageGrid | None = None
+    quality: QualityCheck | None = None
 
 
 def _is_integer_triple(values: Any) -> bool:

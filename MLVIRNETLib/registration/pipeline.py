@@ -49,8 +49,9 @@ from ..core.geometry import ImageGrid
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..preprocessing.pair import PreprocessedPair, image_to_hu_tensor, mask_to_tensor, preprocess_pair
 from .affine import affine_register, compose_affine
-from .options import RegistrationOptions, as_options, field_of_view_lps, hu_messages, validate_pair
-from .quality import RegistrationResult, check_quality
+from .options import (RegistrationOptions, RegistrationResult, as_options, field_of_view_lps, hu_messages,
+                      validate_pair)
+from .quality import check_quality
 from .refine import identity_if_better, refine
 from .warp import full_field
 
@@ -167,6 +168,8 @@ def register(
     """
     opts = as_options(options)
     t_start = time.perf_counter()
+    prog = Progress(progress, cancel)
+    prog(0.0, "checking the inputs", force=True)  # a progress display's clock starts with ``total``'s
     validate_pair(fixed, moving, fixed_mask, moving_mask)
     dev = resolve_device(device)
     old_threads = torch.get_num_threads()
@@ -175,7 +178,7 @@ def register(
     # an in-memory model runs in eval mode on ``dev``; the caller gets it back as it was
     restore = _ModelState.of(model)
     try:
-        return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, Progress(progress, cancel), t_start)
+        return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, prog, t_start)
     finally:
         if opts.runtime.num_threads is not None:
             torch.set_num_threads(old_threads)
@@ -248,8 +251,8 @@ def _register(
 
     with _timed("preprocess", timings, dev):
         prog.stage(0.20, 0.05, "preprocessing")
-        pp = preprocess_pair(
-            (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t if opts.refinement.beta > 0 else None,
+        pp = preprocess_pair(  # the moving mask also serves the quality check's lung Dice
+            (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t,
             opts.preprocess_options(network_size, f_grid.spacing), affine=affine, device=dev, progress=prog,
         )
         del m_hu

@@ -19,7 +19,7 @@ calibration, its command and its figures are in docs/cohorts.md).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -28,7 +28,6 @@ import torch.nn.functional as F
 from ..core.deformation import Deformation
 from ..core.geometry import ImageGrid
 from ..core.sampling import check_volume
-from .options import RegistrationResult as _BaseResult
 
 NCC_THRESHOLD = 0.80
 """Below this lung NCC of fixed and warped moving, a registration is flagged (docs/cohorts.md)."""
@@ -126,12 +125,3 @@ def check_quality(
                    "successful registrations of real pairs stay above); check both image headers "
                    "(orientation, direction matrix) and the result before using it")
     return QualityCheck(ncc, ncc_threshold, dice, dice_threshold, ok, message)
-
-
-@dataclass
-class RegistrationResult(_BaseResult):
-    """Output of :func:`MLVIRNETLib.registration.register`: the fields of the base class (the
-    deformation, timings, messages, ...) and ``quality``, the :class:`QualityCheck` of the result
-    (``None`` only for a result built without the check)."""
-
-    quality: QualityCheck | None = field(default=None)

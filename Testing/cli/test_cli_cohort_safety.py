@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import h5py
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from cohort_data import FAST, write_cohort, write_pair
+from cohort_data import FAST, SHIFTS_MM, write_cohort, write_pair
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -26,12 +27,6 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     return subprocess.run([sys.executable, "-m", "MLVIRNETLib.cli", *args], capture_output=True, text=True,
                           env=env, cwd=cwd, timeout=300)
-
-
-def _popen(*args: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    return subprocess.Popen([sys.executable, "-m", "MLVIRNETLib.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
 
 
 @pytest.fixture(scope="module")
@@ -109,35 +104,56 @@ def test_resume_redoes_changed_damaged_and_incomplete_pairs(cohort, tmp_path) ->
     assert "settings differ" in info["redone"]["p0"] and "refinement.iterations" in info["redone"]["p0"]
 
 
+def _lines_into(stream, lines: list[str]) -> threading.Thread:
+    """Read ``stream`` line by line into ``lines`` in a thread (a full pipe would stall the writer)."""
+    thread = threading.Thread(target=lambda: lines.extend(iter(stream.readline, "")), daemon=True)
+    thread.start()
+    return thread
+
+
 def test_two_concurrent_runs_with_kill_9_do_every_pair_once(tmp_path) -> None:
+    """Run b starts while run a registers; one of them meets a pair the other holds and leaves it
+    (the lock); a is then killed with its lock held and maybe a temporary half written."""
     folder = tmp_path / "c"
     folder.mkdir()
+    ids = [f"q{k}" for k in range(6)]
     rows = ["id,fixed,moving"]
-    for k in range(4):
-        paths = write_pair(folder, f"q{k}", (3.0 - k, 2.0, 1.0 + k))
-        rows.append(f"q{k},{paths[0].name},{paths[1].name}")
+    for k, pid in enumerate(ids):
+        paths = write_pair(folder, pid, (3.0 - k, 2.0, 1.0 + k))
+        rows.append(f"{pid},{paths[0].name},{paths[1].name}")
     manifest = folder / "m.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    args = ("batch", str(manifest), "-o", str(out), *FAST[:3], "--refine", "30", "--grid-size", "16", "16",
-            "16", "--json")
-    a = _popen(*args)
+    # the shipped model: about 2 s a pair, so that the runs overlap on some pair
+    args = [sys.executable, "-m", "MLVIRNETLib.cli", "batch", str(manifest), "-o", str(out), "--preset", "fast",
+            "--json"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "MLVIRNET_PROGRESS_INTERVAL": "0"}
+    a = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    a_err: list[str] = []
+    _lines_into(a.stderr, a_err)
     deadline = time.time() + 120
     while not list(out.glob("*/result.json")) and time.time() < deadline:
         time.sleep(0.05)
-    b = _popen(*args)
-    time.sleep(1.0)
-    a.send_signal(signal.SIGKILL)  # a dies holding a pair's lock, maybe with a temporary half written
+    b = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    b_err: list[str] = []
+    b_reader = _lines_into(b.stderr, b_err)
+    left = "another run is registering it"
+    while not any(left in line for line in a_err + b_err) and b.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    a.send_signal(signal.SIGKILL)
     a.wait()
-    stdout, stderr = b.communicate(timeout=300)
-    assert b.returncode == 0, stderr
+    stdout = b.stdout.read()
+    b.wait(timeout=300)
+    b_reader.join(timeout=10)
+    assert b.returncode == 0, "".join(b_err)
+    assert any(left in line for line in a_err + b_err), "no run ever left a pair to the other: no lock"
     info = json.loads(stdout)
     pids = {p.parent.name: json.loads(p.read_text())["pid"] for p in out.glob("*/result.json")}
-    assert sorted(pids) == ["q0", "q1", "q2", "q3"] and not list(out.glob("*/error.txt"))
+    assert sorted(pids) == ids and not list(out.glob("*/error.txt"))
     by_a = {pid for pid, who in pids.items() if who == a.pid}
     assert by_a and not by_a & set(info["registered"])  # b never redid a pair a had finished
-    assert sorted(by_a | set(info["registered"])) == ["q0", "q1", "q2", "q3"]
-    assert info["cohort"] == {"done": 4, "failed": 0, "pending": 0}
+    assert sorted(by_a | set(info["registered"])) == ids
+    assert info["cohort"] == {"done": len(ids), "failed": 0, "pending": 0}
     assert not [p for p in out.rglob(".*")]  # the killed writer's temporaries are gone
 
 
@@ -187,6 +203,10 @@ def test_a_crafted_h5_is_one_error_line_without_a_crash(tmp_path) -> None:
              "--field", str(tmp_path / "zero.h5"))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "size [0, 0, 0]" in r.stderr or "size [0.0, 0.0, 0.0]" in r.stderr
+    moving = write_pair(tmp_path, "p", (0.0, 0.0, 0.0))[1]
+    r = _cli("warp", str(moving), str(tmp_path / "zero.h5"), "-o", str(tmp_path / "w.nii.gz"))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "size [0" in r.stderr, r.stderr
+    assert not (tmp_path / "w.nii.gz").exists()
     sitk.WriteTransform(sitk.AffineTransform(3), str(tmp_path / "affine.h5"))
     r = _cli("tre", "--fixed-landmarks", str(tmp_path / "p.csv"), "--moving-landmarks", str(tmp_path / "p.csv"),
              "--field", str(tmp_path / "affine.h5"))
@@ -210,3 +230,40 @@ def test_landmarks_marked_missing_are_skipped_and_paired_by_label(tmp_path) -> N
     assert doc["skipped_landmarks"] == 2 and doc["paired_by"] == "label"
     r = _cli("tre", "--fixed-landmarks", str(fixed), "--moving-landmarks", str(moving))
     assert "2 landmark(s) skipped" in r.stdout
+
+
+def test_library_diagnostics_do_not_precede_the_one_line_error(tmp_path) -> None:
+    """ITK's HDF5 prints its error stack (HDF5-DIAG) and ITK/GDCM a WARNING block before the failure
+    reaches the reader; stderr holds the command's one line only."""
+    with h5py.File(tmp_path / "odd.h5", "w") as f:  # an ITK transform group whose type ITK cannot convert
+        f.create_group("TransformGroup/0")["TransformType"] = np.array([b"AffineTransform_double_3_3"])
+    (tmp_path / "p.csv").write_text("x,y,z\n1,2,3\n")
+    r = _cli("tre", "--fixed-landmarks", str(tmp_path / "p.csv"), "--moving-landmarks", str(tmp_path / "p.csv"),
+             "--field", str(tmp_path / "odd.h5"))
+    assert r.returncode == 2 and r.stderr.startswith("mlvirnet tre: error: cannot read deformation field"), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "HDF5-DIAG" not in r.stderr, r.stderr
+    dicom = tmp_path / "dicom"
+    dicom.mkdir()
+    for name in ("a.dcm", "b.dcm"):
+        (dicom / name).write_bytes(b"not a DICOM file" * 64)
+    fixed = write_pair(tmp_path, "p", (0.0, 0.0, 0.0))[0]
+    r = _cli("register", str(fixed), str(dicom), "-o", str(tmp_path / "f.nii.gz"), *FAST, "--quiet")
+    assert r.returncode == 2 and "holds no DICOM series" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "GDCM" not in r.stderr and "WARNING" not in r.stderr
+
+
+def test_batch_skips_landmarks_marked_missing(cohort, tmp_path) -> None:
+    shift = np.array(SHIFTS_MM[0])  # pair p0: its landmarks move by -shift
+    pts = np.loadtxt(cohort.parent / "p0_fixed.csv", delimiter=",", skiprows=1)[:3]
+    fixed = _markups(tmp_path / "f.mrk.json", [*pts.tolist(), [687.0, 0, 0]], {3}, ["A", "B", "C", "D"])
+    moved = (pts - shift).tolist()
+    moving = _markups(tmp_path / "m.mrk.json", [moved[2], moved[0], [500.0, 1, 1], moved[1]], {2},
+                      ["C", "A", "D", "B"])
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("id,fixed,moving,fixed_landmarks,moving_landmarks\n"
+                        f"p0,{cohort.parent / 'p0_fixed.nii.gz'},{cohort.parent / 'p0_moving.nii.gz'},{fixed},{moving}\n")
+    r = _cli("batch", str(manifest), "-o", str(tmp_path / "out"), *FAST, "--quiet")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads((tmp_path / "out" / "p0" / "result.json").read_text())
+    assert doc["landmarks_skipped"] == 2 and doc["tre_before_mm"]["n"] == 3, doc
+    assert doc["tre_before_mm"]["max"] == pytest.approx(float(np.linalg.norm(shift)), abs=1e-3)

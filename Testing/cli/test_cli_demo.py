@@ -21,6 +21,7 @@ def test_demo_registers_bundled_ct_and_writes_outputs(tmp_path, capsys) -> None:
     before, after = report["tre_before_mm"]["mean"], report["tre_after_mm"]["mean"]
     assert after < 0.5 * before, (before, after)
     assert report["folding_percent"] < 0.5
+    assert report["quality"]["ok"] is True and not any("quality check" in m for m in report["messages"])
     # the field lives on the fixed grid
     field = read_field(out / "field.nii.gz")
     fixed = sitk.ReadImage(str(out / "fixed.nii.gz"))

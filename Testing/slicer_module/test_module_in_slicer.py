@@ -147,6 +147,7 @@ def test_apply_gives_a_grid_transform_warped_and_jacobian_volumes_and_details(ha
     assert display.GetColorNodeID() == "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
     assert (display.GetWindow(), display.GetLevel()) == (1.0, 1.0)
     assert "Preset: fast" in panel.ui.detailsLabel.text and "Time:" in panel.ui.detailsLabel.text
+    assert "Quality: " in panel.ui.detailsLabel.text and panel.logic.lastResult.quality is not None
     assert not hasattr(panel.logic.lastResult, "deformation")  # the field lives in the transform only
     assert qt_standins.QApplication.overrideCursors == []  # no app-wide wait cursor
     assert all(getattr(panel.ui, name).enabled for name in panel.LOCKED_WHILE_BUSY)
