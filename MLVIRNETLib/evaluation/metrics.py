@@ -8,7 +8,6 @@ is ``|y(f_i) - m_i|`` in mm, "fixed -> moving". Without a deformation it is the 
 
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
