@@ -211,7 +211,8 @@ def flag_phases(rows: Sequence[PhaseMotion]) -> dict[str, str]:
     from its neighbours' (the series is taken as one breathing cycle, the first phase following
     the last): by more than :data:`JUMP_FACTOR` times the median such departure of the series,
     and by more than :data:`VOLUME_JUMP_FLOOR` of the reference lung volume or
-    :data:`EXCURSION_JUMP_FLOOR_MM`. Jumps are judged from 4 phases on, and not for the
+    :data:`EXCURSION_JUMP_FLOOR_MM`, and by more than either neighbour departs (a jump at one
+    phase makes its neighbours depart by half as much). Jumps are judged from 4 phases on, and not for the
     reference phase (its map is the identity by construction).
     """
     reasons: dict[str, list[str]] = {r.phase: [] for r in rows}
@@ -228,8 +229,11 @@ def flag_phases(rows: Sequence[PhaseMotion]) -> dict[str, str]:
         for what, values, floor, unit in curves:
             departures = _circular_departures(values)
             limit = max(JUMP_FACTOR * float(np.median(np.abs(departures))), floor)
-            for r, d in zip(rows, departures):
-                if abs(d) > limit and not r.reference:
+            size = np.abs(departures)
+            for k, (r, d) in enumerate(zip(rows, departures)):
+                # a jump at one phase shows half as large at its neighbours: flag its centre only
+                centre = size[k] >= max(size[k - 1], size[(k + 1) % len(rows)])
+                if abs(d) > limit and centre and not r.reference:
                     reasons[r.phase].append(f"{what} jumps by {d:+.1f} {unit} from its neighbours' mean")
     return {phase: "; ".join(text) for phase, text in reasons.items() if text}
 
