@@ -1,6 +1,6 @@
 """3D Slicer module for mlVIRNET deformable lung CT registration.
 
-The module is a thin GUI over :class:`MLVIRNETLib.mrml.logic.MLVIRNETLogic`; every computation happens in
+The module is a thin GUI over :class:`MLVIRNETLib.mrml.logic.RegistrationLogic`; every computation happens in
 the library. PyTorch is not imported when Slicer loads the module: it is checked (and installed
 after the user agrees) on the first Apply.
 """
@@ -56,7 +56,7 @@ MODULE_ROOT = _moduleRoot()
 if str(MODULE_ROOT) not in sys.path:
     sys.path.insert(0, str(MODULE_ROOT))
 
-from MLVIRNETLib.mrml.logic import MLVIRNETLogic as MLVIRNETCoreLogic  # noqa: E402
+from MLVIRNETLib.mrml.logic import RegistrationLogic  # noqa: E402
 
 DEFAULT_ITERATIONS = -1
 """``refineIterations`` value meaning "what the preset says" (shown as "default" in the spin box)."""
@@ -163,15 +163,15 @@ class MLVIRNETParameterNode:
 #
 # Logic
 #
-class MLVIRNETLogic(ScriptedLoadableModuleLogic, MLVIRNETCoreLogic):
-    """:class:`MLVIRNETLib.mrml.logic.MLVIRNETLogic` with Slicer's parameter node handling.
+class MLVIRNETLogic(ScriptedLoadableModuleLogic, RegistrationLogic):
+    """:class:`MLVIRNETLib.mrml.logic.RegistrationLogic` with Slicer's parameter node handling.
 
     Usable from the Python console without the GUI (see docs/slicer.md).
     """
 
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        MLVIRNETCoreLogic.__init__(self, scene=slicer.mrmlScene)
+        RegistrationLogic.__init__(self, scene=slicer.mrmlScene)
 
     def getParameterNode(self) -> MLVIRNETParameterNode:
         return MLVIRNETParameterNode(super().getParameterNode())
@@ -851,7 +851,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         # a small untrained network and few iterations: this checks the plumbing, not the accuracy
         torch.manual_seed(0)
         net = MultilevelNet(levels=2, features=4, depth=2)
-        options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=2, crop_to_lungs=False)
+        options = RegistrationOptions(grid={"size": (32, 32, 32), "crop_to_lungs": False}, refinement={"iterations": 2})
         logic = MLVIRNETLogic()
         transformNode = logic.register(fixed, moving, model=net, device="cpu", affine=False, options=options)
         deformation = L.gridTransformToDeformation(transformNode.GetTransformFromParent()).to(torch.float64)

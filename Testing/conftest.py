@@ -1,7 +1,6 @@
 """Shared pytest fixtures: oblique, anisotropic grids, the shared-data location, a 3 mm breathing pair.
 
-Helper functions live in ``Testing/helpers.py``; they are re-exported here for the test folders
-that still write ``from conftest import ...`` (cli, mrml, slicer_module) until they import helpers."""
+Helper functions live in ``Testing/helpers.py`` (tests import them from there)."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from helpers import bundled_ct_3mm, oblique_grid, rotation_matrix  # noqa: F401  (re-exported)
+from helpers import bundled_ct_3mm, oblique_grid
 from MLVIRNETLib.core.geometry import ImageGrid
 
 

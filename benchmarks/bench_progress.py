@@ -53,13 +53,13 @@ class Runner:
         try:
             import slicer
 
-            from MLVIRNETLib.mrml import MLVIRNETLogic, imageToNewVolumeNode
+            from MLVIRNETLib.mrml import RegistrationLogic, imageToNewVolumeNode
 
             self.scene = slicer.vtkMRMLScene()
-            self.logic = MLVIRNETLogic(self.scene)
+            self.logic = RegistrationLogic(self.scene)
             self.nodes = (imageToNewVolumeNode(self.scene, self.fixed, "fixed"),
                           imageToNewVolumeNode(self.scene, self.moving, "moving"))
-            self.via = "MLVIRNETLogic.register (slicer-core)"
+            self.via = "RegistrationLogic.register (slicer-core)"
         except ImportError:
             self.logic = None
             self.via = "MLVIRNETLib.registration.register (no slicer-core)"

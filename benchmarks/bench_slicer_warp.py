@@ -1,4 +1,4 @@
-"""Peak memory and time of the Slicer Logic's warp of a CT-sized volume (MLVIRNETLogic.warpVolume).
+"""Peak memory and time of the Slicer Logic's warp of a CT-sized volume (RegistrationLogic.warpVolume).
 
 A 512 x 512 x N int16 volume and a smooth grid transform on the same grid are put into a real MRML
 scene (slicer-core); the warp reads the transform into a float32 field slab by slab, resamples in
@@ -79,7 +79,7 @@ def main() -> None:
 
     gc.collect()
     fieldMB = 12 * int(np.prod(grid.size)) / 2**20
-    logic = L.MLVIRNETLogic(scene)
+    logic = L.RegistrationLogic(scene)
     before = current_rss_mb()
     times = []
     with PeakSampler() as sampler:

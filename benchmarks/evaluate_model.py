@@ -6,12 +6,12 @@ breathing version of it (``MLVIRNETLib.simulation.breathing``: breathing model, 
 noise) the moving image. ``register`` is run four ways:
 
 * ``initial``: no registration (the identity);
-* ``model``: the model alone (affine pre-alignment + network, ``refine_iterations=0``);
+* ``model``: the model alone (affine pre-alignment + network, ``refinement.iterations=0``);
 * ``model+refine``: the default pipeline (model, then the default refinement);
 * ``refine``: refinement alone, no model (the pipeline without a trained network).
 
 ``--precisions`` runs each variant with a model once per network precision
-(``RegistrationOptions.network_precision``: ``float32``, ``float16`` = CUDA's AMP precision,
+(``RegistrationOptions.network.precision``: ``float32``, ``float16`` = CUDA's AMP precision,
 ``bfloat16``; reduced precisions are emulated, and slow, on CPUs without native support).
 
 ``--thick-peaks`` (default 30 mm) runs those peaks once more with the fixed scan acquired again

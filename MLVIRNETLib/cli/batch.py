@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .progress import progress_bar
-from .register import add_registration_arguments, check_registration_arguments, registration_settings
+from .settings import add_registration_arguments, check_registration_arguments, registration_settings
 
 EPILOG = """\
 manifest: a CSV with a header row; lower-case columns id, fixed, moving and optionally fixed_mask,

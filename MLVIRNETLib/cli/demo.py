@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import CLIError
-from .register import add_model_and_device_arguments, add_preset_argument
+from .settings import add_model_and_device_arguments, add_preset_argument
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:

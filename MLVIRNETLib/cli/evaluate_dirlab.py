@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..evaluation.dirlab_evaluation import DirlabEvaluationConfig, DirlabRegistrationSettings, evaluate_dirlab
 from . import CLIError
-from .register import add_model_and_device_arguments, add_preset_argument
+from .settings import add_registration_arguments
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -55,13 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="round mapped points to moving voxel centres (DIR-LAB protocol)")
     p.add_argument("-o", "--output", type=Path, metavar="OUTDIR", help="write dirlab_tre.json, .csv and .md here")
     reg = p.add_argument_group("with --register")
-    add_preset_argument(reg)
-    add_model_and_device_arguments(reg)
-    reg.add_argument("--network-size", type=int, nargs=3, metavar=("NX", "NY", "NZ"),
-                     help="working grid of preprocessing and refinement (default: that of the preset)")
-    reg.add_argument("--refine", type=int, metavar="N",
-                     help="refinement iterations per level (0 = network only; default: those of the preset)")
-    reg.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
+    add_registration_arguments(reg)
     reg.add_argument("--save-fields", type=Path, metavar="DIR",
                      help="also write each case's field as DIR/<case>.nii.gz")
     return p
@@ -77,7 +71,7 @@ def _registration(args) -> DirlabRegistrationSettings | None:
     return DirlabRegistrationSettings(
         model=None if str(args.model).lower() == "none" else args.model,
         device=args.device,
-        network_size=tuple(args.network_size) if args.network_size is not None else None,
+        grid_size=tuple(args.grid_size) if args.grid_size is not None else None,
         refine_iterations=args.refine,
         preset=args.preset,
         affine=not args.no_affine,

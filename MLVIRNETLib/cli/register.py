@@ -12,20 +12,16 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from . import CLIError, check_output, same_file
 from .progress import progress_bar
-
-if TYPE_CHECKING:
-    from ..registration.options import RegistrationOptions
-
+from .settings import add_registration_arguments, check_registration_arguments, registration_settings
 
 EPILOG = """\
 presets (held-out CTs with 20 / 30 mm synthetic breathing, the shipped model, 2-core CPU; docs/performance.md):
-  fast      affine + network: TRE 0.69-0.75 / 1.16-1.47 mm, 7.1-8.3 s (512x512x126 CT: 15.5 s)
-  standard  + refinement (150, 60) iterations: TRE 0.317-0.348 / 0.455-0.495 mm, 17.7-22.0 s (28.4 s)
-  accurate  + finer refinement (224 per axis): TRE 0.254-0.266 / 0.323-0.425 mm, 30.0-51.1 s (56.9 s)
+  fast      affine + network: TRE 0.69-0.75 / 1.16-1.47 mm, 7.5-11.1 s (512x512x126 CT: 18.4 s)
+  standard  + refinement (150, 60) iterations: TRE 0.317-0.348 / 0.455-0.495 mm, 18.4-29.0 s (33.3 s)
+  accurate  + finer refinement (224 per axis): TRE 0.254-0.266 / 0.323-0.425 mm, 33.0-68.0 s (66.1 s)
 
 prints: 'wrote FIELD' on stdout (one JSON object with --json: outputs, timings, quality, messages);
 notes and the quality warning (lung NCC or Dice below what real pairs reach) on stderr.
@@ -65,67 +61,6 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true",
                    help="no progress (default: a bar on a terminal, else a line every 5 s)")
     return p
-
-
-def add_registration_arguments(p: argparse.ArgumentParser) -> None:
-    """The registration settings shared by ``register``, ``batch``, ``demo`` and ``evaluate-dirlab``:
-    --preset, --model, --device, --refine, --no-affine, --network-size (read back with
-    :func:`registration_settings`)."""
-    add_preset_argument(p)
-    add_model_and_device_arguments(p)
-    p.add_argument("--refine", type=int, default=None, metavar="N",
-                   help="refinement iterations per level (0 = network only; default: those of the preset)")
-    p.add_argument("--no-affine", action="store_true", help="skip the affine pre-alignment")
-    p.add_argument("--network-size", type=int, nargs=3, default=None, metavar=("NX", "NY", "NZ"),
-                   help="working grid of preprocessing and refinement (default: follows the lung box and the "
-                        "image, at most 160 per axis; a model runs at its own input size)")
-
-
-def add_preset_argument(p) -> None:
-    """--preset, the same in every sub-command that registers."""
-    from ..registration.presets import DEFAULT_PRESET, PRESETS
-
-    p.add_argument("--preset", default=DEFAULT_PRESET, choices=tuple(PRESETS),
-                   help="speed/accuracy: fast = network only, standard = network + refinement, accurate = network + "
-                        f"finer refinement (default {DEFAULT_PRESET}; the options below override it)")
-
-
-def add_model_and_device_arguments(p: argparse.ArgumentParser) -> None:
-    """--model and --device, spelled the same in every sub-command that registers."""
-    p.add_argument("--model", default="default", metavar="PATH",
-                   help="model file, 'default' (the shipped model, used when the option is left out) or 'none' "
-                        "(refinement only)")
-    p.add_argument("--device", default="auto", metavar="DEVICE",
-                   help="compute device: auto, cpu, cuda or cuda:N (default auto: the first GPU, else the CPU)")
-
-
-def check_registration_arguments(args) -> None:
-    """Raise one clear error for a bad value of the arguments of :func:`add_registration_arguments`."""
-    if args.model not in ("default", "none"):
-        model = Path(args.model)
-        if model.is_dir():
-            raise CLIError(f"--model {model} is a folder, not a model file")
-        if not model.exists():
-            raise FileNotFoundError(f"model file not found: {model}")
-    if args.refine is not None and args.refine < 0:
-        raise CLIError(f"--refine must be >= 0, got {args.refine}")
-    if args.network_size is not None and (min(args.network_size) < 4 or any(s % 4 for s in args.network_size)):
-        raise CLIError(f"--network-size must be 3 multiples of 4 (>= 4), got {args.network_size}")
-
-
-def registration_settings(args) -> tuple["RegistrationOptions", str | Path | None]:
-    """``(RegistrationOptions, model)`` from the arguments of :func:`add_registration_arguments`;
-    ``model`` is ``"default"``, ``None`` (no network) or a ``Path``."""
-    from ..registration.presets import preset_options
-
-    values: dict = {"affine": False} if args.no_affine else {}
-    if args.network_size is not None:
-        values["network_size"] = tuple(args.network_size)
-    if args.refine is not None:
-        values["refine_iterations"] = int(args.refine)
-    options = preset_options(args.preset, **values)  # validates the combination (ValueError)
-    model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
-    return options, model
 
 
 def _check_inputs(args) -> None:

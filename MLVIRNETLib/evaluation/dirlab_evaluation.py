@@ -54,7 +54,7 @@ class DirlabRegistrationSettings:
     Attributes:
         model: model file, ``"default"`` (the shipped model) or ``None`` (refinement only).
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
-        network_size: network grid ``N`` (``N^3``) or ``(NX, NY, NZ)``; ``None`` = the registration default.
+        grid_size: working grid ``N`` (``N^3``) or ``(NX, NY, NZ)``; ``None`` = the preset's.
         refine_iterations: refinement iterations per level; ``None`` = the registration default.
         preset: a preset name (``fast``, ``standard``, ``accurate``) the other settings override;
             ``None`` = the default options.
@@ -64,7 +64,7 @@ class DirlabRegistrationSettings:
 
     model: str | Path | None = "default"
     device: str = "auto"
-    network_size: int | tuple[int, int, int] | None = None
+    grid_size: int | tuple[int, int, int] | None = None
     refine_iterations: int | None = None
     preset: str | None = None
     affine: bool = True
@@ -207,7 +207,7 @@ def register_case(
     c = parse_case(found.case)
     phases = ("inhale", "exhale") if fixed_phase == "inhale" else ("exhale", "inhale")
     fixed, moving = (read_dirlab_image(getattr(found, f"{ph}_image"), c) for ph in phases)
-    size = settings.network_size
+    size = settings.grid_size
     options = options_for(
         settings.preset or "standard",
         grid={"size": None if size is None else ((size,) * 3 if isinstance(size, int) else tuple(size))},

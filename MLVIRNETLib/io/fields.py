@@ -204,9 +204,9 @@ def _verify_field_file(tmp: Path, shown: Path) -> None:
 
 FIELD_COMPRESSION_LEVEL = 0
 """gzip level of ``.nii.gz`` fields by default: 0 stores the data in gzip's uncompressed blocks
-(still a valid ``.nii.gz`` for every reader). A float32 displacement field hardly compresses: on a
-512 x 512 x 126 field (396 MB) level 1 saves 9 % and costs 16 s on a 2-core CPU, level 6 saves
-9 % in 19 s, level 0 takes 0.5 s (docs/performance.md). Pass ``compress_level`` for smaller files."""
+(still a valid ``.nii.gz`` for every reader). A float32 displacement field hardly compresses, and
+compressing a full-resolution field costs many times the time of storing it (docs/performance.md,
+"Files"). Pass ``compress_level`` for smaller files."""
 
 
 def write_field(deformation: Deformation, path: PathLike, dtype: str = "float32",

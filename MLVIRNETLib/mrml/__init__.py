@@ -2,7 +2,7 @@
 
 Holds:
     nodes  conversions between MRML nodes (RAS) and library objects (LPS).
-    logic  :class:`MLVIRNETLogic`, everything the Slicer module does, usable without the GUI.
+    logic  :class:`RegistrationLogic`, everything the Slicer module does, usable without the GUI.
 
 Importing this package needs neither Slicer nor torch (both are imported inside functions), so
 ``MLVIRNET/MLVIRNET.py`` can load it before PyTorch is installed.
@@ -10,7 +10,7 @@ Importing this package needs neither Slicer nor torch (both are imported inside 
 May import: every subpackage except :mod:`MLVIRNETLib.cli` and :mod:`MLVIRNETLib.training`.
 """
 
-from .logic import NO_MODEL, MLVIRNETLogic
+from .logic import NO_MODEL, RegistrationLogic
 from .nodes import (
     arrayFromVolumeNode,
     deformationToGridTransform,
@@ -29,7 +29,7 @@ from .nodes import (
 )
 
 __all__ = [
-    "MLVIRNETLogic",
+    "RegistrationLogic",
     "NO_MODEL",
     "arrayFromVolumeNode",
     "deformationToGridTransform",
@@ -46,3 +46,12 @@ __all__ = [
     "volumeNodeToImage",
     "vtkMatrixToNumpy",
 ]
+
+
+def __getattr__(name: str):
+    """``MLVIRNETLogic``, the former name of :class:`RegistrationLogic` (deprecated)."""
+    if name == "MLVIRNETLogic":
+        from . import logic
+
+        return logic.MLVIRNETLogic  # warns
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,7 +1,7 @@
 """MRML side of MLVIRNET: volume, transform, markups and table nodes <-> the library.
 
 This module is the logic of the 3D Slicer module (``MLVIRNET/MLVIRNET.py`` builds on
-:class:`MLVIRNETLogic`). It is usable without the Slicer application: it needs only MRML and VTK,
+:class:`RegistrationLogic`). It is usable without the Slicer application: it needs only MRML and VTK,
 which the ``slicer-core`` wheel provides, and it imports them (and torch, through the library)
 lazily inside functions, so ``import MLVIRNETLib.mrml`` works anywhere.
 
@@ -36,6 +36,7 @@ import numpy as np
 
 from ..core.progress import Progress, ProgressFn
 from .checks import checkRegistrationInputs
+from .tre_table import fillTreTable, formatTreStats, treStats
 from .outputs import JACOBIAN_COLOR_NODE_ID, JACOBIAN_WINDOW, RegistrationSummary, jacobianImage, warpedImage
 from .nodes import (
     nodeName,
@@ -86,7 +87,7 @@ def _storeResult(transformNode, gridTransform, fixedVolumeNode, movingVolumeNode
     transformNode.EndModify(wasModifying)
 
 
-class MLVIRNETLogic:
+class RegistrationLogic:
     """Everything the MLVIRNET Slicer module does, usable from scripts without the GUI.
 
     Args:
@@ -112,7 +113,7 @@ class MLVIRNETLogic:
 
         scene = getattr(slicer, "mrmlScene", None)
         if scene is None:
-            raise ValueError("no MRML scene: pass one to MLVIRNETLogic(scene=...) when running outside Slicer")
+            raise ValueError("no MRML scene: pass one to RegistrationLogic(scene=...) when running outside Slicer")
         return scene
 
     def cancel(self, reason: str = "") -> None:
@@ -206,7 +207,7 @@ class MLVIRNETLogic:
 
         with passive_waiting_while_loading():
             from .. import registration
-        resolvedOptions = self._registrationOptions(registration, options, refineIterations, affine, preset)
+        resolvedOptions = self.registrationOptions(options, refineIterations, affine, preset)
         if model is None or (isinstance(model, str) and model in ("", "default")):
             model = "default"
         elif isinstance(model, str) and model.lower() == NO_MODEL:
@@ -284,22 +285,43 @@ class MLVIRNETLogic:
         display.SetWindowLevel(*JACOBIAN_WINDOW)
 
     @staticmethod
-    def _registrationOptions(registration, options, refineIterations, affine: bool, preset: str = "standard"):
-        """``RegistrationOptions`` (``options`` or those of ``preset``) with the module's two settings applied."""
-        import dataclasses
+    def registrationOptions(options=None, refineIterations=None, affine: bool = True, preset: str = "standard"):
+        """The ``RegistrationOptions`` of a run: ``options`` (or those of ``preset`` when it is None)
+        with the module's two settings on top, through the library's one translation
+        (:func:`~MLVIRNETLib.registration.presets.options_for` /
+        :func:`~MLVIRNETLib.registration.presets.with_overrides`).
 
-        base = options if options is not None else registration.preset_options(preset)
-        if not isinstance(base, registration.RegistrationOptions):
-            raise ValueError(f"options must be a RegistrationOptions, got {type(base).__name__}")
-        changes: dict[str, Any] = {"affine": bool(affine)}
+        Args:
+            options: a ``RegistrationOptions``, or None for ``preset``'s.
+            refineIterations: refinement iterations (one per level, or one for every level); None
+                keeps those of ``options``/``preset``.
+            affine: False skips the affine pre-alignment; True keeps it (with the settings of
+                ``options`` when it has them).
+            preset: a preset name, used when ``options`` is None.
+
+        Raises:
+            ValueError: an unknown preset, iterations that are not integers >= 0, or a bad setting.
+            TypeError: ``options`` is not a ``RegistrationOptions``.
+        """
+        from ..registration.options import RegistrationOptions
+        from ..registration.presets import options_for, with_overrides
+
+        if options is not None and not isinstance(options, RegistrationOptions):
+            raise TypeError(f"options must be a RegistrationOptions, got {type(options).__name__}")
+        overrides: dict[str, Any] = {}
         if refineIterations is not None:
-            iterations = [refineIterations] if isinstance(refineIterations, (int, float)) else list(refineIterations)
+            single = isinstance(refineIterations, (int, float))
+            iterations = [refineIterations] if single else list(refineIterations)
             if any(int(i) != i or i < 0 for i in iterations):
                 raise ValueError(f"refinement iterations must be integers >= 0, got {refineIterations}")
-            changes["refine_iterations"] = (
-                int(refineIterations) if isinstance(refineIterations, (int, float)) else tuple(int(i) for i in iterations)
-            )
-        return dataclasses.replace(base, **changes)
+            overrides["refinement"] = {"iterations": int(refineIterations) if single else tuple(int(i) for i in iterations)}
+        if not affine:
+            overrides["affine"] = None
+        elif options is not None and options.affine is None:
+            overrides["affine"] = {}
+        if options is None:
+            return options_for(preset, **overrides)
+        return with_overrides(options, **overrides)
 
     # -- resampling -----------------------------------------------------------------------------
     def warpVolume(
@@ -435,77 +457,22 @@ class MLVIRNETLogic:
                 mappedRas = np.asarray(lps_to_ras(metrics.snap_to_voxel(np.asarray(ras_to_lps(mappedRas)), snapGrid)))
             final = TREResult.from_errors(np.linalg.norm(mappedRas - movingRas, axis=1), snapped=snapToVolumeNode is not None)
 
-        stats = self._treStats(final)
+        stats = treStats(final)
         stats["skipped"] = skipped
         note = f"; {skipped} landmark pair(s) with a missing point left out" if skipped else ""
         if transformNode is not None:
-            stats["initial"] = self._treStats(initial)
+            stats["initial"] = treStats(initial)
             stats["summary"] = (
-                f"TRE {self._formatStats(stats)} after registration; {self._formatStats(stats['initial'])} before{note}"
+                f"TRE {formatTreStats(stats)} after registration; {formatTreStats(stats['initial'])} before{note}"
             )
         else:
-            stats["summary"] = f"TRE {self._formatStats(stats)} (no transform){note}"
+            stats["summary"] = f"TRE {formatTreStats(stats)} (no transform){note}"
         if tableNode is not None:
-            self._fillTreTable(
+            fillTreTable(
                 tableNode, labels, fixedRas, movingRas, mappedRas, initial, final if transformNode else None
             )
             tableNode.SetAttribute("MLVIRNET.TRESummary", stats["summary"])
         return stats
-
-    @staticmethod
-    def _treStats(result) -> dict:
-        errors = np.asarray(result.per_point, dtype=float).reshape(-1)
-        return {
-            "mean": float(result.mean),
-            "std": float(result.std),
-            "p95": float(result.p95),
-            "max": float(result.max),
-            "n": int(result.n),
-            "errors": errors.tolist(),
-        }
-
-    @staticmethod
-    def _formatStats(stats: dict) -> str:
-        return (
-            f"{stats['mean']:.2f} ± {stats['std']:.2f} mm (95th percentile {stats['p95']:.2f}, "
-            f"max {stats['max']:.2f}, n = {stats['n']})"
-        )
-
-    @staticmethod
-    def _fillTreTable(tableNode, labels, fixedRas, movingRas, mappedRas, initial, final) -> None:
-        import vtk
-
-        columns: list[tuple[str, Any]] = [("Landmark", list(labels))]
-        for prefix, ras in (("Fixed", fixedRas), ("Moving", movingRas)):
-            for axis, letter in enumerate("RAS"):
-                columns.append((f"{prefix} {letter}", ras[:, axis]))
-        if final is not None:
-            for axis, letter in enumerate("RAS"):
-                columns.append((f"Mapped {letter}", mappedRas[:, axis]))
-            columns.append(("Initial error (mm)", np.asarray(initial.per_point, dtype=float).reshape(-1)))
-            columns.append(("Error (mm)", np.asarray(final.per_point, dtype=float).reshape(-1)))
-        else:
-            columns.append(("Error (mm)", np.asarray(initial.per_point, dtype=float).reshape(-1)))
-
-        wasModifying = tableNode.StartModify()
-        table = tableNode.GetTable()
-        table.Initialize()
-        for name, values in columns:
-            if name == "Landmark":
-                array = vtk.vtkStringArray()
-                array.SetName(name)
-                for value in values:
-                    array.InsertNextValue(str(value))
-            else:
-                array = vtk.vtkDoubleArray()
-                array.SetName(name)
-                for value in values:
-                    array.InsertNextValue(float(value))
-            table.AddColumn(array)
-        for name, _ in columns[1:]:
-            tableNode.SetColumnUnitLabel(name, "mm")
-        tableNode.Modified()
-        tableNode.EndModify(wasModifying)
 
     def importLandmarks(self, path: str | Path, referenceVolumeNode=None, name: str | None = None):
         """Load a landmark file as a new fiducial node (labels 1..P, locked).
@@ -597,3 +564,15 @@ class MLVIRNETLogic:
                 removeNodeAndDisplay(scene, node)
             raise
         return out
+
+
+def __getattr__(name: str):
+    """``MLVIRNETLogic``, the former name of :class:`RegistrationLogic`, with a deprecation warning
+    (the Slicer module's own logic keeps that name)."""
+    if name == "MLVIRNETLogic":
+        import warnings
+
+        warnings.warn("MLVIRNETLib.mrml.logic.MLVIRNETLogic is deprecated; use RegistrationLogic",
+                      DeprecationWarning, stacklevel=2)
+        return RegistrationLogic
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

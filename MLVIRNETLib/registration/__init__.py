@@ -27,7 +27,7 @@ from .options import (
 from .refine import RefineOptions
 from .pipeline import cpu_bf16_supported, register
 from .quality import QualityCheck, RegistrationResult
-from .presets import DEFAULT_PRESET, PRESETS, options_for, preset_options, preset_table
+from .presets import DEFAULT_PRESET, PRESETS, options_for, preset_options, preset_table, with_overrides
 from .warp import warp_image
 
 __all__ = [
@@ -46,6 +46,7 @@ __all__ = [
     "cpu_bf16_supported",
     "options_for",
     "preset_options",
+    "with_overrides",
     "preset_table",
     "register",
     "validate_pair",

@@ -19,11 +19,12 @@ and accuracy of each).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Mapping
 
 from .options import DEPRECATED_NAMES, GROUPS, RegistrationOptions
 
-__all__ = ["DEFAULT_PRESET", "PRESETS", "options_for", "preset_options", "preset_table"]
+__all__ = ["DEFAULT_PRESET", "PRESETS", "options_for", "preset_options", "preset_table", "with_overrides"]
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "fast": {"refinement": {"iterations": 0}},
@@ -72,6 +73,38 @@ def options_for(preset: str = DEFAULT_PRESET, **overrides: Any) -> RegistrationO
     if isinstance(flat.get("affine_options"), Mapping) or "affine_options" in flat:
         values.setdefault("affine", True)
     return RegistrationOptions(**values, **flat)
+
+
+def with_overrides(options: RegistrationOptions, **overrides: Any) -> RegistrationOptions:
+    """A validated copy of ``options`` with the user's ``overrides`` on top, read as in
+    :func:`options_for` (a group's ``dict`` changes only the fields it names, ``None`` values inside
+    it keep what ``options`` says; ``affine=None`` skips the stage; a ``dict`` for a skipped affine
+    stage starts from the affine defaults). ``options`` itself is not changed.
+
+    Raises:
+        ValueError: an unknown group or field, or a bad value.
+        TypeError: ``options`` is not a :class:`RegistrationOptions`.
+    """
+    if not isinstance(options, RegistrationOptions):
+        raise TypeError(f"options must be a RegistrationOptions, got {type(options).__name__}")
+    groups: dict[str, Any] = {name: getattr(options, name) for name in GROUPS}
+    for name, value in overrides.items():
+        if name not in GROUPS:
+            raise ValueError(f"unknown options key {name!r}; valid keys are {list(GROUPS)}")
+        if isinstance(value, Mapping):
+            changes = {k: v for k, v in value.items() if v is not None}
+            current = groups[name]
+            if current is None:  # a skipped affine stage turned on with some settings
+                groups[name] = changes
+            else:
+                known = {f for f in current.__dataclass_fields__}
+                unknown = sorted(str(k) for k in changes if k not in known)
+                if unknown:
+                    raise ValueError(f"unknown {name} option key(s) {unknown}; valid keys are {sorted(known)}")
+                groups[name] = replace(current, **changes)
+        else:
+            groups[name] = value
+    return RegistrationOptions(**groups)  # copies each group and validates the whole
 
 
 def preset_options(name: str = DEFAULT_PRESET, **overrides: Any) -> RegistrationOptions:

@@ -12,7 +12,7 @@ from MLVIRNETLib.paths import bundled_ct_path
 
 SHIFTS_MM = ((4.0, -3.0, 5.0), (-3.0, 2.0, 4.0), (2.0, 4.0, -3.0))
 """moving(x) = fixed(x + t): the landmarks of pair k move by -SHIFTS_MM[k]."""
-FAST = ["--model", "none", "--no-affine", "--refine", "3", "--network-size", "16", "16", "16"]
+FAST = ["--model", "none", "--no-affine", "--refine", "3", "--grid-size", "16", "16", "16"]
 """Registration arguments that take about a second per pair of :func:`write_pair`."""
 
 

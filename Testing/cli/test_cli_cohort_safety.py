@@ -102,7 +102,7 @@ def test_resume_redoes_changed_damaged_and_incomplete_pairs(cohort, tmp_path) ->
     assert "field.nii.gz are missing" in info["redone"]["p0"] and "incomplete" in info["redone"]["p1"]
     assert str(out / "p1" / "result.json") in r.stderr and "Traceback" not in r.stderr
     (out / "p2" / "result.json").write_text('{"seconds": 1, "inp')  # truncated
-    r = _cli("batch", str(cohort), "-o", str(out), *FAST[:3], "--refine", "4", "--network-size", "16", "16", "16",
+    r = _cli("batch", str(cohort), "-o", str(out), *FAST[:3], "--refine", "4", "--grid-size", "16", "16", "16",
              "--quiet", "--json")
     info = json.loads(r.stdout)  # other settings: everything again; the truncated file named
     assert info["registered"] == ["p0", "p1", "p2"] and "damaged" in info["redone"]["p2"], r.stderr
@@ -119,7 +119,7 @@ def test_two_concurrent_runs_with_kill_9_do_every_pair_once(tmp_path) -> None:
     manifest = folder / "m.csv"
     manifest.write_text("\n".join(rows) + "\n")
     out = tmp_path / "out"
-    args = ("batch", str(manifest), "-o", str(out), *FAST[:3], "--refine", "30", "--network-size", "16", "16",
+    args = ("batch", str(manifest), "-o", str(out), *FAST[:3], "--refine", "30", "--grid-size", "16", "16",
             "16", "--json")
     a = _popen(*args)
     deadline = time.time() + 120

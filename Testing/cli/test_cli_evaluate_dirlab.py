@@ -141,7 +141,7 @@ def test_register_reads_raw_images(tmp_path):
     t00, t50 = write_case(root, 1, seed=9)
     write_images(root)
     args = ["evaluate-dirlab", "--root", str(root), "--cases", "4dct:1", "--register", "--model", "none",
-            "--no-affine", "--refine", "0", "--network-size", "32", "32", "32", "--device", "cpu",
+            "--no-affine", "--refine", "0", "--grid-size", "32", "32", "32", "--device", "cpu",
             "--save-fields", str(fields), "-o", str(out)]
     assert main(args) == 0
     doc = json.loads((out / "dirlab_tre.json").read_text())

@@ -28,7 +28,7 @@ def test_ctrl_c_during_register_prints_one_line_and_leaves_nothing(tmp_path) -> 
     # minutes of refinement: the interrupt lands in the middle of the work
     cmd = [sys.executable, "-m", "MLVIRNETLib.cli", "register", str(fixed), str(moving),
            "-o", str(out / "field.nii.gz"), "--warped", str(out / "warped.nii.gz"), "--model", "none", "--no-affine",
-           "--refine", "2000", "--network-size", "32", "32", "32"]
+           "--refine", "2000", "--grid-size", "32", "32", "32"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             preexec_fn=_sigint_default)
     lines: queue.Queue[str | None] = queue.Queue()

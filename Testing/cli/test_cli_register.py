@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import rotation_matrix
+from helpers import rotation_matrix
 
 from MLVIRNETLib.cli import main
-from MLVIRNETLib.cli.register import add_registration_arguments, registration_settings
+from MLVIRNETLib.cli.settings import add_registration_arguments, registration_settings
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.fields import read_field
 from MLVIRNETLib.paths import bundled_ct_path
+from MLVIRNETLib.registration.presets import options_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -68,7 +69,7 @@ def images(tmp_path_factory):
     return paths
 
 
-FAST = ["--network-size", "32", "32", "32", "--refine", "10", "--model", "none", "--quiet"]
+FAST = ["--grid-size", "32", "32", "32", "--refine", "10", "--model", "none", "--quiet"]
 
 
 def test_register_writes_the_field_and_one_json_object(images, tmp_path, capsys) -> None:
@@ -160,7 +161,7 @@ def test_help_says_the_pixel_type_of_warped(capsys) -> None:
 def test_warped_float32(images, tmp_path, capsys) -> None:
     warped = tmp_path / "warped.nrrd"
     rc = main(["register", str(images["fixed"]), str(images["moving"]), "-o", str(tmp_path / "f.nii.gz"), "--warped",
-               str(warped), "--warped-float32", "--fixed-mask", str(images["mask"]), "--no-affine", "--network-size",
+               str(warped), "--warped-float32", "--fixed-mask", str(images["mask"]), "--no-affine", "--grid-size",
                "32", "32", "32", "--refine", "2", "--model", "none", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     w = sitk.ReadImage(str(warped))
@@ -175,7 +176,7 @@ def test_preset_chooses_the_stages(images, tmp_path, capsys, preset: str, refine
     """--preset fast runs no refinement; --preset standard does; explicit options still win."""
     field = tmp_path / "field.nii.gz"
     rc = main(["register", str(images["fixed"]), str(images["moving"]), "-o", str(field), "--json", "--quiet",
-               "--preset", preset, "--model", "none", "--network-size", "32", "32", "32",
+               "--preset", preset, "--model", "none", "--grid-size", "32", "32", "32",
                *(["--refine", "5"] if refine_ran else [])])
     assert rc == 0
     info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -185,12 +186,12 @@ def test_preset_chooses_the_stages(images, tmp_path, capsys, preset: str, refine
 
 @pytest.mark.parametrize("argv", [[], ["--preset", "accurate"], ["--preset", "fast"]])
 def test_the_presets_network_settings_are_followed(argv: list[str]) -> None:
-    """The experimental network flags are gone from the CLI: the preset's network_symmetric (off)
-    and network_both_ways_fallback (on) are what register and batch use."""
+    """The experimental network flags are gone from the CLI: the preset's network settings are
+    what register and batch use."""
     parser = argparse.ArgumentParser()
     add_registration_arguments(parser)
     options, _ = registration_settings(parser.parse_args(argv))
-    assert options.network_symmetric is False and options.network_both_ways_fallback is True
+    assert options.network == options_for(argv[1] if argv else 'standard').network
     for flag in ("--symmetric-network", "--no-both-ways-fallback"):
         with pytest.raises(SystemExit):
             parser.parse_args([flag])
@@ -210,8 +211,22 @@ def test_field_compression_level(images, tmp_path, capsys) -> None:
     the same values."""
     stored, packed = tmp_path / "stored.nii.gz", tmp_path / "packed.nii.gz"
     common = [str(images["fixed"]), str(images["moving"]), "--preset", "fast", "--model", "none", "--quiet",
-              "--network-size", "32", "32", "32", "--no-affine"]
+              "--grid-size", "32", "32", "32", "--no-affine"]
     assert main(["register", *common, "-o", str(stored)]) == 0
     assert main(["register", *common, "-o", str(packed), "--field-compression", "6"]) == 0
     assert packed.stat().st_size < stored.stat().st_size
     assert torch.equal(read_field(stored).displacement, read_field(packed).displacement)
+
+
+def test_the_grid_size_option_and_its_former_spelling(capsys) -> None:
+    parser = argparse.ArgumentParser()
+    add_registration_arguments(parser)
+    options, _ = registration_settings(parser.parse_args(["--grid-size", "32", "48", "64", "--refine", "3"]))
+    assert options.grid.size == (32, 48, 64) and options.refinement.iterations == 3
+    old = parser.parse_args(["--network-size", "32", "48", "64"])
+    assert old.grid_size == [32, 48, 64] and "--network-size is deprecated" in capsys.readouterr().err
+    assert registration_settings(parser.parse_args(["--no-affine"]))[0].affine is None
+    # one rule, the options' own: a refined grid is a multiple of the largest level factor
+    with pytest.raises(ValueError, match="grid.size .* must be divisible"):
+        registration_settings(parser.parse_args(["--grid-size", "30", "32", "32"]))
+    assert registration_settings(parser.parse_args(["--grid-size", "30", "32", "32", "--refine", "0"]))[0]

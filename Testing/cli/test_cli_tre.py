@@ -223,7 +223,7 @@ def test_evaluate_dirlab_register_wiring(tmp_path, shared_data):
     fields, out = tmp_path / "fields", tmp_path / "res"
     fields.mkdir()
     args = ["evaluate-dirlab", "--root", str(tmp_path), "--cases", "4dct:1", "--register", "--model", "none",
-            "--no-affine", "--refine", "0", "--network-size", "32", "32", "32", "--device", "cpu",
+            "--no-affine", "--refine", "0", "--grid-size", "32", "32", "32", "--device", "cpu",
             "--save-fields", str(fields), "-o", str(out)]
     assert main(args) == 0
     doc = json.loads((out / "dirlab_tre.json").read_text())

@@ -46,8 +46,8 @@ def _manifest(folder: Path, text: str, name: str = "manifest.csv") -> Path:
     return path
 
 
-CONFIG = CohortConfig(options=RegistrationOptions(network_size=(16, 16, 16), refine_iterations=2, affine=False,
-                                                  crop_to_lungs=False), model=None, device="cpu")
+CONFIG = CohortConfig(options=RegistrationOptions(grid={"size": (16, 16, 16), "crop_to_lungs": False},
+                                                  refinement={"iterations": 2}, affine=None), model=None, device="cpu")
 
 
 @pytest.mark.parametrize("text,match", [

@@ -152,7 +152,7 @@ def test_register_mode_on_generated_images(tmp_path):
     hu = np.where(((x - 128) / 80) ** 2 + ((y - 120) / 60) ** 2 + ((z - 47) / 45) ** 2 < 1, -850.0, hu)
     (hu + 1024).astype("<i2").tofile(root / "case1_T00_s.img")
     (hu + 1024).astype("<i2").tofile(root / "case1_T50_s.img")
-    settings = DirlabRegistrationSettings(model=None, device="cpu", network_size=32, refine_iterations=0, affine=False,
+    settings = DirlabRegistrationSettings(model=None, device="cpu", grid_size=32, refine_iterations=0, affine=False,
                                           save_fields=saved)
     evaluation = evaluate_dirlab(DirlabEvaluationConfig(root=root, cases=[case], registration=settings))
     expected = errors_mm(to_mm(case, inhale), to_mm(case, exhale))

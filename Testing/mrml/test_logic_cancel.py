@@ -32,7 +32,7 @@ STAGES = [
     "full-resolution field",
     "Creating the grid transform",
 ]
-"""Every stage of ``MLVIRNETLogic.register`` (the Logic's own first and last, ``register()``'s between)."""
+"""Every stage of ``RegistrationLogic.register`` (the Logic's own first and last, ``register()``'s between)."""
 
 INNER = {
     "affine pre-alignment": "affine",
@@ -61,13 +61,13 @@ def run(pair, on_progress, monkeypatch):
     monkeypatch.setattr("MLVIRNETLib.mrml.worker.PROGRESS_INTERVAL_S", 0.0)
     monkeypatch.setattr("MLVIRNETLib.mrml.worker.POLL_INTERVAL_S", 0.01)
     scene = slicer.vtkMRMLScene()
-    logic = L.MLVIRNETLogic(scene)
+    logic = L.RegistrationLogic(scene)
     fixed = L.imageToNewVolumeNode(scene, pair[0], "fixed")
     moving = L.imageToNewVolumeNode(scene, pair[1], "moving")
     torch.manual_seed(0)
     net = MultilevelNet(levels=2, features=4, depth=2)
     # small slabs, as a 512 x 512 scan gets with the default slab size
-    options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=(6, 4), num_threads=1, slab_voxels=60 * 63 * 16)
+    options = RegistrationOptions(grid={"size": (32, 32, 32)}, refinement={"iterations": (6, 4)}, runtime={"num_threads": 1, "slab_voxels": 60 * 63 * 16})
     # an earlier result in the output transform: a cancelled run must leave it as it is
     output = logic.register(fixed, moving, model=net, device="cpu", options=options)
     before = L.gridTransformToDeformation(output.GetTransformFromParent()).displacement.clone()

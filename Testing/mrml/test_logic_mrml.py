@@ -18,7 +18,7 @@ if not hasattr(slicer, "vtkMRMLScene"):
     pytest.skip("the installed 'slicer' package is not slicer-core (no vtkMRMLScene)", allow_module_level=True)
 vtk = pytest.importorskip("vtk")
 
-from conftest import oblique_grid  # noqa: E402
+from helpers import oblique_grid  # noqa: E402
 
 from MLVIRNETLib import mrml as L  # noqa: E402
 from MLVIRNETLib.core.deformation import Deformation  # noqa: E402
@@ -109,9 +109,9 @@ def test_volume_node_errors_are_clear(scene):
     parent = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "P")
     node.SetAndObserveTransformNodeID(parent.GetID())
     with pytest.raises(ValueError, match="under the transform 'P'"):
-        L.MLVIRNETLogic(scene).warpVolume(node, parent, node)
+        L.RegistrationLogic(scene).warpVolume(node, parent, node)
     with pytest.raises(ValueError, match="must be a vtkMRMLScalarVolumeNode"):
-        L.MLVIRNETLogic(scene).register(parent, node)
+        L.RegistrationLogic(scene).register(parent, node)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ def test_warp_volume_matches_library_warp(scene):
     node = grid_transform_node(scene, deformation)
     before = L.arrayFromVolumeNode(moving)
 
-    out = L.MLVIRNETLogic(scene).warpVolume(moving, node, fixed)
+    out = L.RegistrationLogic(scene).warpVolume(moving, node, fixed)
     from MLVIRNETLib.core.sampling import to_batch_tensor
 
     expected = deformation.warp(to_batch_tensor(moving_array), moving_grid)[0, 0].numpy()
@@ -229,7 +229,7 @@ def test_warp_volume_matches_library_warp(scene):
     assert L.gridFromVolumeNode(out).is_close(fixed_grid, tol_mm=1e-9)
     np.testing.assert_array_equal(L.arrayFromVolumeNode(moving), before)  # input untouched
     with pytest.raises(ValueError, match="must differ from the moving volume"):
-        L.MLVIRNETLogic(scene).warpVolume(moving, node, fixed, outputVolumeNode=moving)
+        L.RegistrationLogic(scene).warpVolume(moving, node, fixed, outputVolumeNode=moving)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -284,7 +284,7 @@ def test_compute_tre_through_a_grid_transform_equals_metrics_tre(scene):
     L.setMarkupsPoints(fixed, fixed_points)
     L.setMarkupsPoints(moving, moving_points)
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", "TRE")
-    logic = L.MLVIRNETLogic(scene)
+    logic = L.RegistrationLogic(scene)
 
     stats = logic.computeTRE(fixed, moving, transform, table)
     expected = metrics.tre(fixed_points, moving_points, deformation)
@@ -352,7 +352,7 @@ def test_dirlab_landmarks_load_at_the_right_ras_positions(scene, shared_data):
     folder = shared_data / "dirlab" / "4dct_landmarks"
     if not folder.is_dir():
         pytest.skip(f"{folder} is absent")
-    logic = L.MLVIRNETLogic(scene)
+    logic = L.RegistrationLogic(scene)
     rotation = oblique_grid().direction_matrix  # any orientation: the spacing is what matters
     all_errors = []
     for case, (size, inplane) in DIRLAB_4DCT_TABLE.items():
@@ -381,7 +381,7 @@ def test_dirlab_voxel_list_needs_a_reference_volume(scene, shared_data, tmp_path
     path = shared_data / "dirlab" / "4dct_landmarks" / "Case1_300_T00_xyz.txt"
     if not path.is_file():
         pytest.skip(f"{path} is absent")
-    logic = L.MLVIRNETLogic(scene)
+    logic = L.RegistrationLogic(scene)
     with pytest.raises(ValueError, match="reference volume"):
         logic.loadDirLabLandmarks(path, None)
     with pytest.raises(ValueError, match="grid is needed"):
@@ -412,7 +412,7 @@ def test_load_dirlab_case_from_raw_images(scene, shared_data, tmp_path):
         (case_dir / "ExtremePhases" / f"Case1_300_{phase}_xyz.txt").write_bytes(
             (source / f"Case1_300_{phase}_xyz.txt").read_bytes()
         )
-    logic = L.MLVIRNETLogic(scene)
+    logic = L.RegistrationLogic(scene)
     nodes = logic.loadDirLabCase(tmp_path, "4dct:1")
 
     grid = dirlab_grid("4dct:1")
@@ -476,7 +476,7 @@ def tiny_setup():
 
     torch.manual_seed(0)
     net = MultilevelNet(levels=2, features=4, depth=2)
-    options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=2, crop_to_lungs=False, num_threads=2)
+    options = RegistrationOptions(grid={"size": (32, 32, 32), "crop_to_lungs": False}, refinement={"iterations": 2}, runtime={"num_threads": 2})
     return net, options
 
 
@@ -487,7 +487,7 @@ def test_register_gives_a_grid_transform_equal_to_the_library_deformation(scene,
     fixed = L.imageToNewVolumeNode(scene, fixed_image, "fixed")
     moving = L.imageToNewVolumeNode(scene, moving_image, "moving")
     net, options = tiny_setup()
-    logic = L.MLVIRNETLogic(scene)
+    logic = L.RegistrationLogic(scene)
     progress = []
 
     transform = logic.register(
@@ -497,7 +497,7 @@ def test_register_gives_a_grid_transform_equal_to_the_library_deformation(scene,
     # the library run with the options the Logic resolved: what the transform must hold
     from MLVIRNETLib import registration
 
-    resolved = logic._registrationOptions(registration, options, None, False)
+    resolved = logic.registrationOptions(options, None, False)
     result = registration.register(fixed_image, moving_image, model=net, device="cpu", options=resolved)
     assert logic.lastResult.timings["total"] > 0 and not hasattr(logic.lastResult, "deformation")
     assert transform.IsA("vtkMRMLGridTransformNode")
@@ -545,8 +545,8 @@ def test_register_again_into_the_same_transform_and_cancel(scene, ct_pair):
     fixed = L.imageToNewVolumeNode(scene, fixed_image, "fixed")
     moving = L.imageToNewVolumeNode(scene, moving_image, "moving")
     net, options = tiny_setup()
-    options.refine_iterations = 0
-    logic = L.MLVIRNETLogic(scene)
+    options.refinement.iterations = 0
+    logic = L.RegistrationLogic(scene)
     transform = logic.register(fixed, moving, model=net, device="cpu", affine=False, options=options)
     first = L.gridTransformToDeformation(transform.GetTransformFromParent()).displacement.clone()
 
@@ -581,13 +581,31 @@ def test_register_again_into_the_same_transform_and_cancel(scene, ct_pair):
 
 
 def test_presets_reach_the_library_and_the_advanced_settings_win():
-    from MLVIRNETLib import registration
-    from MLVIRNETLib.registration import preset_options
+    from MLVIRNETLib.registration import AffineOptions, RegistrationOptions, options_for
 
-    make = L.MLVIRNETLogic._registrationOptions
-    assert make(registration, None, None, True, "fast") == preset_options("fast")
-    assert make(registration, None, None, True, "accurate") == preset_options("accurate")
-    assert make(registration, None, 7, False, "fast").refine_iterations == 7
-    assert make(registration, None, None, False, "standard").affine is None  # the affine stage skipped
+    make = L.RegistrationLogic.registrationOptions
+    assert make(None, None, True, "fast") == options_for("fast")
+    assert make(None, None, True, "accurate") == options_for("accurate")
+    assert make(None, 7, False, "fast").refinement.iterations == 7
+    assert make(None, (5, 3), True, "accurate").refinement.iterations == (5, 3)
+    assert make(None, None, False, "standard").affine is None  # the affine stage skipped
+    # explicit options keep their own settings; the module's two settings go on top of a copy
+    mine = RegistrationOptions(grid={"size": (32, 32, 32)}, affine=AffineOptions(rigid_iterations=7))
+    resolved = make(mine, 2, True)
+    assert resolved.affine == AffineOptions(rigid_iterations=7) and resolved.grid.size == (32, 32, 32)
+    assert resolved.refinement.iterations == 2 and mine.refinement.iterations != 2
+    assert make(RegistrationOptions(affine=None), None, True).affine == AffineOptions()
     with pytest.raises(ValueError, match="unknown preset"):
-        make(registration, None, None, True, "turbo")
+        make(None, None, True, "turbo")
+    with pytest.raises(ValueError, match="refinement iterations must be integers >= 0"):
+        make(None, 1.5, True)
+    with pytest.raises(TypeError, match="must be a RegistrationOptions"):
+        make({"grid": {}}, None, True)
+
+def test_the_former_name_of_the_library_logic_still_works_with_a_deprecation_warning():
+    import MLVIRNETLib.mrml as package
+
+    with pytest.warns(DeprecationWarning, match="use RegistrationLogic"):
+        assert package.MLVIRNETLogic is L.RegistrationLogic
+    with pytest.raises(AttributeError):
+        package.NoSuchLogic

@@ -78,7 +78,7 @@ def _model_only(image: sitk.Image, peak_mm: float, seed: int = 4):
     pts = sample_landmarks(image, lungs, n=60, seed=seed)
     targets = truth.map_points(torch.as_tensor(pts, dtype=torch.float32))[0].double().numpy()
     result = register(image, moving, lungs, model="default", device="cpu",
-                      options=RegistrationOptions(refine_iterations=0))
+                      options=RegistrationOptions(refinement={"iterations": 0}))
     lung = torch.as_tensor(sitk.GetArrayFromImage(lungs) > 0)
     return tre(pts, targets), tre(pts, targets, result.deformation), jacobian_stats(result.deformation, lung), result
 

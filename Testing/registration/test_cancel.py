@@ -36,8 +36,8 @@ def run(pair, on_report):
     stop = {"now": False}
     torch.manual_seed(0)
     net = MultilevelNet(levels=2, features=4, depth=2)
-    options = RegistrationOptions(network_size=(32, 32, 32), refine_iterations=(6, 4), num_threads=1,
-                                  slab_voxels=60 * 63 * 16)
+    options = RegistrationOptions(grid={"size": (32, 32, 32)}, refinement={"iterations": (6, 4)},
+                                  runtime={"num_threads": 1, "slab_voxels": 60 * 63 * 16})
     progress = Progress(lambda f, m: on_report(m, lambda: stop.update(now=True)), lambda: stop["now"],
                         min_interval_s=0.0)
     return register(pair[0], pair[1], model=net, device="cpu", options=options, progress=progress)

@@ -36,7 +36,7 @@ from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-FAST = dict(network_size=(48, 48, 48), refine_levels=(4, 2, 1), refine_iterations=60)
+FAST = dict(grid={"size": (48, 48, 48)}, refinement={"level_factors": (4, 2, 1), "iterations": 60})
 
 
 def _oblique(image: sitk.Image, spacing, angles, shrink_mm) -> ImageGrid:
@@ -88,7 +88,7 @@ def case() -> Case:
 def breathing_run(case):
     moving = case.moving_for(case.breathing)
     result = register(case.fixed, moving, case.fixed_mask, model=None, device="cpu",
-                      options=RegistrationOptions(affine=False, **FAST))
+                      options=RegistrationOptions(affine=None, **FAST))
     return moving, result
 
 
@@ -113,7 +113,7 @@ def test_affine_offset_and_breathing_are_recovered(case) -> None:
     truth = compose_affine(a, case.breathing)
     moving = case.moving_for(truth)
     result = register(case.fixed, moving, case.fixed_mask, model=None, device="cpu",
-                      options=RegistrationOptions(affine=True, **FAST))
+                      options=RegistrationOptions(**FAST))
     tre, initial = case.tre(result.deformation, truth)
     assert initial > 15.0
     assert tre <= 1.5, f"TRE {tre:.2f} mm (initial {initial:.2f} mm)"
@@ -130,7 +130,7 @@ def test_identical_inputs_give_a_near_zero_field(case) -> None:
 
 def test_swapping_fixed_and_moving_gives_the_inverse(case, breathing_run) -> None:
     moving, forward = breathing_run
-    backward = register(moving, case.fixed, None, model=None, device="cpu", options=RegistrationOptions(affine=False, **FAST))
+    backward = register(moving, case.fixed, None, model=None, device="cpu", options=RegistrationOptions(affine=None, **FAST))
     assert backward.deformation.grid == ImageGrid.from_sitk(moving)
     there = forward.deformation.map_points(case.points)
     back = backward.deformation.map_points(there)[0]
@@ -156,7 +156,7 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
     with torch.no_grad():
         for level in net.nets:
             level.head.weight.mul_(1e-3)  # small random motion
-    opts = RegistrationOptions(affine=False, refine_iterations=0, network_size=(32, 32, 32))
+    opts = RegistrationOptions(affine=None, refinement={"iterations": 0}, grid={"size": (32, 32, 32)})
     net.train()
     result = register(case.fixed, case.fixed, case.fixed_mask, model=net, device="cpu", options=opts)
     assert net.training, "register() must give the caller's net back in its own mode"
@@ -194,7 +194,7 @@ def test_network_path_with_an_in_memory_and_a_saved_model(case, tmp_path) -> Non
     assert saved.network_grid.size == (24, 24, 24)  # network only: preprocessed straight to the model size
     # with refinement, preprocessing and refinement use network_size; the model still sees 24^3 inputs
     refined = register(case.fixed, case.fixed, case.fixed_mask, model=path, device="cpu",
-                       options=RegistrationOptions(affine=False, refine_iterations=2, network_size=(32, 32, 32)))
+                       options=RegistrationOptions(affine=None, refinement={"iterations": 2}, grid={"size": (32, 32, 32)}))
     assert refined.network_grid.size == (32, 32, 32)
     assert [d.grid.size for d in refined.level_deformations] == [(12, 12, 12), (24, 24, 24), (8, 8, 8), (16, 16, 16)]
     assert refined.level_deformations[1].grid.is_close(refined.network_grid.resized((24, 24, 24)))
@@ -226,7 +226,7 @@ def test_missing_default_model_falls_back_to_refinement(case, monkeypatch, tmp_p
     monkeypatch.setattr(MLVIRNETLib.paths, "default_model_path", lambda: tmp_path / "absent.pt")
     seen: list[tuple[float, str]] = []
     result = register(case.fixed, case.fixed, case.fixed_mask, device="cpu",
-                      options=RegistrationOptions(affine=False, network_size=(32, 32, 32), refine_iterations=2),
+                      options=RegistrationOptions(affine=None, grid={"size": (32, 32, 32)}, refinement={"iterations": 2}),
                       progress=lambda f, m: seen.append((f, m)))
     assert result.model_used is None
     assert any("not installed" in m for m in result.messages)
@@ -239,7 +239,7 @@ def test_cancel_and_thread_restore(case) -> None:
     before = torch.get_num_threads()
     with pytest.raises(RegistrationCancelled):
         register(case.fixed, case.fixed, case.fixed_mask, model=None, device="cpu",
-                 options=RegistrationOptions(num_threads=2, **FAST), cancel=lambda: True)
+                 options=RegistrationOptions(runtime={"num_threads": 2}, **FAST), cancel=lambda: True)
     assert torch.get_num_threads() == before
 
 
@@ -312,7 +312,7 @@ def test_values_that_are_not_hu_are_reported(case) -> None:
     unit_moving = sitk.RescaleIntensity(case.fixed, 0.0, 1.0)
     seen: list[str] = []
     result = register(unit_fixed, unit_moving, case.fixed_mask, model=None, device="cpu",
-                      options={"affine": False, "network_size": (32, 32, 32), "refine_iterations": 2},
+                      options={"affine": None, "grid": {"size": (32, 32, 32)}, "refinement": {"iterations": 2}},
                       progress=lambda f, m: seen.append(m))
     notes = [m for m in result.messages if "(1st-99th percentile)" in m]
     assert len(notes) == 2 and notes[0].startswith("fixed image has values 0") and "moving image" in notes[1]
@@ -330,11 +330,11 @@ def test_pairs_that_do_not_overlap_are_refused_or_reported(case) -> None:
                                          r"\(x .* mm \(LPS\)\) lies inside the moving field of view "
                                          r"\(x .* mm \(LPS\)\) without an affine"):
         register(case.fixed, far, case.fixed_mask, model=None, device="cpu",
-                 options=RegistrationOptions(affine=False, **FAST))
+                 options=RegistrationOptions(affine=None, **FAST))
     # after an affine stage: the fixed box mapped outside the moving field of view, or barely inside
     grid = ImageGrid.from_sitk(case.fixed)
     axis = grid.direction_matrix[:, 0] * grid.extent[0]
-    opts = RegistrationOptions(crop_to_lungs=False, network_size=(32, 32, 32))
+    opts = RegistrationOptions(grid={"crop_to_lungs": False, "size": (32, 32, 32)})
     for shift, expect_error in ((2.0, True), (0.95, False)):
         affine = np.eye(4)
         affine[:3, 3] = shift * axis

@@ -243,14 +243,14 @@ def without_torch():
 
 
 def test_tre_needs_no_torch(harness, without_torch):
-    from MLVIRNETLib.mrml.logic import MLVIRNETLogic
+    from MLVIRNETLib.mrml.logic import RegistrationLogic
 
     scene = harness.slicer.mrmlScene
     fixed = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "F")
     moving = scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "M")
     fixed.AddControlPoint([0.0, 0.0, 0.0])
     moving.AddControlPoint([3.0, 4.0, 0.0])
-    assert MLVIRNETLogic(scene).computeTRE(fixed, moving)["mean"] == pytest.approx(5.0)
+    assert RegistrationLogic(scene).computeTRE(fixed, moving)["mean"] == pytest.approx(5.0)
     assert sys.modules["torch"] is None
 
 

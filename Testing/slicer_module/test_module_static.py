@@ -199,7 +199,7 @@ def test_module_classes_follow_the_scripted_module_template(module_tree):
     assert bases["MLVIRNET"] == ["ScriptedLoadableModule"]
     assert bases["MLVIRNETWidget"] == ["ScriptedLoadableModuleWidget", "VTKObservationMixin"]
     assert bases["MLVIRNETTest"] == ["ScriptedLoadableModuleTest"]
-    assert "ScriptedLoadableModuleLogic" in bases["MLVIRNETLogic"] and "MLVIRNETCoreLogic" in bases["MLVIRNETLogic"]
+    assert "ScriptedLoadableModuleLogic" in bases["MLVIRNETLogic"] and "RegistrationLogic" in bases["MLVIRNETLogic"]
     decorators = [ast.unparse(d) for d in class_def(module_tree, "MLVIRNETParameterNode").decorator_list]
     assert decorators == ["parameterNodeWrapper"]
     widget = class_def(module_tree, "MLVIRNETWidget")
@@ -264,11 +264,11 @@ def test_test_class_has_test_methods_and_runs_them_all(module_tree):
 def test_widget_calls_only_existing_logic_methods(module_source):
     sys.path.insert(0, str(ROOT))
     try:
-        from MLVIRNETLib.mrml.logic import MLVIRNETLogic
+        from MLVIRNETLib.mrml.logic import RegistrationLogic
     finally:
         sys.path.remove(str(ROOT))
     used = set(re.findall(r"self\.logic\.(\w+)", module_source))
-    logic = MLVIRNETLogic()
+    logic = RegistrationLogic()
     missing = {m for m in used if not hasattr(logic, m)} - {"getParameterNode"}
     assert not missing, f"the widget calls logic methods that do not exist: {sorted(missing)}"
 
@@ -277,7 +277,7 @@ def test_logic_imports_without_slicer_or_torch():
     code = (
         "import sys, MLVIRNETLib.mrml as L; "
         "bad = [m for m in ('slicer', 'qt', 'ctk', 'vtk', 'torch') if m in sys.modules]; "
-        "assert not bad, bad; L.MLVIRNETLogic()"
+        "assert not bad, bad; L.RegistrationLogic()"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
     # and the module never touches the GUI toolkit, even lazily
@@ -328,6 +328,22 @@ def test_extension_files():
     assert s4ext["category"].strip() == "Registration"
 
 
+def test_the_extension_addresses_name_files_of_this_repository_and_it_ships_one_model():
+    """The icon and screenshot addresses of CMakeLists.txt and MLVIRNET.s4ext point into this
+    repository's main branch at files that exist; the Resources/* glob that CMake installs (Python
+    files and caches left out, as CMakeLists.txt filters them) holds one model file."""
+    prefix = "https://raw.githubusercontent.com/MLVIRNET/SlicerMLVIRNET/main/"
+    for name in ("CMakeLists.txt", "MLVIRNET.s4ext"):
+        text = (ROOT / name).read_text(encoding="utf-8")
+        addresses = re.findall(r"https://raw\.githubusercontent\.com/\S+?\.png", text)
+        assert len(addresses) == 2, (name, addresses)
+        for address in addresses:
+            assert address.startswith(prefix) and (ROOT / address[len(prefix):]).is_file(), (name, address)
+    installed = [p for p in (ROOT / "Resources").rglob("*") if p.is_file()
+                 and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".py")]
+    assert [p.name for p in installed if p.suffix == ".pt"] == ["mlvirnet_default.pt"]
+
+
 def test_widget_calls_logic_methods_with_keywords_they_take_and_presets_the_library_has(module_tree):
     """The keywords the widget passes to ``self.logic.<method>(...)`` are parameters of that method,
     and the module's preset names map to presets of the library (both only run inside Slicer)."""
@@ -335,7 +351,7 @@ def test_widget_calls_logic_methods_with_keywords_they_take_and_presets_the_libr
 
     sys.path.insert(0, str(ROOT))
     try:
-        from MLVIRNETLib.mrml.logic import MLVIRNETLogic
+        from MLVIRNETLib.mrml.logic import RegistrationLogic
         from MLVIRNETLib.registration.presets import PRESETS as LIBRARY_PRESETS
     finally:
         sys.path.remove(str(ROOT))
@@ -344,9 +360,9 @@ def test_widget_calls_logic_methods_with_keywords_they_take_and_presets_the_libr
             continue
         owner = node.func.value
         if not (isinstance(owner, ast.Attribute) and owner.attr == "logic" and isinstance(owner.value, ast.Name)
-                and owner.value.id == "self") or not hasattr(MLVIRNETLogic, node.func.attr):
+                and owner.value.id == "self") or not hasattr(RegistrationLogic, node.func.attr):
             continue
-        parameters = inspect.signature(getattr(MLVIRNETLogic, node.func.attr)).parameters
+        parameters = inspect.signature(getattr(RegistrationLogic, node.func.attr)).parameters
         passed = {k.arg for k in node.keywords if k.arg is not None}
         assert passed <= set(parameters), (node.func.attr, node.lineno, sorted(passed - set(parameters)))
     presets = next(n.value for n in module_tree.body if isinstance(n, ast.Assign)
