@@ -280,7 +280,7 @@ def registerSequence(
         return outputs
 
     outputs = runInWorkerThread(
-        work, lambda f, m: progressCallback(0.02 + 0.93 * f, m) if progressCallback else None, stop=stop
+        work, lambda f, m: progressCallback(0.02 * (1.0 - f) + 0.95 * f, m) if progressCallback else None, stop=stop
     )
     prog.stage(0.95, 0.05, "Creating the sequences")
     rows = [o.motion for o in outputs]
