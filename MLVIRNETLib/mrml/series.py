@@ -76,6 +76,18 @@ class SeriesNodes:
     summary: "SeriesSummary | None" = None
     messages: tuple[str, ...] = ()
 
+    def describe(self) -> str:
+        """What the module panel's status line shows of the run."""
+        n = self.transformSequence.GetNumberOfDataNodes()
+        lines = [f"Series registered: {n} phases; step through them with the sequence browser "
+                 f"'{nodeName(self.browser)}' (each phase is shown aligned with the reference)."]
+        if self.summary is not None:
+            lines.append(f"End-inhale {self.summary.end_inhale}, end-exhale {self.summary.end_exhale}.")
+            flagged = "; ".join(f"{phase}: {why}" for phase, why in self.summary.flagged.items())
+            lines.append(f"Flagged phases: {flagged}." if flagged else "No phase flagged.")
+        lines.extend(self.messages)
+        return " ".join(lines)
+
 
 @dataclass
 class _Phase:
