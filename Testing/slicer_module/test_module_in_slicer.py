@@ -364,3 +364,14 @@ def test_deleting_the_sequence_during_a_series_run_cancels_it(harness, panel):
     assert harness.errors() == [] and harness.slotErrors == []
     assert "volume sequence was deleted" in panel.ui.statusLabel.text
     assert _sequences(harness) == [] and browser.GetNumberOfSynchronizedSequenceNodes() == 0
+
+
+def test_closing_the_scene_during_a_series_run_cancels_it(harness, panel):
+    sequence, _ = phase_sequence(harness)
+    choose(panel.ui.seriesSequenceSelector, sequence)
+    panel.ui.presetComboBox.currentIndex = 0
+    harness.app.postEvent(lambda: harness.slicer.mrmlScene.Clear(0))
+    panel.ui.seriesApplyButton.click()
+    assert harness.errors() == [] and harness.slotErrors == []
+    assert "scene was closed" in panel.ui.statusLabel.text
+    assert _sequences(harness) == [] and harness.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode") == 0
