@@ -643,6 +643,9 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = nodes.describe()
         slicer.util.setSliceViewerLayers(background=nodes.browser.GetProxyNode(nodes.volumeSequence))
         if nodes.table is not None:
+            layoutNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLLayoutNode")
+            if layoutNode is not None:  # the chart and the table beside the slice views
+                layoutNode.SetViewArrangement(vtkMRMLLayoutNode.SlicerLayoutFourUpPlotTableView)
             showTable(nodes.table)
             selection = slicer.app.applicationLogic().GetSelectionNode()
             selection.SetActivePlotChartID(nodes.charts["breathing"].GetID())
@@ -762,6 +765,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
             self.test_RegisterAndTRE,
             self.test_SamplePairRegistration,
             self.test_DirLabLandmarks,
+            self.test_SeriesRegistration,
         ):
             self.setUp()
             try:
@@ -952,6 +956,47 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         role = transformNode.GetFixedNodeReferenceRole()
         self.assertEqual(transformNode.GetNodeReferenceID(role), nodes["fixedVolume"].GetID())
         self.delayDisplay(f"Sample pair registered: {after['summary']}")
+
+    def test_SeriesRegistration(self) -> None:
+        """A two-phase volume sequence registered into a transform sequence browsed with it."""
+        self._requireTorch()
+        import numpy as np
+        import SimpleITK as sitk
+
+        from MLVIRNETLib import mrml as L
+        from MLVIRNETLib.core.geometry import ImageGrid
+        from MLVIRNETLib.paths import bundled_ct_path
+        from MLVIRNETLib.registration import RegistrationOptions
+
+        ct = sitk.ReadImage(str(bundled_ct_path()))
+        grid = ImageGrid.from_sitk(ct).resized((48, 44, 40))
+        reference = sitk.Image(list(grid.size), sitk.sitkInt16)
+        grid.copy_to_sitk(reference)
+        image = sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+        sequence = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceNode", "MLVIRNETTest 4D-CT")
+        for k, shift in enumerate((0.0, 3.0)):
+            moved = sitk.Image(image)
+            moved.SetOrigin(tuple(np.asarray(image.GetOrigin()) + [0.0, 0.0, shift]))
+            phase = slicer.vtkMRMLScalarVolumeNode()
+            L.updateVolumeNodeFromImage(phase, moved)
+            sequence.SetDataNodeAtValue(phase, str(k))
+        browser = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "MLVIRNETTest browser")
+        browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+        # no network and two iterations: this checks the sequences and the browser, not the accuracy
+        options = RegistrationOptions(grid={"size": (32, 32, 32), "crop_to_lungs": False})
+        nodes = MLVIRNETLogic().registerSequence(
+            sequence, 0, model="none", device="cpu", options=options, refineIterations=2, affine=False
+        )
+        self.assertEqual(nodes.transformSequence.GetNumberOfDataNodes(), 2)
+        self.assertTrue(browser.IsSynchronizedSequenceNode(nodes.transformSequence, False))
+        self.assertIs(browser.GetProxyNode(sequence).GetParentTransformNode(), nodes.proxyTransform)
+        point = np.asarray(reference.TransformContinuousIndexToPhysicalPoint([24.0, 22.0, 20.0])) * [-1, -1, 1]
+        for k in (1, 0):
+            browser.SetSelectedItemNumber(k)
+            expected = nodes.transformSequence.GetNthDataNode(k).GetTransformFromParent().TransformPoint(*point)
+            got = nodes.proxyTransform.GetTransformFromParent().TransformPoint(*point)
+            self.assertLess(float(np.abs(np.subtract(got, expected)).max()), 1e-6)
+        self.delayDisplay(nodes.describe())
 
     def test_DirLabLandmarks(self) -> None:
         """DIR-LAB 4D-CT case 1 landmarks land at IJKToRAS @ (index - 1) and give the paper's initial TRE."""

@@ -259,7 +259,7 @@ def test_self_test_without_torch_reports_skips_only(harness, without_torch):
     harness.slicer.selfTests["MLVIRNET"]()
     messages = [r.getMessage() for r in harness.logRecords]
     skipped = [m for m in messages if "skipped: PyTorch is not installed" in m]
-    assert len(skipped) == 6, messages
+    assert len(skipped) == 7, messages
     assert harness.errors() == []
 
 
@@ -267,6 +267,7 @@ def test_self_test_with_torch_passes(harness):
     harness.slicer.selfTests["MLVIRNET"]()  # raises on a failure
     messages = [r.getMessage() for r in harness.logRecords]
     assert any("Sample pair registered" in m for m in messages)
+    assert any("Series registered: 2 phases" in m for m in messages)
     assert harness.errors() == []
 
 
@@ -312,6 +313,8 @@ def test_the_series_section_gives_a_transform_sequence_browsed_with_the_phases(h
     from MLVIRNETLib.mrml import transformPointsRas
 
     sequence, browser = phase_sequence(harness)
+    layout = harness.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    layout.SetViewArrangement(layout.SlicerLayoutFourUpView)
     assert not panel.ui.seriesApplyButton.enabled
     assert choose(panel.ui.seriesSequenceSelector, sequence)
     panel.ui.seriesReferenceSpinBox.value = 0
@@ -342,6 +345,7 @@ def test_the_series_section_gives_a_transform_sequence_browsed_with_the_phases(h
     assert selection.GetActiveTableID() and selection.GetActivePlotChartID()
     table = harness.slicer.mrmlScene.GetNodeByID(selection.GetActiveTableID())
     assert table.GetNumberOfRows() == 3
+    assert layout.GetViewArrangement() == layout.SlicerLayoutFourUpPlotTableView
     assert all(getattr(panel.ui, name).enabled for name in panel.LOCKED_WHILE_BUSY)
 
 
