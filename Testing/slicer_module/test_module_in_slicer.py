@@ -8,6 +8,7 @@ panel, Apply, actions during a run, the self-test.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -379,3 +380,25 @@ def test_closing_the_scene_during_a_series_run_cancels_it(harness, panel):
     assert harness.errors() == [] and harness.slotErrors == []
     assert "scene was closed" in panel.ui.statusLabel.text
     assert _sequences(harness) == [] and harness.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode") == 0
+
+
+def test_a_scene_saved_without_the_series_settings_loads_with_their_defaults(harness, panel):
+    """A scene written before the series section existed: its parameter node lacks the series
+    parameters; loading it gives their defaults and keeps the saved ones."""
+    scene = harness.slicer.mrmlScene
+    panel.ui.presetComboBox.currentIndex = 0
+    node = panel._parameterNode.parameterNode
+    assert node.GetParameter("seriesReference") == "0"
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    xml = scene.GetSceneXMLString()
+    older = re.sub(r' parameter\d+= "series\w+ [^"]*"', "", xml)  # the module node as an older module wrote it
+    assert older != xml and "series" not in older and '"preset Fast (network only)"' in older
+    scene.Clear(0)
+    scene.SetLoadFromXMLString(1)
+    scene.SetSceneXMLString(older)
+    scene.Import()
+    p = harness.module.MLVIRNETLogic().getParameterNode()
+    assert p.preset == "Fast (network only)"  # kept from the file
+    assert (p.seriesSequence, p.seriesReference, p.seriesJacobian) == (None, 0, False)
+    assert harness.errors() == [] and harness.slotErrors == []
