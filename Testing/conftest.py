@@ -62,3 +62,12 @@ def breathing_pair_3mm() -> tuple[sitk.Image, sitk.Image]:
 
     fixed = bundled_ct_3mm()
     return fixed, synthetic_breathing_case(fixed, peak_mm=10.0, n_landmarks=10).moving
+
+
+@pytest.fixture(scope="session")
+def synthetic_4dct_3mm():
+    """:func:`helpers.synthetic_4dct` with 4 phases at breathing amplitudes 0, 3, 6, 3 mm (phase 3 is
+    phase 1's image again), 20 landmarks."""
+    from helpers import synthetic_4dct
+
+    return synthetic_4dct(n_phases=4, peak_mm=6.0, n_landmarks=20)

@@ -36,3 +36,39 @@ def bundled_ct_3mm() -> sitk.Image:
     reference = sitk.Image(list(grid.size), sitk.sitkInt16)
     grid.copy_to_sitk(reference)
     return sitk.Resample(ct, reference, sitk.Transform(), sitk.sitkLinear, -1024.0, sitk.sitkInt16)
+
+
+def breathing_amplitudes(n_phases: int, peak_mm: float) -> list[float]:
+    """Peak displacement of each phase of one breathing cycle, ``peak_mm * (1 - cos(2 pi k / n)) / 2``:
+    0 at phase 0 (the reference), ``peak_mm`` half-way."""
+    return [peak_mm * (1.0 - np.cos(2.0 * np.pi * k / n_phases)) / 2.0 for k in range(n_phases)]
+
+
+def synthetic_4dct(n_phases: int = 4, peak_mm: float = 8.0, n_landmarks: int = 20):
+    """A 4D-CT with known motion: the bundled CT at about 3 mm (phase 0) and its copies deformed by
+    synthetic breathing at :func:`breathing_amplitudes`. Returns ``(phases, truths, lungs, points)``:
+    the images, the true maps phase 0 -> phase k (``None`` for phase 0), the phase-0 lung mask and
+    the landmarks of every phase (``(P, 3)`` LPS mm each, following the motion)."""
+    import torch
+
+    from MLVIRNETLib.preprocessing.lungmask import segment_lungs
+    from MLVIRNETLib.simulation.breathing import breathing_deformation, make_synthetic_pair, sample_landmarks
+
+    fixed = bundled_ct_3mm()
+    lungs = segment_lungs(fixed)
+    grid = ImageGrid.from_sitk(fixed)
+    reference_points = sample_landmarks(fixed, lungs, n=n_landmarks, seed=0)
+    phases, truths, points = [fixed], [None], [reference_points]
+    made: dict[float, tuple] = {}  # a cycle reaches each amplitude twice: the same image
+    for amplitude in breathing_amplitudes(n_phases, peak_mm)[1:]:
+        key = round(float(amplitude), 6)
+        if key not in made:
+            truth = breathing_deformation(grid, lungs, peak_mm=amplitude, seed=0)
+            moving, _ = make_synthetic_pair(fixed, truth, lungs, seed=0)
+            mapped = truth.map_points(torch.as_tensor(reference_points, dtype=torch.float32))[0].double().numpy()
+            made[key] = (sitk.Cast(sitk.Round(moving), sitk.sitkInt16), truth, mapped)
+        image, truth, mapped = made[key]
+        phases.append(image)
+        truths.append(truth)
+        points.append(mapped)
+    return phases, truths, lungs, points

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "demo": "demo",
     "register": "register",
     "batch": "batch",
+    "register-4d": "register_4d",
     "warp": "warp",
     "tre": "tre",
     "evaluate-dirlab": "evaluate_dirlab",

@@ -264,3 +264,99 @@ def find_dirlab_case_files(
             require_images,
         )
     return DirlabCaseFiles(case=c.name, **found)
+
+
+# ----------------------------------------------------------------------------------------------
+# 4D-75: landmarks that follow the breathing phases
+# ----------------------------------------------------------------------------------------------
+FOUR_D_75_TAGS = ("T00", "T10", "T20", "T30", "T40", "T50")
+"""The phases of DIR-LAB's 4D-CT "4D-75" landmark files (end-inhale T00 to end-exhale T50)."""
+FOUR_D_75_POINTS = 75
+"""Points per phase in a 4D-75 file (the same points, in the same order, in every phase)."""
+
+_FOUR_D_75 = re.compile(r"case0*(?P<case>\d+)[_-]?4D[_-]?75[_-](?P<tag>T\d0)(?:[_-]xyz)?\.(?:txt|pts)",
+                        flags=re.IGNORECASE)
+
+
+def find_dirlab_4d75_files(root: PathLike, case: str | DirlabCase | None = None) -> dict[str, Path]:
+    """The 4D-75 landmark files below ``root`` (a folder, searched recursively), by phase tag.
+
+    Names such as ``case1_4D-75_T00.txt`` or ``Case1_4D-75_T10_xyz.txt`` (case-insensitive) are
+    recognised; with ``case`` (``"4dct:N"``) only that case's files are taken.
+
+    Returns:
+        ``{"T00": path, "T10": path, ...}`` in phase order.
+
+    Raises:
+        FileNotFoundError: ``root`` is not a folder, or holds fewer than 2 phases' files.
+        ValueError: files of several cases without ``case``, a ``case`` that is not a 4D-CT case,
+            or two different files for one phase.
+    """
+    r = Path(root)
+    if not r.is_dir():
+        raise FileNotFoundError(f"4D-75 landmark folder not found: {r}")
+    number = None
+    if case is not None:
+        c = parse_case(case)
+        if c.dataset != "4dct":
+            raise ValueError(f"4D-75 landmarks exist for the 4D-CT cases only, got {c.name}")
+        number = c.number
+    hits: dict[str, list[Path]] = {}
+    cases: set[int] = set()
+    for p in sorted(f for f in r.rglob("*") if f.is_file()):
+        m = _FOUR_D_75.fullmatch(p.name)
+        if m is None or (number is not None and int(m["case"]) != number):
+            continue
+        cases.add(int(m["case"]))
+        hits.setdefault(m["tag"].upper(), []).append(p)
+    if len(cases) > 1:
+        raise ValueError(f"{r} holds 4D-75 files of cases {sorted(cases)}; name the case (4dct:N)")
+    found: dict[str, Path] = {}
+    for tag in sorted(hits):
+        paths = hits[tag]
+        if len({p.read_bytes() for p in paths}) > 1:
+            raise ValueError(f"several different 4D-75 files for phase {tag}: {', '.join(map(str, paths))}")
+        found[tag] = paths[0]
+    if len(found) < 2:
+        raise FileNotFoundError(f"no 4D-75 landmark files (e.g. case1_4D-75_T00.txt) for 2 or more phases under {r}")
+    return found
+
+
+def read_dirlab_4d75(
+    files: PathLike | dict[str, PathLike],
+    grid: ImageGrid | dict[str, ImageGrid] | None = None,
+    case: str | DirlabCase | None = None,
+) -> dict[str, np.ndarray]:
+    """Read DIR-LAB 4D-75 landmarks: ``{phase tag: (75, 3) LPS mm}`` in phase order.
+
+    Each file lists the same 75 points, in the same order, as 1-based voxel indices ``x y z``
+    (tabs or spaces, CRLF tolerated), like the 300-point files (:mod:`MLVIRNETLib.io.landmarks`).
+
+    Args:
+        files: a folder (see :func:`find_dirlab_4d75_files`) or ``{tag: file}``.
+        grid: the image grid the indices refer to, one for every phase or one per tag; default
+            :func:`dirlab_grid` ``(case)``.
+        case: the DIR-LAB case (``"4dct:N"``): chooses the files in a folder and, without
+            ``grid``, the grid.
+
+    Raises:
+        FileNotFoundError: a missing folder or file.
+        ValueError: no grid and no case, a file without exactly :data:`FOUR_D_75_POINTS` points,
+            a malformed line, or an index outside the image.
+    """
+    from .landmarks import read_landmarks
+
+    found = find_dirlab_4d75_files(files, case) if not isinstance(files, dict) else {
+        str(k).upper(): Path(v) for k, v in files.items()}
+    if grid is None:
+        if case is None:
+            raise ValueError("4D-75 landmarks are voxel indices: give the image grid or the DIR-LAB case")
+        grid = dirlab_grid(case)
+    out: dict[str, np.ndarray] = {}
+    for tag in sorted(found):
+        g = grid[tag] if isinstance(grid, dict) else grid
+        points = read_landmarks(found[tag], g, fmt="dirlab")
+        if len(points) != FOUR_D_75_POINTS:
+            raise ValueError(f"{found[tag]} holds {len(points)} points; a 4D-75 file holds {FOUR_D_75_POINTS}")
+        out[tag] = points
+    return out

@@ -3,6 +3,8 @@
 Holds:
     nodes  conversions between MRML nodes (RAS) and library objects (LPS).
     logic  :class:`RegistrationLogic`, everything the Slicer module does, usable without the GUI.
+    series  a 4D-CT (volume sequence) registered to a reference phase: transform and Jacobian
+        sequences in a sequence browser, the motion summary (``motion_nodes``: table and charts).
 
 Importing this package needs neither Slicer nor torch (both are imported inside functions), so
 ``MLVIRNET/MLVIRNET.py`` can load it before PyTorch is installed.

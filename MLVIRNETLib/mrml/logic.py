@@ -37,7 +37,7 @@ import numpy as np
 from ..core.progress import Progress, ProgressFn
 from .checks import checkRegistrationInputs
 from .tre_table import fillTreTable, formatTreStats, treStats
-from .outputs import JACOBIAN_COLOR_NODE_ID, JACOBIAN_WINDOW, RegistrationSummary, jacobianImage, warpedImage
+from .outputs import RegistrationSummary, jacobianImage, setJacobianDisplay, warpedImage
 from .nodes import (
     nodeName,
     removeNodeAndDisplay,
@@ -277,12 +277,7 @@ class RegistrationLogic:
     @staticmethod
     def _fillJacobianVolume(jacobianVolumeNode, image) -> None:
         updateVolumeNodeFromImage(jacobianVolumeNode, image)
-        if jacobianVolumeNode.GetDisplayNode() is None:
-            jacobianVolumeNode.CreateDefaultDisplayNodes()
-        display = jacobianVolumeNode.GetDisplayNode()
-        display.SetAndObserveColorNodeID(JACOBIAN_COLOR_NODE_ID)
-        display.SetAutoWindowLevel(False)
-        display.SetWindowLevel(*JACOBIAN_WINDOW)
+        setJacobianDisplay(jacobianVolumeNode)
 
     @staticmethod
     def registrationOptions(options=None, refineIterations=None, affine: bool = True, preset: str = "standard"):
@@ -322,6 +317,27 @@ class RegistrationLogic:
         if options is None:
             return options_for(preset, **overrides)
         return with_overrides(options, **overrides)
+
+    def registerSequence(
+        self, phases, referenceIndex: int = 0, jacobian: bool = False, model=None, device: str = "auto",
+        refineIterations: int | Sequence[int] | None = None, affine: bool = True,
+        progressCallback: ProgressCallback | None = None, options=None, preset: str = "standard",
+    ):
+        """Register every phase of a 4D-CT (a volume sequence, or a list of volumes) to one phase.
+
+        The arguments are those of :meth:`register`; what is checked, computed and created is
+        described in :func:`MLVIRNETLib.mrml.series.registerSequence`. :meth:`cancel` stops it in any
+        stage, and then nothing is created.
+        """
+        from .series import registerSequence
+
+        self._cancelRequested = False
+        self.cancelReason = ""
+        return registerSequence(
+            phases, referenceIndex, jacobian=jacobian, model=model, device=device, preset=preset if options is None else None,
+            options=lambda: self.registrationOptions(options, refineIterations, affine, preset),
+            progressCallback=progressCallback, cancel=self.isCancelRequested, stop=self.cancel,
+        )
 
     # -- resampling -----------------------------------------------------------------------------
     def warpVolume(

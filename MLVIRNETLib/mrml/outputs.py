@@ -120,3 +120,14 @@ def jacobianImage(deformation: "Deformation", progress: "ProgressFn") -> "sitk.I
         out[:, :, z0:z1] = det[:, :, z0 - a : z1 - a].cpu()
         progress(z1 / nz, f"Jacobian determinant: slices {z1}/{nz}")
     return tensor_to_image(out, grid, pixel_type=sitk.sitkFloat32)
+
+
+def setJacobianDisplay(volumeNode) -> None:
+    """Show a Jacobian determinant volume with the diverging colour map centred on 1
+    (:data:`JACOBIAN_COLOR_NODE_ID`, :data:`JACOBIAN_WINDOW`); creates its display node if needed."""
+    if volumeNode.GetDisplayNode() is None:
+        volumeNode.CreateDefaultDisplayNodes()
+    display = volumeNode.GetDisplayNode()
+    display.SetAndObserveColorNodeID(JACOBIAN_COLOR_NODE_ID)
+    display.SetAutoWindowLevel(False)
+    display.SetWindowLevel(*JACOBIAN_WINDOW)

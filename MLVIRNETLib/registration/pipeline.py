@@ -59,11 +59,48 @@ if TYPE_CHECKING:
     from ..networks.cascade import MultilevelNet
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model read once (:func:`load_registration_model`) for registering many pairs with it.
+
+    Attributes:
+        net: the network in eval mode, or ``None`` (no network: refinement alone).
+        label: what ``RegistrationResult.model_used`` reports (the model file), or ``None``.
+        input_size: the model's own input grid size (from its file), or ``None``.
+        messages: notes of the loading (e.g. the default model is not installed), repeated in
+            every result registered with it.
+    """
+
+    net: "MultilevelNet | None"
+    label: str | None
+    input_size: tuple[int, ...] | None
+    messages: tuple[str, ...] = ()
+
+
+def load_registration_model(
+    model: "MultilevelNet | str | Path | None" = "default", device: str | torch.device = "auto"
+) -> LoadedModel:
+    """Read ``model`` (as :func:`register` takes it) once, onto ``device``; pass the result as the
+    ``model`` of :func:`register` to register many pairs without reading the file again.
+
+    Raises:
+        FileNotFoundError: an explicit model path that does not exist.
+        ValueError: an unreadable model, a bad ``model`` type or a CUDA device without a GPU.
+    """
+    messages: list[str] = []
+    net, label, size = _resolve_model(model, resolve_device(device), messages)
+    return LoadedModel(net, label, size, tuple(messages))
+
+
 def _resolve_model(model, device: torch.device, messages: list[str]):
     """``(net or None, label or None, input_size or None)`` for the ``model`` argument of :func:`register`."""
     from ..networks.cascade import MultilevelNet
     from ..paths import default_model_path
 
+    if isinstance(model, LoadedModel):
+        messages.extend(model.messages)
+        net = model.net.to(device).eval() if model.net is not None else None
+        return net, model.label, model.input_size
     if model is None:
         return None, None, None
     if isinstance(model, MultilevelNet):
@@ -129,7 +166,7 @@ def register(
     moving: sitk.Image,
     fixed_mask: sitk.Image | None = None,
     moving_mask: sitk.Image | None = None,
-    model: "MultilevelNet | str | Path | None" = "default",
+    model: "MultilevelNet | LoadedModel | str | Path | None" = "default",
     device: str | torch.device = "auto",
     options: RegistrationOptions | Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
@@ -143,7 +180,8 @@ def register(
         model: a ``MultilevelNet``, a model file path, ``"default"`` (the shipped model; when it is
             not installed a message says so and refinement alone registers) or ``None`` (no network).
             An in-memory net runs in eval mode on ``device`` and is returned to its own mode and
-            device afterwards.
+            device afterwards. A :class:`LoadedModel` (:func:`load_registration_model`) is used as
+            it was read, without reading its file again.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
         options: :class:`RegistrationOptions`, or a ``dict`` of its fields (read with
             :meth:`RegistrationOptions.from_dict`: unknown keys are an error), or ``None`` for the

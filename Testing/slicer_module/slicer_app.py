@@ -6,7 +6,7 @@ What is real:
   ``i18n``, ``packaging``) and the Sample Data module, from ``../shared/slicer_py`` (Slicer commit
   583e9b37), used unchanged: the ``slicer`` package's ``__init__.py`` loads the MRML kits as it does
   in the application;
-- MRML, VTK and the module logics (volumes, markups, colors, application logic) from the
+- MRML, VTK and the module logics (volumes, markups, colors, sequences, application logic) from the
   ``slicer-core`` wheel: a real ``vtkMRMLScene`` with a cache folder, real storage nodes and readers;
 - the module's own files: ``MLVIRNET/MLVIRNET.py``, its ``.ui``, the library.
 
@@ -162,6 +162,11 @@ class Application(qt_standins.QObject):
         self.markupsLogic = slicer.vtkSlicerMarkupsLogic()
         self.markupsLogic.SetMRMLApplicationLogic(self._applicationLogic)
         self.markupsLogic.SetMRMLScene(scene)
+        # the Sequences module: its logic registers the sequence browser node and updates proxy nodes
+        self.sequencesLogic = slicer.vtkSlicerSequencesLogic()
+        self.sequencesLogic.SetMRMLApplicationLogic(self._applicationLogic)
+        self.sequencesLogic.SetMRMLScene(scene)
+        self._applicationLogic.SetModuleLogic("Sequences", self.sequencesLogic)
 
     # -- event loop --
     def postEvent(self, callback: Callable[[], None]) -> None:

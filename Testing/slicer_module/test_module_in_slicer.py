@@ -8,6 +8,7 @@ panel, Apply, actions during a run, the self-test.
 from __future__ import annotations
 
 import os
+import re
 import sys
 
 import numpy as np
@@ -260,7 +261,7 @@ def test_self_test_without_torch_reports_skips_only(harness, without_torch):
     harness.slicer.selfTests["MLVIRNET"]()
     messages = [r.getMessage() for r in harness.logRecords]
     skipped = [m for m in messages if "skipped: PyTorch is not installed" in m]
-    assert len(skipped) == 6, messages
+    assert len(skipped) == 7, messages
     assert harness.errors() == []
 
 
@@ -268,4 +269,137 @@ def test_self_test_with_torch_passes(harness):
     harness.slicer.selfTests["MLVIRNET"]()  # raises on a failure
     messages = [r.getMessage() for r in harness.logRecords]
     assert any("Sample pair registered" in m for m in messages)
+    assert any("Series registered: 2 phases" in m for m in messages)
     assert harness.errors() == []
+
+
+# ----------------------------------------------------------------------------------------------
+# the 4D-CT series section
+# ----------------------------------------------------------------------------------------------
+SHIFTS_MM = (0.0, 2.0, 4.0)
+
+
+def phase_sequence(h):
+    """A volume sequence in its browser, as Slicer loads a 4D-CT: the bundled CT at about 3 mm
+    moved by :data:`SHIFTS_MM` towards the head (LPS z), one phase each."""
+    import SimpleITK as sitk
+
+    from MLVIRNETLib.mrml import updateVolumeNodeFromImage, volumeNodeToImage
+
+    scene = h.slicer.mrmlScene
+    fixed, moving = small_pair(h, shift_mm=0.0)
+    image = volumeNodeToImage(fixed)
+    scene.RemoveNode(fixed)
+    scene.RemoveNode(moving)
+    sequence = scene.AddNewNodeByClass("vtkMRMLSequenceNode", "4D-CT")
+    sequence.SetIndexName("time")
+    sequence.SetIndexUnit("%")
+    for k, shift in enumerate(SHIFTS_MM):
+        moved = sitk.Image(image)
+        moved.SetOrigin(tuple(np.asarray(image.GetOrigin()) + [0.0, 0.0, shift]))
+        phase = h.slicer.vtkMRMLScalarVolumeNode()
+        updateVolumeNodeFromImage(phase, moved)
+        sequence.SetDataNodeAtValue(phase, str(50 * k))
+    browser = scene.AddNewNodeByClass("vtkMRMLSequenceBrowserNode", "4D-CT browser")
+    browser.SetAndObserveMasterSequenceNodeID(sequence.GetID())
+    return sequence, browser
+
+
+def _sequences(h):
+    scene = h.slicer.mrmlScene
+    return [scene.GetNthNodeByClass(i, "vtkMRMLSequenceNode") for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceNode"))]
+
+
+def test_the_series_section_gives_a_transform_sequence_browsed_with_the_phases(harness, panel):
+    from MLVIRNETLib.core.geometry import ras_to_lps
+    from MLVIRNETLib.mrml import transformPointsRas
+
+    sequence, browser = phase_sequence(harness)
+    layout = harness.slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLayoutNode")
+    layout.SetViewArrangement(layout.SlicerLayoutFourUpView)
+    assert not panel.ui.seriesApplyButton.enabled
+    assert choose(panel.ui.seriesSequenceSelector, sequence)
+    panel.ui.seriesReferenceSpinBox.value = 0
+    panel.ui.seriesJacobianCheckBox.checked = True
+    panel.ui.presetComboBox.currentIndex = 0  # "Fast (network only)"
+    assert panel._parameterNode.seriesJacobian and panel.ui.seriesApplyButton.enabled
+    panel.ui.seriesApplyButton.click()
+    assert harness.errors() == [] and harness.slotErrors == []
+    assert "Series registered: 3 phases" in panel.ui.statusLabel.text
+    transforms = [s for s in _sequences(harness) if s.GetName().endswith("MLVIRNET transforms")]
+    assert len(transforms) == 1 and transforms[0].GetNumberOfDataNodes() == 3
+    assert browser.IsSynchronizedSequenceNode(transforms[0], False)
+    proxyTransform = browser.GetProxyNode(transforms[0])
+    proxyVolume = browser.GetProxyNode(sequence)
+    assert proxyVolume.GetParentTransformNode() is proxyTransform
+    import vtk
+
+    centre = np.asarray(proxyVolume.GetImageData().GetDimensions()) / 2.0
+    ijkToRas = vtk.vtkMatrix4x4()
+    proxyVolume.GetIJKToRASMatrix(ijkToRas)
+    points = np.array([ijkToRas.MultiplyPoint([*(centre + offset), 1.0])[:3] for offset in
+                       ([0, 0, 0], [5, 5, 5], [-5, 5, -5], [5, -5, 5])])
+    for k, shift in enumerate(SHIFTS_MM):
+        browser.SetSelectedItemNumber(k)
+        motion = ras_to_lps(transformPointsRas(proxyTransform.GetTransformFromParent(), points)) - ras_to_lps(points)
+        assert abs(float(np.median(motion[:, 2])) - shift) < 1.0, (k, motion)  # the phase's own shift
+    selection = harness.app.applicationLogic().GetSelectionNode()
+    assert selection.GetActiveTableID() and selection.GetActivePlotChartID()
+    table = harness.slicer.mrmlScene.GetNodeByID(selection.GetActiveTableID())
+    assert table.GetNumberOfRows() == 3
+    assert layout.GetViewArrangement() == layout.SlicerLayoutFourUpPlotTableView
+    assert all(getattr(panel.ui, name).enabled for name in panel.LOCKED_WHILE_BUSY)
+
+
+def test_a_reference_out_of_range_is_refused_before_any_work(harness, panel):
+    sequence, _ = phase_sequence(harness)
+    choose(panel.ui.seriesSequenceSelector, sequence)
+    panel._parameterNode.seriesReference = 3
+    before = harness.app.processEventsCalls
+    panel.ui.seriesApplyButton.click()
+    assert any("out of range" in e for e in harness.errors())
+    assert harness.app.processEventsCalls == before and len(_sequences(harness)) == 1
+
+
+def test_deleting_the_sequence_during_a_series_run_cancels_it(harness, panel):
+    sequence, browser = phase_sequence(harness)
+    choose(panel.ui.seriesSequenceSelector, sequence)
+    panel.ui.presetComboBox.currentIndex = 0
+    harness.app.postEvent(lambda: harness.slicer.mrmlScene.RemoveNode(sequence))
+    panel.ui.seriesApplyButton.click()
+    assert harness.errors() == [] and harness.slotErrors == []
+    assert "volume sequence was deleted" in panel.ui.statusLabel.text
+    assert _sequences(harness) == [] and browser.GetNumberOfSynchronizedSequenceNodes() == 0
+
+
+def test_closing_the_scene_during_a_series_run_cancels_it(harness, panel):
+    sequence, _ = phase_sequence(harness)
+    choose(panel.ui.seriesSequenceSelector, sequence)
+    panel.ui.presetComboBox.currentIndex = 0
+    harness.app.postEvent(lambda: harness.slicer.mrmlScene.Clear(0))
+    panel.ui.seriesApplyButton.click()
+    assert harness.errors() == [] and harness.slotErrors == []
+    assert "scene was closed" in panel.ui.statusLabel.text
+    assert _sequences(harness) == [] and harness.slicer.mrmlScene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode") == 0
+
+
+def test_a_scene_saved_without_the_series_settings_loads_with_their_defaults(harness, panel):
+    """A scene written before the series section existed: its parameter node lacks the series
+    parameters; loading it gives their defaults and keeps the saved ones."""
+    scene = harness.slicer.mrmlScene
+    panel.ui.presetComboBox.currentIndex = 0
+    node = panel._parameterNode.parameterNode
+    assert node.GetParameter("seriesReference") == "0"
+    scene.SetSaveToXMLString(1)
+    scene.Commit()
+    xml = scene.GetSceneXMLString()
+    older = re.sub(r' parameter\d+= "series\w+ [^"]*"', "", xml)  # the module node as an older module wrote it
+    assert older != xml and "series" not in older and '"preset Fast (network only)"' in older
+    scene.Clear(0)
+    scene.SetLoadFromXMLString(1)
+    scene.SetSceneXMLString(older)
+    scene.Import()
+    p = harness.module.MLVIRNETLogic().getParameterNode()
+    assert p.preset == "Fast (network only)"  # kept from the file
+    assert (p.seriesSequence, p.seriesReference, p.seriesJacobian) == (None, 0, False)
+    assert harness.errors() == [] and harness.slotErrors == []

@@ -102,6 +102,11 @@ def test_ui_is_valid_xml_with_expected_widgets(ui_root):
         "loadDirLabCaseButton": "QPushButton",
         "importLandmarksButton": "QPushButton",
         "advancedCollapsibleButton": "ctkCollapsibleButton",
+        "seriesCollapsibleButton": "ctkCollapsibleButton",
+        "seriesSequenceSelector": "qMRMLNodeComboBox",
+        "seriesReferenceSpinBox": "QSpinBox",
+        "seriesJacobianCheckBox": "QCheckBox",
+        "seriesApplyButton": "QPushButton",
     }
     for name, cls in expected.items():
         assert name in widgets, f"widget {name} missing from {UI.name}"
@@ -126,6 +131,7 @@ def test_ui_node_types_and_layout(ui_root):
     assert set(node_types("fixedMaskSelector")) == {"vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode"}
     assert node_types("outputTransformSelector") == ["vtkMRMLGridTransformNode"]
     assert node_types("fixedLandmarksSelector") == ["vtkMRMLMarkupsFiducialNode"]
+    assert node_types("seriesSequenceSelector") == ["vtkMRMLSequenceNode"]
     # advanced settings start collapsed, the inputs (with the preset) do not
     collapsed = widget_property(widgets["advancedCollapsibleButton"], "collapsed")
     assert collapsed is not None and collapsed.findtext("bool") == "true"

@@ -1,0 +1,150 @@
+"""``mlvirnet register-4d``: a generated 4-phase 4D-CT end to end with landmarks, resume (a rerun redoes
+nothing), a 4-D NIfTI, bad input (one error, exit 2, nothing written), and the real 4D-CT."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from MLVIRNETLib.cli import main
+from MLVIRNETLib.io.fields import read_field
+from MLVIRNETLib.io.landmarks import write_landmarks
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
+QUICK = ["--model", "none", "--refine", "8", "--network-size", "32", "32", "32", "--quiet"]
+"""Refinement alone on a 32-voxel working grid: about 2 s per phase of the 3 mm CT."""
+NAMES = ["phase00", "phase01", "phase02", "phase03"]
+
+
+@pytest.fixture(scope="module")
+def series(synthetic_4dct_3mm, tmp_path_factory) -> tuple[Path, list[Path], np.ndarray]:
+    """The generated 4D-CT as ``phaseNN.nii.gz`` files with one landmark CSV per phase."""
+    phases, _, _, points = synthetic_4dct_3mm
+    folder = tmp_path_factory.mktemp("fourd")
+    (folder / "ct").mkdir()
+    marks = []
+    for name, image, pts in zip(NAMES, phases, points):
+        sitk.WriteImage(image, str(folder / "ct" / f"{name}.nii.gz"))
+        marks.append(write_landmarks(pts, folder / f"{name}.csv"))
+    return folder / "ct", marks, np.asarray(points)
+
+
+@pytest.fixture(scope="module")
+def done(series, tmp_path_factory) -> tuple[Path, dict, str]:
+    folder, marks, _ = series
+    out = tmp_path_factory.mktemp("run") / "out"
+    argv = ["register-4d", str(folder), "-o", str(out), *QUICK, "--json", "--landmarks", *map(str, marks)]
+    return out, argv, _run(argv)
+
+
+def _run(argv) -> dict:
+    import io
+    from contextlib import redirect_stdout
+
+    buf = io.StringIO()
+    with redirect_stdout(buf):
+        assert main(argv) == 0
+    return json.loads(buf.getvalue())
+
+
+def _summary(out: Path) -> dict[str, dict]:
+    with open(out / "summary.csv", newline="", encoding="utf-8") as fh:
+        return {row["phase"]: row for row in csv.DictReader(fh)}
+
+
+def test_every_phase_gets_a_field_and_the_summary_reads_the_motion(done, series) -> None:
+    out, _, info = done
+    assert info["registered"] == NAMES and info["done_before"] == [] and info["reference"] == "phase00"
+    for name in NAMES:
+        assert (out / name / "field.nii.gz").is_file() and (out / name / "result.json").is_file()
+    identity = read_field(out / "phase00" / "field.nii.gz")
+    assert float(identity.displacement.abs().max()) == 0.0
+    rows = _summary(out)
+    assert list(rows) == NAMES
+    # the cycle: 0, 3, 6, 3 mm of inhalation; phases 1 and 3 are the same image
+    assert (info["end_inhale"], info["end_exhale"]) == ("phase02", "phase00")
+    volume = {n: float(rows[n]["lung_volume_jacobian_ml"]) for n in NAMES}
+    assert volume["phase00"] < volume["phase01"] < volume["phase02"] and volume["phase03"] == volume["phase01"]
+    for name in NAMES[1:]:
+        row = rows[name]
+        assert float(row["tre_mean_mm"]) < 0.7 * float(row["tre_before_mm"]) and row["landmarks"] == "20"
+        assert float(row["lung_dice"]) > 0.95 and float(row["si_excursion_mm"]) < 0
+        assert row["flagged"] == "False"
+    report = json.loads((out / "report.json").read_text())
+    assert report["reference_field"].startswith("identity") and report["end_inhale"] == "phase02"
+    assert [p["name"] for p in report["phases"]] == NAMES
+    summary = json.loads((out / "summary.json").read_text())
+    assert len(summary["phases"][2]["trajectory"]["true"]) == 20
+    assert (out / "motion.png").is_file() == HAVE_MATPLOTLIB
+
+
+def test_a_rerun_redoes_nothing_and_a_changed_phase_is_redone(done, series, capsys) -> None:
+    out, argv, _ = done
+    stamps = {n: (out / n / "field.nii.gz").stat().st_mtime_ns for n in NAMES}
+    info = _run(argv)
+    assert info["registered"] == [] and info["done_before"] == NAMES
+    assert {n: (out / n / "field.nii.gz").stat().st_mtime_ns for n in NAMES} == stamps
+    changed = series[0] / "phase03.nii.gz"
+    st = changed.stat()
+    os.utime(changed, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    info = _run(argv)
+    assert info["registered"] == ["phase03"] and "phase03" in info["redone"]
+    assert "the input(s) phase changed since" in capsys.readouterr().err
+
+
+def test_a_4d_nifti_is_split_into_phases(synthetic_4dct_3mm, tmp_path) -> None:
+    phases = synthetic_4dct_3mm[0][:3]
+    four_d = sitk.JoinSeries(phases)
+    sitk.WriteImage(four_d, str(tmp_path / "fourd.nii.gz"))
+    out = tmp_path / "out"
+    info = _run(["register-4d", str(tmp_path / "fourd.nii.gz"), "-o", str(out), "--reference", "1", "--model",
+                 "none", "--refine", "2", "--network-size", "16", "16", "16", "--quiet", "--json"])
+    assert info["reference"] == "phase01" and info["registered"] == ["phase00", "phase01", "phase02"]
+    assert read_field(out / "phase00" / "field.nii.gz").grid.size == phases[1].GetSize()
+
+
+@pytest.mark.parametrize("case", ["one phase", "2-D phase", "reference out of range", "unknown reference",
+                                  "landmark count"])
+def test_bad_input_gives_one_error_and_writes_nothing(series, tmp_path, capsys, case) -> None:
+    folder, marks, _ = series
+    files = [str(folder / f"{n}.nii.gz") for n in NAMES]
+    extra: list[str] = []
+    if case == "one phase":
+        files, message = files[:1], "a 4D-CT needs at least 2 phases, got 1"
+    elif case == "2-D phase":
+        flat = tmp_path / "flat.nii.gz"
+        sitk.WriteImage(sitk.Image(20, 20, sitk.sitkInt16), str(flat))
+        files, message = files[:2] + [str(flat)], "flat.nii.gz is a 2-D image"
+    elif case == "reference out of range":
+        extra, message = ["--reference", "4"], "reference 4 is out of range: there are 4 phases, numbered 0..3"
+    elif case == "unknown reference":
+        extra, message = ["--reference", "T50"], "reference 'T50' is not a phase; the phases are phase00, phase01"
+    else:
+        extra, message = ["--landmarks", *map(str, marks[:3])], "3 landmark files for 4 phases"
+    out = tmp_path / "out"
+    assert main(["register-4d", *files, "-o", str(out), *QUICK, *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlvirnet register-4d: error: ") and message in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
+def test_the_real_4dct_breathes(shared_data, tmp_path) -> None:
+    folder = shared_data / "4dct" / "tcia4dlung_117"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} is not present")
+    out = tmp_path / "out"
+    info = _run(["register-4d", str(folder / "phase0[13579].nii.gz"), "-o", str(out), *QUICK, "--json"])
+    assert info["registered"] == ["phase01", "phase03", "phase05", "phase07", "phase09"]
+    rows = _summary(out)
+    volume = [float(rows[n]["lung_volume_jacobian_ml"]) for n in info["registered"]]
+    # exhaling from phase01, then inhaling again: the curve falls and rises
+    assert min(volume) < volume[0] - 20 and min(volume) < volume[-1] - 10 and int(np.argmin(volume)) in (1, 2, 3)
+    assert all(float(rows[n]["lung_dice"]) > 0.9 for n in info["registered"])
