@@ -131,7 +131,7 @@ def _run(fixed: Path, moving: Path, preset: str, workdir: Path, device: str) -> 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", nargs="+", default=DEFAULT_CASES, metavar="CT:PEAK",
+    parser.add_argument("--cases", nargs="*", default=DEFAULT_CASES, metavar="CT:PEAK",
                         help=f"CT name ({', '.join(CTS)}) and peak breathing motion in mm (default {DEFAULT_CASES})")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS), choices=PRESETS)
     parser.add_argument("--variants", nargs="+", default=["clean", "thick"], choices=("clean", "thick"))
