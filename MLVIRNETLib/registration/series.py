@@ -34,8 +34,7 @@ import SimpleITK as sitk
 from ..core.deformation import Deformation
 from ..core.geometry import ImageGrid
 from ..core.progress import CancelFn, Progress, ProgressFn
-from .options import RegistrationOptions, as_options
-from .quality import RegistrationResult
+from .options import RegistrationOptions, RegistrationResult, as_options
 
 if TYPE_CHECKING:
     from ..networks.cascade import MultilevelNet
