@@ -26,8 +26,8 @@ grid, ``x_phase = x_ref + u(x_ref)``, LPS mm) and the lung masks:
     with landmarks that follow the phases: the TRE (reference -> phase) of the reference
     landmarks before (no motion) and after registration.
 
-:func:`summarize_series` marks the end-inhale phase (largest Jacobian lung volume), the
-end-exhale phase (smallest) and flags phases that look failed (:func:`flag_phases`).
+:func:`summarize_series` flags phases that look failed (:func:`flag_phases`) and marks the
+end-inhale phase (largest Jacobian lung volume) and the end-exhale phase (smallest) among the others.
 :func:`motion_plot` draws the breathing curve, the displacement and the flags against phase.
 """
 
@@ -255,7 +255,8 @@ class SeriesSummary:
 
 
 def summarize_series(rows: Sequence[PhaseMotion]) -> SeriesSummary:
-    """Sort ``rows`` by index, flag them (:func:`flag_phases`) and find end-inhale and end-exhale.
+    """Sort ``rows`` by index, flag them (:func:`flag_phases`) and find end-inhale and end-exhale
+    (the largest and the smallest Jacobian lung volume among the phases not flagged).
 
     Raises:
         ValueError: no rows, or not exactly one reference row.
@@ -269,9 +270,10 @@ def summarize_series(rows: Sequence[PhaseMotion]) -> SeriesSummary:
     flags = flag_phases(ordered)
     for r in ordered:
         r.flagged, r.flag_reason = r.phase in flags, flags.get(r.phase)
-    volumes = [r.lung_volume_jacobian_ml for r in ordered]
-    return SeriesSummary(ordered, refs[0], ordered[int(np.argmax(volumes))].phase,
-                         ordered[int(np.argmin(volumes))].phase, flags)
+    trusted = [r for r in ordered if not r.flagged] or ordered
+    volumes = [r.lung_volume_jacobian_ml for r in trusted]
+    return SeriesSummary(ordered, refs[0], trusted[int(np.argmax(volumes))].phase,
+                         trusted[int(np.argmin(volumes))].phase, flags)
 
 
 def motion_plot(summary: SeriesSummary, path: PathLike, title: str = "", dpi: int = 100) -> Path:
@@ -281,7 +283,8 @@ def motion_plot(summary: SeriesSummary, path: PathLike, title: str = "", dpi: in
     axis the lung base excursion), with the end-inhale and end-exhale phases marked; the
     displacement in the lungs (mean, p95, max); with landmarks, the TRE per phase and the
     landmark trajectories (superior-inferior position against phase: the true points and the
-    registered reference points). Flagged phases are shaded red and named.
+    registered reference points). Flagged phases are shaded red and marked "flagged"; the
+    reference phase's label says "(ref)". Legends sit right of the panels.
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -291,67 +294,63 @@ def motion_plot(summary: SeriesSummary, path: PathLike, title: str = "", dpi: in
     figure_cls, _, _ = _matplotlib()
     rows = summary.rows
     x = np.arange(len(rows))
-    names = [r.phase for r in rows]
+    labels = [r.phase + ("\n(ref)" if r.reference else "") for r in rows]
     has_landmarks = any(r.tre_mean_mm is not None for r in rows)
     n_panels = 4 if has_landmarks else 2
-    fig = figure_cls(figsize=(max(6.0, 0.6 * len(rows) + 3.0), 2.8 * n_panels), dpi=dpi)
+    fig = figure_cls(figsize=(max(8.0, 0.55 * len(rows) + 5.0), 2.9 * n_panels + 0.6), dpi=dpi)
+    fig.subplots_adjust(left=0.09, right=0.70, top=1.0 - 0.55 / (2.9 * n_panels + 0.6), bottom=0.06, hspace=0.6)
     axes = [fig.add_subplot(n_panels, 1, k + 1) for k in range(n_panels)]
     marks = {summary.end_inhale: "end-inhale", summary.end_exhale: "end-exhale"}
     for ax in axes:
+        top = ax.get_xaxis_transform()  # x in data, y in axes fractions
         for i, r in enumerate(rows):
             if r.flagged:
                 ax.axvspan(i - 0.45, i + 0.45, color="#e53935", alpha=0.15, lw=0)
-        for i, name in enumerate(names):
-            if name in marks:
+                ax.text(i, 0.97, "flagged", transform=top, ha="center", va="top", fontsize=7, color="#c62828")
+            if r.phase in marks:
                 ax.axvline(i, color="#555555", ls=":", lw=1)
+                ax.text(i, 1.01, marks[r.phase], transform=top, ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=30 if len(rows) > 6 else 0, fontsize=8)
+        ax.set_xticklabels(labels, fontsize=8)
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.grid(alpha=0.3)
+    outside = {"loc": "upper left", "fontsize": 8, "frameon": False}
     ax = axes[0]
     ax.plot(x, [r.lung_volume_jacobian_ml for r in rows], "o-", color="#2b7bba", label="lung volume (Jacobian)")
     masks = [r.lung_volume_mask_ml for r in rows]
     if any(v is not None for v in masks):
         ax.plot(x, [np.nan if v is None else v for v in masks], "s--", color="#9e9e9e", ms=4,
-                label="lung volume (phase mask)")
+                label="lung volume (phase's mask)")
     ax.set_ylabel("lung volume (ml)")
     twin = ax.twinx()
-    twin.plot(x, [r.si_excursion_mm for r in rows], "^-", color="#e6862b", label="lung base SI excursion")
-    twin.set_ylabel("lung base SI (mm, + superior)")
-    top = ax.get_ylim()[1]
-    for i, name in enumerate(names):
-        if name in marks:
-            ax.text(i, top, marks[name], ha="center", va="bottom", fontsize=8)
-    for i, r in enumerate(rows):
-        if r.flagged:
-            ax.text(i, ax.get_ylim()[0], "flagged", ha="center", va="bottom", fontsize=7, color="#c62828")
+    twin.plot(x, [r.si_excursion_mm for r in rows], "^-", color="#e6862b", label="lung base SI excursion\n(mm, + = superior)")
+    twin.set_ylabel("lung base SI (mm)", color="#e6862b")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="lower left", fontsize=7)
-    ax.set_title(title or f"breathing motion, reference {summary.reference}", fontsize=10, pad=14)
+    ax.legend(handles=handles, bbox_to_anchor=(1.12, 1.0), **outside)
+    fig.suptitle(title or f"breathing motion, every phase registered to {summary.reference}", fontsize=11)
     ax = axes[1]
     for key, style, label in (("displacement_mean_mm", "o-", "mean"), ("displacement_p95_mm", "s-", "p95"),
                               ("displacement_max_mm", "^-", "max")):
-        ax.plot(x, [getattr(r, key) for r in rows], style, ms=4, label=label)
-    ax.set_ylabel("|u| in the lungs (mm)")
-    ax.legend(loc="upper left", fontsize=7)
+        ax.plot(x, [getattr(r, key) for r in rows], style, ms=4, label=f"|u| {label}")
+    ax.set_ylabel("displacement in\nthe lungs (mm)")
+    ax.set_ylim(bottom=0.0)
+    ax.legend(bbox_to_anchor=(1.02, 1.0), **outside)
     if has_landmarks:
         ax = axes[2]
         ax.plot(x, [np.nan if r.tre_before_mm is None else r.tre_before_mm for r in rows], "o-", color="#9e9e9e",
                 label="before (no motion)")
         ax.plot(x, [np.nan if r.tre_mean_mm is None else r.tre_mean_mm for r in rows], "o-", color="#2b7bba",
-                label="registered (mean)")
+                label="registered, mean")
         ax.plot(x, [np.nan if r.tre_p95_mm is None else r.tre_p95_mm for r in rows], "s--", color="#2b7bba", ms=4,
-                label="registered (p95)")
+                label="registered, p95")
         ax.set_ylabel("TRE (mm)")
         ax.set_ylim(bottom=0.0)
-        ax.legend(loc="upper left", fontsize=7)
-        ax = axes[3]
-        _trajectories(ax, rows, x)
-    fig.tight_layout()
+        ax.legend(bbox_to_anchor=(1.02, 1.0), **outside)
+        _trajectories(axes[3], rows, x, outside)
     return _save(fig, path)
 
 
-def _trajectories(ax, rows: Sequence[PhaseMotion], x: np.ndarray) -> None:
+def _trajectories(ax, rows: Sequence[PhaseMotion], x: np.ndarray, legend: dict[str, Any]) -> None:
     """SI (LPS z) of each landmark against phase: true (grey) and registered (blue, dashed)."""
     true = [np.asarray(r.trajectory["true"]) if r.trajectory else None for r in rows]
     reg = [np.asarray(r.trajectory["registered"]) if r.trajectory else None for r in rows]
@@ -363,8 +362,8 @@ def _trajectories(ax, rows: Sequence[PhaseMotion], x: np.ndarray) -> None:
     for p in range(min(n, 40)):
         zt = [np.nan if t is None else t[p, 2] for t in true]
         zr = [np.nan if t is None else t[p, 2] for t in reg]
-        ax.plot(x, zt, "-", color="#9e9e9e", lw=0.8, label="true" if p == 0 else None)
-        ax.plot(x, zr, "--", color="#2b7bba", lw=0.8, label="registered" if p == 0 else None)
-    ax.set_ylabel("landmark SI position (mm)")
-    ax.legend(loc="upper left", fontsize=7)
+        ax.plot(x, zt, "-", color="#9e9e9e", lw=0.8, label="phase's landmarks" if p == 0 else None)
+        ax.plot(x, zr, "--", color="#2b7bba", lw=0.8, label="reference landmarks,\nregistered" if p == 0 else None)
+    ax.set_ylabel("landmark SI\nposition (mm)")
+    ax.legend(bbox_to_anchor=(1.02, 1.0), **legend)
 

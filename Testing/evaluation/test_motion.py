@@ -114,6 +114,8 @@ def test_a_phase_that_jumps_is_flagged() -> None:
     flags = flag_phases(_rows(volumes, excursions))
     assert sorted(flags) == ["T30", "T60"]
     assert "lung volume jumps by -" in flags["T60"] and "lung base excursion jumps by +" in flags["T30"]
+    summary = summarize_series(_rows(volumes, excursions))  # the artefact is not the end-exhale phase
+    assert (summary.end_inhale, summary.end_exhale) == ("T00", "T50") and summary.rows[6].flagged
 
 
 def test_a_failed_quality_check_or_a_poor_lung_dice_is_flagged() -> None:
