@@ -298,7 +298,7 @@ def motion_plot(summary: SeriesSummary, path: PathLike, title: str = "", dpi: in
     has_landmarks = any(r.tre_mean_mm is not None for r in rows)
     n_panels = 4 if has_landmarks else 2
     fig = figure_cls(figsize=(max(8.0, 0.55 * len(rows) + 5.0), 2.9 * n_panels + 0.6), dpi=dpi)
-    fig.subplots_adjust(left=0.09, right=0.70, top=1.0 - 0.55 / (2.9 * n_panels + 0.6), bottom=0.06, hspace=0.6)
+    fig.subplots_adjust(left=0.09, right=0.70, top=1.0 - 0.55 / (2.9 * n_panels + 0.6), bottom=0.06, hspace=0.45)
     axes = [fig.add_subplot(n_panels, 1, k + 1) for k in range(n_panels)]
     marks = {summary.end_inhale: "end-inhale", summary.end_exhale: "end-exhale"}
     for ax in axes:

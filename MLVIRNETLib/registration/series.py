@@ -200,7 +200,9 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
             device=device, options=opts, progress=lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel=cancel,
         )
         notes.extend(result.messages)
-        del moving
         outer(1.0, f"{label}: done")
-        yield PhaseResult(i, names[i], False, result.deformation, result, reference_mask,
-                          phase_mask if phase_masks else None, notes, time.perf_counter() - t0)
+        item = PhaseResult(i, names[i], False, result.deformation, result, reference_mask,
+                           phase_mask if phase_masks else None, notes, time.perf_counter() - t0)
+        del moving, result, phase_mask  # while the caller holds this phase, the next one is not begun
+        yield item
+        del item  # the caller has it (or dropped it): not held here while the next phase registers

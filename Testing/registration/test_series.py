@@ -124,3 +124,24 @@ def test_a_single_phase_or_a_2d_phase_is_refused() -> None:
     series = register_series([flat, sitk.Image(8, 8, 8, sitk.sitkInt16)], model=None)
     with pytest.raises(ValueError, match="expected a 3-D image, got a 2-D image"):
         next(series)
+
+
+def test_a_phase_is_let_go_before_the_next_one_is_registered(synthetic_4dct_3mm) -> None:
+    import gc
+    import weakref
+
+    phases = synthetic_4dct_3mm[0][:3]
+    first_field: list[weakref.ref] = []
+    alive: list[bool] = []
+
+    def progress(fraction: float, message: str) -> None:
+        if message.startswith("phase02 (2/2)") and first_field:
+            gc.collect()
+            alive.append(first_field[0]() is not None)
+
+    series = register_series(phases, 0, which=[1, 2], model=None, device="cpu", options=QUICK, progress=progress)
+    first = next(series)
+    first_field.append(weakref.ref(first.deformation.displacement))
+    del first
+    next(series)
+    assert alive and not any(alive)  # one field in memory at a time
