@@ -28,7 +28,7 @@ import SimpleITK as sitk
 from ..core.geometry import ImageGrid
 from .atomic import PathLike
 from .fields import IMAGE_SUFFIXES
-from .images import read_image, read_image_grid, sitk_error_reason
+from .images import image_header, read_image, read_image_grid, sitk_error_reason
 from .integrity import check_input
 
 __all__ = ["PhaseInput", "find_phases"]
@@ -71,9 +71,7 @@ class PhaseInput:
         elif self.volume is None:
             return read_image(self.path)
         else:
-            reader = sitk.ImageFileReader()
-            reader.SetFileName(str(self.path))
-            reader.ReadImageInformation()
+            reader = image_header(self.path)
             reader.SetExtractIndex([0, 0, 0, self.volume])
             reader.SetExtractSize(list(reader.GetSize())[:3] + [0])
             try:
@@ -125,12 +123,7 @@ def _natural_key(text: str) -> list[Any]:
 
 def _four_d(path: Path) -> list[PhaseInput] | None:
     """The volumes of a 4-D image file as phases, or ``None`` when ``path`` is not 4-D."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise ValueError(f"cannot read image header of {path}") from None
+    reader = image_header(path)
     if reader.GetDimension() != 4 or reader.GetSize()[3] < 2:
         return None
     check_input(path)
@@ -142,12 +135,7 @@ def _is_image_file(path: Path) -> bool:
 
 
 def _tags(path: str) -> dict[str, str]:
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise ValueError(f"cannot read DICOM file {path}: {sitk_error_reason(exc)}") from None
+    reader = image_header(path)
     keys = (TEMPORAL_POSITION, SERIES_NUMBER, SERIES_DESCRIPTION, IMAGE_POSITION)
     return {k: reader.GetMetaData(k).strip() for k in keys if reader.HasMetaDataKey(k)}
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from helpers import rotation_matrix
+from helpers import rotation_matrix, write_dicom_series
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.phases import find_phases
@@ -26,27 +26,11 @@ def _phase(k: int) -> sitk.Image:
 
 def _write_dicom(image: sitk.Image, folder: Path, series_uid: str, number: int, description: str,
                  temporal: int | None, prefix: str) -> None:
-    """Write ``image`` as one DICOM file per slice, with the tags a scanner's 4D-CT export carries."""
-    folder.mkdir(parents=True, exist_ok=True)
-    d = np.asarray(image.GetDirection()).reshape(3, 3)
-    for z in range(image.GetDepth()):
-        s = image[:, :, z]
-        origin = image.TransformIndexToPhysicalPoint((0, 0, z))
-        tags = {
-            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.1", "0020|000e": series_uid,
-            "0020|0011": str(number), "0008|103e": description, "0020|0013": str(z + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in origin),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in (*d[:, 0], *d[:, 1])),
-            "0028|0030": f"{image.GetSpacing()[1]}\\{image.GetSpacing()[0]}", "0018|0050": str(image.GetSpacing()[2]),
-        }
-        if temporal is not None:
-            tags["0020|0100"] = str(temporal)
-        for key, value in tags.items():
-            s.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"{prefix}_{z:03d}.dcm"))
-        writer.Execute(s)
+    """``image`` as a DICOM series with the tags a scanner's 4D-CT export carries."""
+    tags = {"0020|0011": str(number), "0008|103e": description}
+    if temporal is not None:
+        tags["0020|0100"] = str(temporal)
+    write_dicom_series(image, folder, series_uid, tags, prefix)
 
 
 def _same(a: sitk.Image, b: sitk.Image) -> bool:
