@@ -149,7 +149,7 @@ def register_series(
         ValueError: fewer than 2 phases, a reference out of range, names that are not one per
             phase or not unique, indices out of range, a phase that is not a SimpleITK image or a
             loader; from the iterator also what ``register`` raises for a phase (a 2-D image, a
-            pair that does not overlap, ...).
+            pair that does not overlap, ...), its message starting with ``"phase NAME: "``.
         FileNotFoundError: an explicit model path that does not exist (from the iterator).
         RegistrationCancelled: ``cancel()`` returned True (from the iterator).
     """
@@ -168,7 +168,10 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
     if not todo:
         return
     outer.stage(0.0, REFERENCE_MASK_SHARE, f"{names[reference]} (reference): lung mask")
-    fixed = _load(phases[reference], names[reference])
+    try:
+        fixed = _load(phases[reference], names[reference])
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise type(exc)(f"reference phase {names[reference]}: {exc}") from exc
     ref_notes: list[str] = []
     if reference_mask is None:
         try:
@@ -186,7 +189,10 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
             yield PhaseResult(i, names[i], True, Deformation.identity(ImageGrid.from_sitk(fixed)), None,
                               reference_mask, reference_mask, list(ref_notes), time.perf_counter() - t0)
             continue
-        moving = _load(phases[i], names[i])
+        try:
+            moving = _load(phases[i], names[i])
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise type(exc)(f"phase {names[i]}: {exc}") from exc
         notes = list(ref_notes)
         phase_mask = None
         if phase_masks or opts.refinement.beta > 0:
@@ -195,10 +201,13 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
                 phase_mask = segment_lungs(moving, opts.lung_mask)
             except ValueError as exc:
                 notes.append(f"no automatic lung mask of {names[i]} ({exc})")
-        result = register(
-            fixed, moving, reference_mask, phase_mask if opts.refinement.beta > 0 else None, model=loaded,
-            device=device, options=opts, progress=lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel=cancel,
-        )
+        try:
+            result = register(
+                fixed, moving, reference_mask, phase_mask if opts.refinement.beta > 0 else None, model=loaded,
+                device=device, options=opts, progress=lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel=cancel,
+            )
+        except ValueError as exc:  # which phase could not be registered, in the one message
+            raise ValueError(f"phase {names[i]}: {exc}") from exc
         notes.extend(result.messages)
         outer(1.0, f"{label}: done")
         item = PhaseResult(i, names[i], False, result.deformation, result, reference_mask,

@@ -122,8 +122,11 @@ def test_a_single_phase_or_a_2d_phase_is_refused() -> None:
         register_series([sitk.Image(8, 8, 8, sitk.sitkInt16)])
     flat = sitk.Image(8, 8, sitk.sitkInt16)
     series = register_series([flat, sitk.Image(8, 8, 8, sitk.sitkInt16)], model=None)
-    with pytest.raises(ValueError, match="expected a 3-D image, got a 2-D image"):
+    with pytest.raises(ValueError, match="^reference phase phase00: expected a 3-D image, got a 2-D image"):
         next(series)
+    series = register_series([sitk.Image(8, 8, 8, sitk.sitkInt16), flat], model=None)
+    with pytest.raises(ValueError, match="^phase phase01: expected a 3-D image, got a 2-D image"):
+        list(series)
 
 
 def test_a_phase_is_let_go_before_the_next_one_is_registered(synthetic_4dct_3mm) -> None:
