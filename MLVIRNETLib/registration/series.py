@@ -18,8 +18,9 @@ gets exactly the result a single-pair ``register`` of the same two images gives.
 
 The reference phase itself gets the identity (a zero field on its grid).
 
-Each phase is registered to the reference directly; registering consecutive phases and composing
-the maps is not done.
+Each phase is registered to the reference directly; ``chain=True`` registers each phase to its
+neighbour nearer the reference instead and composes the maps along the chain (then two fields,
+the last composed map and the one being made, are held at a time).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def register_series(
     which: Sequence[int] | None = None,
     reference_mask: sitk.Image | None = None,
     phase_masks: bool = True,
+    chain: bool = False,
     model: "MultilevelNet | str | Path | None" = "default",
     device: str = "auto",
     options: RegistrationOptions | Mapping[str, Any] | None = None,
@@ -139,6 +141,11 @@ def register_series(
             run has not done yet; the reference's mask is computed only when one of them needs it.
         reference_mask: the reference phase's lung mask (on its grid); default: automatic.
         phase_masks: compute each phase's automatic lung mask (``PhaseResult.phase_mask``).
+        chain: register each phase to its neighbour nearer the reference (fixed) instead of to the
+            reference, and compose the maps: ``y_ref->k = y_(k-1)->k o y_ref->(k-1)``. Phases are
+            then yielded in chain order (the reference, the phases after it, then those before it,
+            going away from it), ``PhaseResult.result`` is the last step's registration, and every
+            phase is registered (``which`` must be None).
         model, device, options: as for :func:`~MLVIRNETLib.registration.pipeline.register`; the
             model is read once for the whole series.
         progress: ``(fraction, message)`` over the whole series; each message starts with the
@@ -154,14 +161,18 @@ def register_series(
         RegistrationCancelled: ``cancel()`` returned True (from the iterator).
     """
     labels, todo = _check_series(phases, reference, names, which)
+    if chain:
+        if which is not None:
+            raise ValueError("a chain registers every phase: which must be None")
+        todo = [reference] + list(range(reference + 1, len(phases))) + list(range(reference - 1, -1, -1))
     opts = as_options(options)
-    return _series(list(phases), reference, labels, todo, reference_mask, phase_masks, model, device, opts,
-                   Progress(progress, cancel), cancel)
+    return _series(list(phases), reference, labels, todo, reference_mask, phase_masks or chain, chain, model, device,
+                   opts, Progress(progress, cancel), cancel)
 
 
 def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: list[int],
-            reference_mask: sitk.Image | None, phase_masks: bool, model, device: str, opts: RegistrationOptions,
-            outer: Progress, cancel: CancelFn | None) -> Iterator[PhaseResult]:
+            reference_mask: sitk.Image | None, phase_masks: bool, chain: bool, model, device: str,
+            opts: RegistrationOptions, outer: Progress, cancel: CancelFn | None) -> Iterator[PhaseResult]:
     from ..preprocessing.lungmask import segment_lungs
     from .pipeline import load_registration_model, register
 
@@ -180,7 +191,10 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
             ref_notes.append(f"no automatic lung mask of the reference phase ({exc}); registering the whole field of view")
     loaded = load_registration_model(model, device)
     share = (1.0 - REFERENCE_MASK_SHARE) / len(todo)
+    previous: tuple[sitk.Image, sitk.Image | None, Deformation | None] = (fixed, reference_mask, None)
     for k, i in enumerate(todo):
+        if chain and abs(i - reference) == 1:
+            previous = (fixed, reference_mask, None)  # a chain starts at the reference, each way
         t0 = time.perf_counter()
         label = f"{names[i]} ({k + 1}/{len(todo)})"
         outer.stage(REFERENCE_MASK_SHARE + k * share, share, f"{label}: reading")
@@ -201,17 +215,20 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
                 phase_mask = segment_lungs(moving, opts.lung_mask)
             except ValueError as exc:
                 notes.append(f"no automatic lung mask of {names[i]} ({exc})")
+        step_fixed, step_mask, before = previous if chain else (fixed, reference_mask, None)
         try:
             result = register(
-                fixed, moving, reference_mask, phase_mask if opts.refinement.beta > 0 else None, model=loaded,
+                step_fixed, moving, step_mask, phase_mask if opts.refinement.beta > 0 else None, model=loaded,
                 device=device, options=opts, progress=lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel=cancel,
             )
         except ValueError as exc:  # which phase could not be registered, in the one message
             raise ValueError(f"phase {names[i]}: {exc}") from exc
         notes.extend(result.messages)
+        deformation = result.deformation if before is None else result.deformation.compose(before)
         outer(1.0, f"{label}: done")
-        item = PhaseResult(i, names[i], False, result.deformation, result, reference_mask,
+        item = PhaseResult(i, names[i], False, deformation, result, reference_mask,
                            phase_mask if phase_masks else None, notes, time.perf_counter() - t0)
-        del moving, result, phase_mask  # while the caller holds this phase, the next one is not begun
+        previous = (moving, phase_mask, deformation) if chain else previous
+        del moving, result, phase_mask, deformation, before  # not held while the next phase registers
         yield item
         del item  # the caller has it (or dropped it): not held here while the next phase registers

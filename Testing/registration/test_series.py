@@ -148,3 +148,22 @@ def test_a_phase_is_let_go_before_the_next_one_is_registered(synthetic_4dct_3mm)
     del first
     next(series)
     assert alive and not any(alive)  # one field in memory at a time
+
+
+def test_a_chain_composes_the_steps_towards_each_phase(synthetic_4dct_3mm, registered) -> None:
+    phases, _, lungs, points = synthetic_4dct_3mm
+    chained = list(register_series(phases[:3], 0, model=None, device="cpu", options=QUICK, chain=True,
+                                   reference_mask=lungs))
+    # the first step is the direct registration to the reference
+    assert torch.allclose(chained[1].deformation.displacement, registered[1][0].deformation.displacement, atol=1e-5)
+    # phase 2 is reached through phase 1: its map is the step 1 -> 2 composed with the map 0 -> 1
+    step = register(phases[1], phases[2], model=None, device="cpu", options=QUICK)
+    composed = step.deformation.compose(chained[1].deformation)
+    assert torch.allclose(chained[2].deformation.displacement, composed.displacement, atol=1e-4)
+    row = phase_motion(chained[2].deformation, lungs, landmarks=(points[0], points[2]))
+    assert row.tre_mean_mm < 0.6 * row.tre_before_mm
+    tiny = options_for("standard", refinement={"iterations": (2, 1)}, grid={"max_voxels": 16}, affine=None)
+    order = [r.index for r in register_series(phases[:3], 1, model=None, device="cpu", options=tiny, chain=True)]
+    assert order == [1, 2, 0]  # the reference, then away from it each way
+    with pytest.raises(ValueError, match="a chain registers every phase"):
+        register_series(phases, 0, chain=True, which=[1])
