@@ -43,7 +43,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core.deformation import Deformation
-from ..core.geometry import ImageGrid
+from ..core.geometry import ImageGrid, index_affine_terms
 from .metrics import map_points, tre
 
 PathLike = str | os.PathLike
@@ -160,23 +160,24 @@ def phase_motion(
     if not lungs.any():
         raise ValueError("the reference lung mask is empty")
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
+    field32 = deformation.detach().to("cpu", torch.float32)  # no copy of a float32 CPU field
     with torch.no_grad():
-        u = deformation.displacement.detach().to("cpu", torch.float64)[0]  # (3, D, H, W)
-        det = deformation.detach().to("cpu", torch.float64).jacobian_determinant()[0, 0].numpy()
-    inside = torch.as_tensor(lungs)
-    u_in = u[:, inside].numpy()  # (3, P)
+        det = field32.jacobian_determinant()[0, 0].numpy()[lungs].astype(np.float64)  # over the lungs only
+        u_in = field32.displacement[0][:, torch.as_tensor(lungs)].double().numpy()  # (3, P)
     magnitude = np.linalg.norm(u_in, axis=0)
-    heights = np.asarray(grid.array_index_to_world(np.argwhere(lungs)))[:, 2]  # LPS z: + is superior
+    # LPS z (+ superior) of every lung voxel centre, from the grid's index -> LPS map
+    k, j, i = (term[..., 2].to(torch.float32) for term in index_affine_terms(grid.index_to_world_matrix(), grid.size))
+    heights = (k + j + i).numpy()[lungs]
     base = heights <= np.quantile(heights, base_fraction)
     row = PhaseMotion(
         index=int(index), phase=str(phase), reference=bool(reference),
-        lung_volume_jacobian_ml=float(det[lungs].sum() * voxel_ml),
+        lung_volume_jacobian_ml=float(det.sum() * voxel_ml),
         lung_volume_mask_ml=None, lung_dice=None,
         displacement_mean_mm=float(magnitude.mean()),
         displacement_p95_mm=float(np.percentile(magnitude, 95)),
         displacement_max_mm=float(magnitude.max()),
         si_excursion_mm=float(u_in[2, base].mean()),
-        folding_percent=100.0 * float((det[lungs] <= 0).mean()),
+        folding_percent=100.0 * float((det <= 0).mean()),
         seconds=seconds,
     )
     if quality is not None:
