@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..core.deformation import Deformation
+from ..core.deformation import Deformation, jacobian_determinant
 from ..core.geometry import ImageGrid, index_affine_terms
 from .metrics import map_points, tre
 
@@ -162,7 +162,7 @@ def phase_motion(
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
     field32 = deformation.detach().to("cpu", torch.float32)  # no copy of a float32 CPU field
     with torch.no_grad():
-        det = field32.jacobian_determinant()[0, 0].numpy()[lungs].astype(np.float64)  # over the lungs only
+        det = _lung_jacobian(field32, lungs)
         u_in = field32.displacement[0][:, torch.as_tensor(lungs)].double().numpy()  # (3, P)
     magnitude = np.linalg.norm(u_in, axis=0)
     # LPS z (+ superior) of every lung voxel centre, from the grid's index -> LPS map
@@ -197,6 +197,21 @@ def phase_motion(
         row.tre_mean_mm, row.tre_p95_mm = float(after.mean), float(after.p95)
         row.trajectory = {"true": phase_points.tolist(), "registered": mapped.tolist()}
     return row
+
+
+def _lung_jacobian(field: Deformation, lungs: np.ndarray) -> np.ndarray:
+    """``det(dy/dx)`` at the lung voxels (``lungs`` ``(D, H, W)``, in ``np.argwhere`` order), float64.
+
+    Computed on the lungs' bounding box grown by one voxel (the neighbours of its central
+    differences, where the grid has them): the same values as over the whole grid, for less work.
+    """
+    hits = np.argwhere(lungs)
+    lo = np.maximum(hits.min(axis=0) - 1, 0)
+    hi = np.minimum(hits.max(axis=0) + 2, lungs.shape)
+    box = field.grid.cropped(lo[::-1], hi[::-1])  # (x, y, z) index bounds
+    u = field.displacement[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    det = jacobian_determinant(u, box)[0, 0].numpy()
+    return det[lungs[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]].astype(np.float64)
 
 
 def _circular_departures(values: np.ndarray) -> np.ndarray:

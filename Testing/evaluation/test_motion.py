@@ -181,3 +181,16 @@ def test_4d75_files_of_the_wrong_size_or_without_a_grid_are_refused(tmp_path) ->
     _write_4d75(tmp_path / "one", tags=("T00",))
     with pytest.raises(FileNotFoundError, match="for 2 or more phases"):
         find_dirlab_4d75_files(tmp_path / "one")
+
+
+def test_the_lung_jacobian_on_the_lungs_box_equals_the_whole_grid() -> None:
+    from MLVIRNETLib.evaluation.motion import _lung_jacobian
+
+    grid = ImageGrid((12, 10, 9), (0.9, 1.3, 1.7), (0.0, 0.0, 0.0), tuple(rotation_matrix((10.0, 20.0, 30.0)).ravel()))
+    field = Deformation(grid, torch.randn((1, 3, *grid.shape_zyx), generator=torch.Generator().manual_seed(1)))
+    whole = field.jacobian_determinant()[0, 0].numpy()
+    for box in ((slice(2, 6), slice(3, 7), slice(4, 9)), (slice(0, 9), slice(0, 3), slice(10, 12))):  # inside; at borders
+        lungs = np.zeros(grid.shape_zyx, dtype=bool)
+        lungs[box] = True
+        lungs[box[0].start, box[1].start, box[2].start] = False
+        np.testing.assert_allclose(_lung_jacobian(field, lungs), whole[lungs], rtol=0, atol=1e-6)
