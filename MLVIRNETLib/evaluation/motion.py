@@ -10,7 +10,8 @@ grid, ``x_phase = x_ref + u(x_ref)``, LPS mm) and the lung masks:
     the volume of the phase's own lung mask (its voxels times its voxel volume).
 ``lung_dice``
     the Dice overlap of the reference mask and the phase's mask warped onto the reference grid
-    (nearest neighbour): 1 where the map carries the lungs exactly onto each other.
+    (nearest neighbour; on that grid coarsened to voxels of at least :data:`DICE_SPACING_MM`):
+    1 where the map carries the lungs exactly onto each other.
 ``displacement_mean_mm``, ``displacement_p95_mm``, ``displacement_max_mm``
     ``|u|`` over the reference lung mask.
 ``si_excursion_mm``
@@ -57,6 +58,8 @@ VOLUME_JUMP_FLOOR = 0.05
 """... and by more than this fraction of the reference lung volume (lung volume curve)."""
 EXCURSION_JUMP_FLOOR_MM = 2.0
 """... and by more than this many mm (lung base excursion curve)."""
+DICE_SPACING_MM = 2.0
+"""The lung Dice is taken on the reference grid coarsened to voxels of at least this size."""
 DICE_FLAG = 0.80
 """A phase whose lung Dice (reference vs warped phase mask) falls below this is flagged."""
 
@@ -186,9 +189,7 @@ def phase_motion(
         pgrid = ImageGrid.from_sitk(phase_mask)
         own = sitk.GetArrayViewFromImage(phase_mask) != 0
         row.lung_volume_mask_ml = float(own.sum() * np.prod(pgrid.spacing) / 1000.0)
-        labels = torch.as_tensor(own.astype(np.float32))[None, None]
-        warped = deformation.detach().to("cpu", torch.float32).warp_labels(labels, pgrid)[0, 0].numpy() > 0.5
-        row.lung_dice = float(2.0 * np.logical_and(warped, lungs).sum() / (warped.sum() + lungs.sum()))
+        row.lung_dice = _lung_dice(field32, lungs, own, pgrid)
     if landmarks is not None:
         ref_points, phase_points = (np.asarray(p, dtype=float) for p in landmarks)
         before, after = tre(ref_points, phase_points), tre(ref_points, phase_points, deformation)
@@ -197,6 +198,21 @@ def phase_motion(
         row.tre_mean_mm, row.tre_p95_mm = float(after.mean), float(after.p95)
         row.trajectory = {"true": phase_points.tolist(), "registered": mapped.tolist()}
     return row
+
+
+def _lung_dice(field: Deformation, lungs: np.ndarray, phase_lungs: np.ndarray, phase_grid: ImageGrid) -> float:
+    """Dice of the reference lungs and the phase's lungs pulled back through ``field`` (nearest
+    neighbour), both sampled on the reference grid coarsened to voxels of at least
+    :data:`DICE_SPACING_MM` (the automatic lung masks are made on a coarser grid still)."""
+    grid = field.grid
+    size = tuple(max(1, int(round(e / max(sp, DICE_SPACING_MM)))) for e, sp in zip(grid.extent, grid.spacing))
+    coarse = grid.resized(size) if size != grid.size else grid
+    ref = torch.as_tensor(lungs.astype(np.float32))[None, None]
+    own = torch.as_tensor(phase_lungs.astype(np.float32))[None, None]
+    a = Deformation.identity(coarse).warp_labels(ref, grid)[0, 0] > 0.5 if coarse is not grid else ref[0, 0] > 0.5
+    b = field.on_grid(coarse).warp_labels(own, phase_grid)[0, 0] > 0.5
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else float("nan")
 
 
 def _lung_jacobian(field: Deformation, lungs: np.ndarray) -> np.ndarray:

@@ -62,7 +62,7 @@ def test_volume_excursion_and_displacement_of_a_uniform_scaling(scaled) -> None:
     ball_ml = 4 / 3 * math.pi * RADIUS ** 3 / 1000.0
     assert row.lung_volume_jacobian_ml == pytest.approx(s ** 3 * ball_ml, rel=0.03)
     assert row.lung_volume_mask_ml == pytest.approx(s ** 3 * ball_ml, rel=0.03)
-    assert row.lung_dice > 0.97
+    assert row.lung_dice > 0.95  # on 2 mm voxels, the border of a 14 mm ball is a few per cent of it
     # |u| = (s - 1) |x - c|: the mean over a ball is 3/4 R, the max R
     assert row.displacement_mean_mm == pytest.approx((s - 1) * 0.75 * RADIUS, rel=0.03)
     assert row.displacement_max_mm == pytest.approx((s - 1) * RADIUS, rel=0.03)
