@@ -149,7 +149,8 @@ def register_series(
         model, device, options: as for :func:`~MLVIRNETLib.registration.pipeline.register`; the
             model is read once for the whole series.
         progress: ``(fraction, message)`` over the whole series; each message starts with the
-            phase's name and its place, e.g. ``"phase05 (5/9): refinement ..."``.
+            phase's name and its place, e.g. ``"phase05 (5/10): refinement ..."`` (the reference
+            counts as one).
         cancel: polled often; returning True raises ``RegistrationCancelled`` from the iterator.
 
     Raises:
