@@ -72,3 +72,31 @@ def synthetic_4dct(n_phases: int = 4, peak_mm: float = 8.0, n_landmarks: int = 2
         truths.append(truth)
         points.append(mapped)
     return phases, truths, lungs, points
+
+
+def write_dicom_series(image: sitk.Image, folder, series_uid: str, tags: dict[str, str] | None = None,
+                       prefix: str = "slice") -> None:
+    """Write a 3-D int16 ``image`` as one DICOM file per slice into ``folder`` (created if needed),
+    with its LPS geometry (position, orientation, spacing) and ``tags`` (e.g. series number,
+    description, temporal position identifier) on every slice."""
+    from pathlib import Path
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    d = np.asarray(image.GetDirection()).reshape(3, 3)
+    for z in range(image.GetDepth()):
+        s = image[:, :, z]
+        values = {
+            "0008|0060": "CT", "0020|000d": "1.2.826.0.1.3680043.2.1125.77", "0020|000e": series_uid,
+            "0020|0013": str(z + 1),
+            "0020|0032": "\\".join(f"{v:.6f}" for v in image.TransformIndexToPhysicalPoint((0, 0, z))),
+            "0020|0037": "\\".join(f"{v:.6f}" for v in (*d[:, 0], *d[:, 1])),
+            "0018|0050": f"{image.GetSpacing()[2]:.6f}",
+            **(tags or {}),
+        }
+        for key, value in values.items():
+            s.SetMetaData(key, value)
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        writer.SetFileName(str(folder / f"{prefix}_{z:03d}.dcm"))
+        writer.Execute(s)

@@ -16,10 +16,11 @@ from .register import add_registration_arguments, check_registration_arguments, 
 
 EPILOG = """\
 phases: image files (one per phase; or one DICOM folder per phase), a folder of image files, a glob
-pattern (quote it), or one 4-D image whose volumes are the phases. A folder's or a glob's files are
-taken in natural order (phase2 before phase10); files named one by one in the order given. Each phase
-is named after its file (phase05.nii.gz -> phase05), a 4-D image's volumes phase00, phase01, ...
-A DICOM folder holding several series or temporal positions is not split: give one folder per phase.
+pattern (quote it), one 4-D image whose volumes are the phases, or one DICOM folder holding the
+phases (one series per phase, or one series with several temporal positions). A folder's or a glob's
+files are taken in natural order (phase2 before phase10); files named one by one in the order given.
+Each phase is named after its file (phase05.nii.gz -> phase05), a 4-D image's volumes and the
+temporal positions of one DICOM series phase00, phase01, ..., a DICOM series after its description.
 Phases may differ in size and geometry: each is registered to the reference.
 
 outputs: OUTDIR/<phase>/field.nii.gz (reference -> phase on the reference grid, LPS mm,
@@ -56,7 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("phases", nargs="+", metavar="PHASES",
-                   help="phase images: files, a folder, a glob or one 4-D image")
+                   help="phase images: files, a folder, a glob, one 4-D image or one DICOM folder of phases")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--reference", default="0", metavar="K",
                    help="the reference phase: its position among PHASES counted from 0, or its name (default 0)")

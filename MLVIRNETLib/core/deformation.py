@@ -194,19 +194,26 @@ def jacobian_determinant(
 ) -> torch.Tensor:
     """``det(I + grad u)`` for ``u`` ``(N, 3, D, H, W)`` in mm on ``grid`` -> ``(N, 1, D, H, W)``.
 
-    The determinants are taken in 8 z slabs (each matrix on its own: the same values as at once),
-    with ``progress(fraction, message)`` after each.
+    Computed in 8 z slabs, each with one slice of its neighbours on either side for the central
+    differences (the same values as at once; the gradient of one slab at a time is held, not the
+    whole field's nine components), with ``progress(fraction, message)`` after each.
     """
-    jac = spatial_gradient(displacement, grid) + torch.eye(3, dtype=displacement.dtype, device=displacement.device)
-    if jac.dtype in (torch.float16, torch.bfloat16):
-        jac = jac.float()
-    depth = jac.shape[1]
-    out = torch.empty(jac.shape[:4], dtype=jac.dtype, device=jac.device)
+    check_volume(displacement, grid, "displacement")
+    dtype = torch.float32 if displacement.dtype in (torch.float16, torch.bfloat16) else displacement.dtype
+    n, _, depth, height, width = displacement.shape
+    out = torch.empty((n, depth, height, width), dtype=dtype, device=displacement.device)
+    eye = torch.eye(3, dtype=displacement.dtype, device=displacement.device)
+    nx, ny, _ = grid.size
     step = max(1, -(-depth // 8))
     for z0 in range(0, depth, step):
-        out[:, z0 : z0 + step] = torch.linalg.det(jac[:, z0 : z0 + step])
+        z1 = min(depth, z0 + step)
+        lo, hi = max(0, z0 - 1), min(depth, z1 + 1)  # the halo slices
+        slab = grid.cropped((0, 0, lo), (nx, ny, hi))
+        jac = spatial_gradient(displacement[:, :, lo:hi], slab) + eye
+        out[:, z0:z1] = torch.linalg.det(jac[:, z0 - lo : z1 - lo].to(dtype))
+        del jac
         if progress is not None:
-            progress(min(depth, z0 + step) / depth, "Jacobian determinant")
+            progress(z1 / depth, "Jacobian determinant")
     return out[:, None]
 
 

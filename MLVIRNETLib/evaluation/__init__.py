@@ -10,9 +10,13 @@ Holds:
                        folding, written outputs); the work behind ``mlvirnet demo``.
     cohort             many pairs from a manifest: sharding, resume, per-pair failures, summary;
                        the work behind ``mlvirnet batch``.
+    motion             the motion summary of a 4D-CT per phase (lung volume, displacement, lung
+                       base excursion, folding, flags) and its plot.
+    series_run         a 4D-CT on disk registered to a reference phase, resumable, with the motion
+                       summary; the work behind ``mlvirnet register-4d``.
 
 May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`; the workflows (``dirlab_evaluation``,
-``demo``, ``cohort``) also :mod:`MLVIRNETLib.registration`, :mod:`MLVIRNETLib.preprocessing`,
+``demo``, ``cohort``, ``series_run``) also :mod:`MLVIRNETLib.registration`, :mod:`MLVIRNETLib.preprocessing`,
 :mod:`MLVIRNETLib.simulation` and :mod:`MLVIRNETLib.paths`. Nothing here imports them at package
 import time.
 """

@@ -10,7 +10,8 @@ grid, ``x_phase = x_ref + u(x_ref)``, LPS mm) and the lung masks:
     the volume of the phase's own lung mask (its voxels times its voxel volume).
 ``lung_dice``
     the Dice overlap of the reference mask and the phase's mask warped onto the reference grid
-    (nearest neighbour): 1 where the map carries the lungs exactly onto each other.
+    (nearest neighbour; on that grid coarsened to voxels of at least :data:`DICE_SPACING_MM`):
+    1 where the map carries the lungs exactly onto each other.
 ``displacement_mean_mm``, ``displacement_p95_mm``, ``displacement_max_mm``
     ``|u|`` over the reference lung mask.
 ``si_excursion_mm``
@@ -26,8 +27,8 @@ grid, ``x_phase = x_ref + u(x_ref)``, LPS mm) and the lung masks:
     with landmarks that follow the phases: the TRE (reference -> phase) of the reference
     landmarks before (no motion) and after registration.
 
-:func:`summarize_series` marks the end-inhale phase (largest Jacobian lung volume), the
-end-exhale phase (smallest) and flags phases that look failed (:func:`flag_phases`).
+:func:`summarize_series` flags phases that look failed (:func:`flag_phases`) and marks the
+end-inhale phase (largest Jacobian lung volume) and the end-exhale phase (smallest) among the others.
 :func:`motion_plot` draws the breathing curve, the displacement and the flags against phase.
 """
 
@@ -42,8 +43,8 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..core.deformation import Deformation
-from ..core.geometry import ImageGrid
+from ..core.deformation import Deformation, jacobian_determinant
+from ..core.geometry import ImageGrid, index_affine_terms
 from .metrics import map_points, tre
 
 PathLike = str | os.PathLike
@@ -57,6 +58,8 @@ VOLUME_JUMP_FLOOR = 0.05
 """... and by more than this fraction of the reference lung volume (lung volume curve)."""
 EXCURSION_JUMP_FLOOR_MM = 2.0
 """... and by more than this many mm (lung base excursion curve)."""
+DICE_SPACING_MM = 2.0
+"""The lung Dice is taken on the reference grid coarsened to voxels of at least this size."""
 DICE_FLAG = 0.80
 """A phase whose lung Dice (reference vs warped phase mask) falls below this is flagged."""
 
@@ -160,23 +163,24 @@ def phase_motion(
     if not lungs.any():
         raise ValueError("the reference lung mask is empty")
     voxel_ml = float(np.prod(grid.spacing)) / 1000.0
+    field32 = deformation.detach().to("cpu", torch.float32)  # no copy of a float32 CPU field
     with torch.no_grad():
-        u = deformation.displacement.detach().to("cpu", torch.float64)[0]  # (3, D, H, W)
-        det = deformation.detach().to("cpu", torch.float64).jacobian_determinant()[0, 0].numpy()
-    inside = torch.as_tensor(lungs)
-    u_in = u[:, inside].numpy()  # (3, P)
+        det = _lung_jacobian(field32, lungs)
+        u_in = field32.displacement[0][:, torch.as_tensor(lungs)].double().numpy()  # (3, P)
     magnitude = np.linalg.norm(u_in, axis=0)
-    heights = np.asarray(grid.array_index_to_world(np.argwhere(lungs)))[:, 2]  # LPS z: + is superior
+    # LPS z (+ superior) of every lung voxel centre, from the grid's index -> LPS map
+    k, j, i = (term[..., 2].to(torch.float32) for term in index_affine_terms(grid.index_to_world_matrix(), grid.size))
+    heights = (k + j + i).numpy()[lungs]
     base = heights <= np.quantile(heights, base_fraction)
     row = PhaseMotion(
         index=int(index), phase=str(phase), reference=bool(reference),
-        lung_volume_jacobian_ml=float(det[lungs].sum() * voxel_ml),
+        lung_volume_jacobian_ml=float(det.sum() * voxel_ml),
         lung_volume_mask_ml=None, lung_dice=None,
         displacement_mean_mm=float(magnitude.mean()),
         displacement_p95_mm=float(np.percentile(magnitude, 95)),
         displacement_max_mm=float(magnitude.max()),
         si_excursion_mm=float(u_in[2, base].mean()),
-        folding_percent=100.0 * float((det[lungs] <= 0).mean()),
+        folding_percent=100.0 * float((det <= 0).mean()),
         seconds=seconds,
     )
     if quality is not None:
@@ -185,9 +189,7 @@ def phase_motion(
         pgrid = ImageGrid.from_sitk(phase_mask)
         own = sitk.GetArrayViewFromImage(phase_mask) != 0
         row.lung_volume_mask_ml = float(own.sum() * np.prod(pgrid.spacing) / 1000.0)
-        labels = torch.as_tensor(own.astype(np.float32))[None, None]
-        warped = deformation.detach().to("cpu", torch.float32).warp_labels(labels, pgrid)[0, 0].numpy() > 0.5
-        row.lung_dice = float(2.0 * np.logical_and(warped, lungs).sum() / (warped.sum() + lungs.sum()))
+        row.lung_dice = _lung_dice(field32, lungs, own, pgrid)
     if landmarks is not None:
         ref_points, phase_points = (np.asarray(p, dtype=float) for p in landmarks)
         before, after = tre(ref_points, phase_points), tre(ref_points, phase_points, deformation)
@@ -196,6 +198,36 @@ def phase_motion(
         row.tre_mean_mm, row.tre_p95_mm = float(after.mean), float(after.p95)
         row.trajectory = {"true": phase_points.tolist(), "registered": mapped.tolist()}
     return row
+
+
+def _lung_dice(field: Deformation, lungs: np.ndarray, phase_lungs: np.ndarray, phase_grid: ImageGrid) -> float:
+    """Dice of the reference lungs and the phase's lungs pulled back through ``field`` (nearest
+    neighbour), both sampled on the reference grid coarsened to voxels of at least
+    :data:`DICE_SPACING_MM` (the automatic lung masks are made on a coarser grid still)."""
+    grid = field.grid
+    size = tuple(max(1, int(round(e / max(sp, DICE_SPACING_MM)))) for e, sp in zip(grid.extent, grid.spacing))
+    coarse = grid.resized(size) if size != grid.size else grid
+    ref = torch.as_tensor(lungs.astype(np.float32))[None, None]
+    own = torch.as_tensor(phase_lungs.astype(np.float32))[None, None]
+    a = Deformation.identity(coarse).warp_labels(ref, grid)[0, 0] > 0.5 if coarse is not grid else ref[0, 0] > 0.5
+    b = field.on_grid(coarse).warp_labels(own, phase_grid)[0, 0] > 0.5
+    total = int(a.sum()) + int(b.sum())
+    return 2.0 * int((a & b).sum()) / total if total else float("nan")
+
+
+def _lung_jacobian(field: Deformation, lungs: np.ndarray) -> np.ndarray:
+    """``det(dy/dx)`` at the lung voxels (``lungs`` ``(D, H, W)``, in ``np.argwhere`` order), float64.
+
+    Computed on the lungs' bounding box grown by one voxel (the neighbours of its central
+    differences, where the grid has them): the same values as over the whole grid, for less work.
+    """
+    hits = np.argwhere(lungs)
+    lo = np.maximum(hits.min(axis=0) - 1, 0)
+    hi = np.minimum(hits.max(axis=0) + 2, lungs.shape)
+    box = field.grid.cropped(lo[::-1], hi[::-1])  # (x, y, z) index bounds
+    u = field.displacement[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    det = jacobian_determinant(u, box)[0, 0].numpy()
+    return det[lungs[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]].astype(np.float64)
 
 
 def _circular_departures(values: np.ndarray) -> np.ndarray:
@@ -255,7 +287,8 @@ class SeriesSummary:
 
 
 def summarize_series(rows: Sequence[PhaseMotion]) -> SeriesSummary:
-    """Sort ``rows`` by index, flag them (:func:`flag_phases`) and find end-inhale and end-exhale.
+    """Sort ``rows`` by index, flag them (:func:`flag_phases`) and find end-inhale and end-exhale
+    (the largest and the smallest Jacobian lung volume among the phases not flagged).
 
     Raises:
         ValueError: no rows, or not exactly one reference row.
@@ -269,9 +302,10 @@ def summarize_series(rows: Sequence[PhaseMotion]) -> SeriesSummary:
     flags = flag_phases(ordered)
     for r in ordered:
         r.flagged, r.flag_reason = r.phase in flags, flags.get(r.phase)
-    volumes = [r.lung_volume_jacobian_ml for r in ordered]
-    return SeriesSummary(ordered, refs[0], ordered[int(np.argmax(volumes))].phase,
-                         ordered[int(np.argmin(volumes))].phase, flags)
+    trusted = [r for r in ordered if not r.flagged] or ordered
+    volumes = [r.lung_volume_jacobian_ml for r in trusted]
+    return SeriesSummary(ordered, refs[0], trusted[int(np.argmax(volumes))].phase,
+                         trusted[int(np.argmin(volumes))].phase, flags)
 
 
 def motion_plot(summary: SeriesSummary, path: PathLike, title: str = "", dpi: int = 100) -> Path:
@@ -281,7 +315,8 @@ def motion_plot(summary: SeriesSummary, path: PathLike, title: str = "", dpi: in
     axis the lung base excursion), with the end-inhale and end-exhale phases marked; the
     displacement in the lungs (mean, p95, max); with landmarks, the TRE per phase and the
     landmark trajectories (superior-inferior position against phase: the true points and the
-    registered reference points). Flagged phases are shaded red and named.
+    registered reference points). Flagged phases are shaded red and marked "flagged"; the
+    reference phase's label says "(ref)". Legends sit right of the panels.
 
     Raises:
         ImportError: matplotlib is not installed.
@@ -291,67 +326,63 @@ def motion_plot(summary: SeriesSummary, path: PathLike, title: str = "", dpi: in
     figure_cls, _, _ = _matplotlib()
     rows = summary.rows
     x = np.arange(len(rows))
-    names = [r.phase for r in rows]
+    labels = [r.phase + ("\n(ref)" if r.reference else "") for r in rows]
     has_landmarks = any(r.tre_mean_mm is not None for r in rows)
     n_panels = 4 if has_landmarks else 2
-    fig = figure_cls(figsize=(max(6.0, 0.6 * len(rows) + 3.0), 2.8 * n_panels), dpi=dpi)
+    fig = figure_cls(figsize=(max(8.0, 0.55 * len(rows) + 5.0), 2.9 * n_panels + 0.6), dpi=dpi)
+    fig.subplots_adjust(left=0.09, right=0.70, top=1.0 - 0.55 / (2.9 * n_panels + 0.6), bottom=0.06, hspace=0.45)
     axes = [fig.add_subplot(n_panels, 1, k + 1) for k in range(n_panels)]
     marks = {summary.end_inhale: "end-inhale", summary.end_exhale: "end-exhale"}
     for ax in axes:
+        top = ax.get_xaxis_transform()  # x in data, y in axes fractions
         for i, r in enumerate(rows):
             if r.flagged:
                 ax.axvspan(i - 0.45, i + 0.45, color="#e53935", alpha=0.15, lw=0)
-        for i, name in enumerate(names):
-            if name in marks:
+                ax.text(i, 0.97, "flagged", transform=top, ha="center", va="top", fontsize=7, color="#c62828")
+            if r.phase in marks:
                 ax.axvline(i, color="#555555", ls=":", lw=1)
+                ax.text(i, 1.01, marks[r.phase], transform=top, ha="center", va="bottom", fontsize=8)
         ax.set_xticks(x)
-        ax.set_xticklabels(names, rotation=30 if len(rows) > 6 else 0, fontsize=8)
+        ax.set_xticklabels(labels, fontsize=8)
         ax.set_xlim(-0.6, len(rows) - 0.4)
         ax.grid(alpha=0.3)
+    outside = {"loc": "upper left", "fontsize": 8, "frameon": False}
     ax = axes[0]
     ax.plot(x, [r.lung_volume_jacobian_ml for r in rows], "o-", color="#2b7bba", label="lung volume (Jacobian)")
     masks = [r.lung_volume_mask_ml for r in rows]
     if any(v is not None for v in masks):
         ax.plot(x, [np.nan if v is None else v for v in masks], "s--", color="#9e9e9e", ms=4,
-                label="lung volume (phase mask)")
+                label="lung volume (phase's mask)")
     ax.set_ylabel("lung volume (ml)")
     twin = ax.twinx()
-    twin.plot(x, [r.si_excursion_mm for r in rows], "^-", color="#e6862b", label="lung base SI excursion")
-    twin.set_ylabel("lung base SI (mm, + superior)")
-    top = ax.get_ylim()[1]
-    for i, name in enumerate(names):
-        if name in marks:
-            ax.text(i, top, marks[name], ha="center", va="bottom", fontsize=8)
-    for i, r in enumerate(rows):
-        if r.flagged:
-            ax.text(i, ax.get_ylim()[0], "flagged", ha="center", va="bottom", fontsize=7, color="#c62828")
+    twin.plot(x, [r.si_excursion_mm for r in rows], "^-", color="#e6862b", label="lung base SI excursion\n(mm, + = superior)")
+    twin.set_ylabel("lung base SI (mm)", color="#e6862b")
     handles = ax.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    ax.legend(handles=handles, loc="lower left", fontsize=7)
-    ax.set_title(title or f"breathing motion, reference {summary.reference}", fontsize=10, pad=14)
+    ax.legend(handles=handles, bbox_to_anchor=(1.12, 1.0), **outside)
+    fig.suptitle(title or f"breathing motion, every phase registered to {summary.reference}", fontsize=11)
     ax = axes[1]
     for key, style, label in (("displacement_mean_mm", "o-", "mean"), ("displacement_p95_mm", "s-", "p95"),
                               ("displacement_max_mm", "^-", "max")):
-        ax.plot(x, [getattr(r, key) for r in rows], style, ms=4, label=label)
-    ax.set_ylabel("|u| in the lungs (mm)")
-    ax.legend(loc="upper left", fontsize=7)
+        ax.plot(x, [getattr(r, key) for r in rows], style, ms=4, label=f"|u| {label}")
+    ax.set_ylabel("displacement in\nthe lungs (mm)")
+    ax.set_ylim(bottom=0.0)
+    ax.legend(bbox_to_anchor=(1.02, 1.0), **outside)
     if has_landmarks:
         ax = axes[2]
         ax.plot(x, [np.nan if r.tre_before_mm is None else r.tre_before_mm for r in rows], "o-", color="#9e9e9e",
                 label="before (no motion)")
         ax.plot(x, [np.nan if r.tre_mean_mm is None else r.tre_mean_mm for r in rows], "o-", color="#2b7bba",
-                label="registered (mean)")
+                label="registered, mean")
         ax.plot(x, [np.nan if r.tre_p95_mm is None else r.tre_p95_mm for r in rows], "s--", color="#2b7bba", ms=4,
-                label="registered (p95)")
+                label="registered, p95")
         ax.set_ylabel("TRE (mm)")
         ax.set_ylim(bottom=0.0)
-        ax.legend(loc="upper left", fontsize=7)
-        ax = axes[3]
-        _trajectories(ax, rows, x)
-    fig.tight_layout()
+        ax.legend(bbox_to_anchor=(1.02, 1.0), **outside)
+        _trajectories(axes[3], rows, x, outside)
     return _save(fig, path)
 
 
-def _trajectories(ax, rows: Sequence[PhaseMotion], x: np.ndarray) -> None:
+def _trajectories(ax, rows: Sequence[PhaseMotion], x: np.ndarray, legend: dict[str, Any]) -> None:
     """SI (LPS z) of each landmark against phase: true (grey) and registered (blue, dashed)."""
     true = [np.asarray(r.trajectory["true"]) if r.trajectory else None for r in rows]
     reg = [np.asarray(r.trajectory["registered"]) if r.trajectory else None for r in rows]
@@ -363,8 +394,8 @@ def _trajectories(ax, rows: Sequence[PhaseMotion], x: np.ndarray) -> None:
     for p in range(min(n, 40)):
         zt = [np.nan if t is None else t[p, 2] for t in true]
         zr = [np.nan if t is None else t[p, 2] for t in reg]
-        ax.plot(x, zt, "-", color="#9e9e9e", lw=0.8, label="true" if p == 0 else None)
-        ax.plot(x, zr, "--", color="#2b7bba", lw=0.8, label="registered" if p == 0 else None)
-    ax.set_ylabel("landmark SI position (mm)")
-    ax.legend(loc="upper left", fontsize=7)
+        ax.plot(x, zt, "-", color="#9e9e9e", lw=0.8, label="phase's landmarks" if p == 0 else None)
+        ax.plot(x, zr, "--", color="#2b7bba", lw=0.8, label="reference landmarks,\nregistered" if p == 0 else None)
+    ax.set_ylabel("landmark SI\nposition (mm)")
+    ax.legend(bbox_to_anchor=(1.02, 1.0), **legend)
 

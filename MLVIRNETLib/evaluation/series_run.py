@@ -2,13 +2,9 @@
 
 The work behind ``mlvirnet register-4d``.
 
-Phases (:func:`find_phases`)
-    Files (one 3-D image per phase, or one DICOM folder per phase), a folder of image files, a glob
-    pattern, or one 4-D image (NIfTI, NRRD, MetaImage: its volumes, along the 4th axis, are the
-    phases). Files from a folder or a glob are taken in natural order (``phase2`` before
-    ``phase10``); files named one by one in the order given. A phase is named after its file
-    (``phase05.nii.gz`` -> ``phase05``), a volume of a 4-D image ``phase00``, ``phase01``, ...
-    A DICOM folder holding several series or temporal positions is not split into phases.
+Phases
+    Image files, a folder, a glob, a 4-D image or a DICOM folder of several phases: see
+    :mod:`MLVIRNETLib.io.phases` (:func:`~MLVIRNETLib.io.phases.find_phases`).
 
 Outputs (``OUTDIR``)
     ``<phase>/field.nii.gz``
@@ -30,23 +26,19 @@ phases done before it stay done and a rerun goes on from there.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from ..core.geometry import ImageGrid
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..io.atomic import remove_stale_temporaries
-from ..io.fields import IMAGE_SUFFIXES
-from ..io.images import read_image, read_image_grid
-from ..io.integrity import check_input
+from ..io.phases import PhaseInput, find_phases
 from ..registration.options import RegistrationOptions
 from .motion import SUMMARY_COLUMNS, PhaseMotion, SeriesSummary, motion_plot, phase_motion, summarize_series
 from .pair_state import PairLock, file_stamp, pair_status, settings_record
@@ -63,133 +55,6 @@ REPORT_NAME = "report.json"
 
 __all__ = ["PhaseInput", "SeriesConfig", "SeriesRunResult", "find_phases", "phase_landmarks", "resolve_reference",
            "run_series"]
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in sorted(IMAGE_SUFFIXES, key=len, reverse=True):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return name
-
-
-def _natural_key(path: Path) -> list[Any]:
-    return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", path.name)]
-
-
-@dataclass(frozen=True)
-class PhaseInput:
-    """One phase on disk: ``path`` (a 3-D image file or DICOM folder, or a 4-D image with ``volume``)."""
-
-    name: str
-    path: Path
-    volume: int | None = None
-
-    def load(self) -> sitk.Image:
-        """The phase's image (a 4-D image's volume is read alone).
-
-        Raises:
-            ValueError: an unreadable file (see :func:`~MLVIRNETLib.io.images.read_image`).
-        """
-        if self.volume is None:
-            return read_image(self.path)
-        reader = sitk.ImageFileReader()
-        reader.SetFileName(str(self.path))
-        reader.ReadImageInformation()
-        size = list(reader.GetSize())
-        reader.SetExtractIndex([0, 0, 0, self.volume])
-        reader.SetExtractSize(size[:3] + [0])
-        try:
-            return reader.Execute()
-        except RuntimeError as exc:
-            raise ValueError(f"cannot read volume {self.volume} of {self.path}: {exc}") from None
-
-    def grid(self) -> ImageGrid:
-        """The phase's grid, from the header where possible.
-
-        Raises:
-            ValueError: not a 3-D image (2-D, a single slice).
-        """
-        if self.volume is None:
-            return read_image_grid(self.path)
-        return ImageGrid.from_sitk(self.load())
-
-    def stamp(self) -> dict[str, Any]:
-        """:func:`~MLVIRNETLib.evaluation.pair_state.file_stamp` of its file, with the volume."""
-        out = file_stamp(self.path)
-        if self.volume is not None:
-            out["volume"] = self.volume
-        return out
-
-
-def _four_d(path: Path) -> list[PhaseInput] | None:
-    """The volumes of a 4-D image file as phases, or ``None`` when ``path`` is not 4-D."""
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError:
-        raise ValueError(f"cannot read image header of {path}") from None
-    if reader.GetDimension() != 4 or reader.GetSize()[3] < 2:
-        return None
-    check_input(path)
-    return [PhaseInput(f"phase{v:02d}", path, v) for v in range(reader.GetSize()[3])]
-
-
-def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(IMAGE_SUFFIXES)
-
-
-def find_phases(items: Sequence[PathLike]) -> list[PhaseInput]:
-    """The phases named by ``items`` (module docstring), checked: at least 2, each a 3-D image,
-    names unique.
-
-    Raises:
-        FileNotFoundError: a file, folder or glob that matches nothing.
-        ValueError: fewer than 2 phases, a phase that is not 3-D (2-D, a single slice), two
-            phases of the same name, a DICOM folder with several series, a folder without images.
-    """
-    if not items:
-        raise ValueError("no phases given")
-    phases: list[PhaseInput] = []
-    for item in items:
-        p = Path(item)
-        if not p.exists() and any(ch in str(item) for ch in "*?["):
-            matches = sorted((Path(m) for m in glob.glob(str(item))), key=_natural_key)
-            files = [m for m in matches if _is_image_file(m) or m.is_dir()]
-            if not files:
-                raise FileNotFoundError(f"no phase image matches {item}")
-            phases += [PhaseInput(_stem(m), m) for m in files]
-        elif not p.exists():
-            raise FileNotFoundError(f"phase not found: {p}")
-        elif p.is_dir():
-            files = sorted((f for f in p.iterdir() if _is_image_file(f)), key=_natural_key)
-            if files:
-                phases += [PhaseInput(_stem(f), f) for f in files]
-            else:
-                ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(p))
-                if len(ids) > 1:
-                    raise ValueError(f"{p} holds {len(ids)} DICOM series: splitting one DICOM folder into phases is "
-                                     "not supported; give one folder (or file) per phase")
-                if not ids:
-                    raise ValueError(f"{p} holds no image files ({', '.join(IMAGE_SUFFIXES)}) and no DICOM series")
-                phases.append(PhaseInput(p.name, p))
-        else:
-            volumes = _four_d(p)
-            phases += volumes if volumes is not None else [PhaseInput(_stem(p), p)]
-    if len(phases) < 2:
-        raise ValueError(f"a 4D-CT needs at least 2 phases, got {len(phases)} ({', '.join(str(q.path) for q in phases)})")
-    names = [q.name for q in phases]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if twice:
-        raise ValueError(f"several phases are named {', '.join(twice)} (the output folders are named after them); "
-                         "rename the files")
-    for q in phases:
-        if q.volume is None:
-            grid = q.grid()  # a 2-D image or a single slice: ValueError naming the file
-            if min(grid.size) < 2:
-                raise ValueError(f"{q.path} has size {grid.size}; a 3-D volume is required")
-    return phases
 
 
 def resolve_reference(phases: Sequence[PhaseInput], reference: int | str) -> int:

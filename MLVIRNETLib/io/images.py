@@ -119,6 +119,22 @@ def _read_checked(p: Path) -> sitk.Image:
     return image
 
 
+def image_header(path: PathLike) -> sitk.ImageFileReader:
+    """A reader of the image file ``path`` with its header read (size, dimension, geometry, tags).
+
+    Raises:
+        ValueError: the header cannot be read.
+    """
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        with held_native_stderr():
+            reader.ReadImageInformation()
+    except RuntimeError:
+        raise ValueError(f"cannot read image header of {path}") from None
+    return reader
+
+
 def read_image_grid(path: PathLike) -> ImageGrid:
     """The :class:`ImageGrid` of an image file or DICOM folder, reading only the header when possible."""
     p = Path(path)
@@ -126,13 +142,7 @@ def read_image_grid(path: PathLike) -> ImageGrid:
         raise FileNotFoundError(f"image not found: {p}")
     if p.is_dir():
         return ImageGrid.from_sitk(read_image(p))
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(p))
-    try:
-        with held_native_stderr():
-            reader.ReadImageInformation()
-    except RuntimeError:
-        raise ValueError(f"cannot read image header of {p}") from None
+    reader = image_header(p)
     dim = reader.GetDimension()
     size = reader.GetSize()
     if dim == 4 and size[3] == 1:

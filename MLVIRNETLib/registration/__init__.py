@@ -9,6 +9,7 @@ Holds:
     refine    the variational multilevel refinement (instance optimisation).
     fused_objective  its objective with a hand-written gradient (no autograd graph).
     warp      the full-resolution field and warped images, in slabs.
+    series    every phase of a 4D-CT registered to a reference phase, one phase at a time.
 
 May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.preprocessing`,
 :mod:`MLVIRNETLib.networks`, :mod:`MLVIRNETLib.losses`, :mod:`MLVIRNETLib.paths`.

@@ -18,8 +18,9 @@ gets exactly the result a single-pair ``register`` of the same two images gives.
 
 The reference phase itself gets the identity (a zero field on its grid).
 
-Each phase is registered to the reference directly; registering consecutive phases and composing
-the maps is not done.
+Each phase is registered to the reference directly; ``chain=True`` registers each phase to its
+neighbour nearer the reference instead and composes the maps along the chain (then two fields,
+the last composed map and the one being made, are held at a time).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ def register_series(
     which: Sequence[int] | None = None,
     reference_mask: sitk.Image | None = None,
     phase_masks: bool = True,
+    chain: bool = False,
     model: "MultilevelNet | str | Path | None" = "default",
     device: str = "auto",
     options: RegistrationOptions | Mapping[str, Any] | None = None,
@@ -138,36 +140,49 @@ def register_series(
             run has not done yet; the reference's mask is computed only when one of them needs it.
         reference_mask: the reference phase's lung mask (on its grid); default: automatic.
         phase_masks: compute each phase's automatic lung mask (``PhaseResult.phase_mask``).
+        chain: register each phase to its neighbour nearer the reference (fixed) instead of to the
+            reference, and compose the maps: ``y_ref->k = y_(k-1)->k o y_ref->(k-1)``. Phases are
+            then yielded in chain order (the reference, the phases after it, then those before it,
+            going away from it), ``PhaseResult.result`` is the last step's registration, and every
+            phase is registered (``which`` must be None).
         model, device, options: as for :func:`~MLVIRNETLib.registration.pipeline.register`; the
             model is read once for the whole series.
         progress: ``(fraction, message)`` over the whole series; each message starts with the
-            phase's name and its place, e.g. ``"phase05 (5/9): refinement ..."``.
+            phase's name and its place, e.g. ``"phase05 (5/10): refinement ..."`` (the reference
+            counts as one).
         cancel: polled often; returning True raises ``RegistrationCancelled`` from the iterator.
 
     Raises:
         ValueError: fewer than 2 phases, a reference out of range, names that are not one per
             phase or not unique, indices out of range, a phase that is not a SimpleITK image or a
             loader; from the iterator also what ``register`` raises for a phase (a 2-D image, a
-            pair that does not overlap, ...).
+            pair that does not overlap, ...), its message starting with ``"phase NAME: "``.
         FileNotFoundError: an explicit model path that does not exist (from the iterator).
         RegistrationCancelled: ``cancel()`` returned True (from the iterator).
     """
     labels, todo = _check_series(phases, reference, names, which)
+    if chain:
+        if which is not None:
+            raise ValueError("a chain registers every phase: which must be None")
+        todo = [reference] + list(range(reference + 1, len(phases))) + list(range(reference - 1, -1, -1))
     opts = as_options(options)
-    return _series(list(phases), reference, labels, todo, reference_mask, phase_masks, model, device, opts,
-                   Progress(progress, cancel), cancel)
+    return _series(list(phases), reference, labels, todo, reference_mask, phase_masks or chain, chain, model, device,
+                   opts, Progress(progress, cancel), cancel)
 
 
 def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: list[int],
-            reference_mask: sitk.Image | None, phase_masks: bool, model, device: str, opts: RegistrationOptions,
-            outer: Progress, cancel: CancelFn | None) -> Iterator[PhaseResult]:
+            reference_mask: sitk.Image | None, phase_masks: bool, chain: bool, model, device: str,
+            opts: RegistrationOptions, outer: Progress, cancel: CancelFn | None) -> Iterator[PhaseResult]:
     from ..preprocessing.lungmask import segment_lungs
     from .pipeline import load_registration_model, register
 
     if not todo:
         return
     outer.stage(0.0, REFERENCE_MASK_SHARE, f"{names[reference]} (reference): lung mask")
-    fixed = _load(phases[reference], names[reference])
+    try:
+        fixed = _load(phases[reference], names[reference])
+    except (ValueError, RuntimeError, OSError) as exc:
+        raise type(exc)(f"reference phase {names[reference]}: {exc}") from exc
     ref_notes: list[str] = []
     if reference_mask is None:
         try:
@@ -176,7 +191,10 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
             ref_notes.append(f"no automatic lung mask of the reference phase ({exc}); registering the whole field of view")
     loaded = load_registration_model(model, device)
     share = (1.0 - REFERENCE_MASK_SHARE) / len(todo)
+    previous: tuple[sitk.Image, sitk.Image | None, Deformation | None] = (fixed, reference_mask, None)
     for k, i in enumerate(todo):
+        if chain and abs(i - reference) == 1:
+            previous = (fixed, reference_mask, None)  # a chain starts at the reference, each way
         t0 = time.perf_counter()
         label = f"{names[i]} ({k + 1}/{len(todo)})"
         outer.stage(REFERENCE_MASK_SHARE + k * share, share, f"{label}: reading")
@@ -185,7 +203,10 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
             yield PhaseResult(i, names[i], True, Deformation.identity(ImageGrid.from_sitk(fixed)), None,
                               reference_mask, reference_mask, list(ref_notes), time.perf_counter() - t0)
             continue
-        moving = _load(phases[i], names[i])
+        try:
+            moving = _load(phases[i], names[i])
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise type(exc)(f"phase {names[i]}: {exc}") from exc
         notes = list(ref_notes)
         phase_mask = None
         if phase_masks or opts.refinement.beta > 0:
@@ -194,12 +215,20 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
                 phase_mask = segment_lungs(moving, opts.lung_mask)
             except ValueError as exc:
                 notes.append(f"no automatic lung mask of {names[i]} ({exc})")
-        result = register(
-            fixed, moving, reference_mask, phase_mask if opts.refinement.beta > 0 else None, model=loaded,
-            device=device, options=opts, progress=lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel=cancel,
-        )
+        step_fixed, step_mask, before = previous if chain else (fixed, reference_mask, None)
+        try:
+            result = register(
+                step_fixed, moving, step_mask, phase_mask if opts.refinement.beta > 0 else None, model=loaded,
+                device=device, options=opts, progress=lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel=cancel,
+            )
+        except ValueError as exc:  # which phase could not be registered, in the one message
+            raise ValueError(f"phase {names[i]}: {exc}") from exc
         notes.extend(result.messages)
-        del moving
+        deformation = result.deformation if before is None else result.deformation.compose(before)
         outer(1.0, f"{label}: done")
-        yield PhaseResult(i, names[i], False, result.deformation, result, reference_mask,
-                          phase_mask if phase_masks else None, notes, time.perf_counter() - t0)
+        item = PhaseResult(i, names[i], False, deformation, result, reference_mask,
+                           phase_mask if phase_masks else None, notes, time.perf_counter() - t0)
+        previous = (moving, phase_mask, deformation) if chain else previous
+        del moving, result, phase_mask, deformation, before  # not held while the next phase registers
+        yield item
+        del item  # the caller has it (or dropped it): not held here while the next phase registers

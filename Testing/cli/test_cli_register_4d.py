@@ -148,3 +148,44 @@ def test_the_real_4dct_breathes(shared_data, tmp_path) -> None:
     # exhaling from phase01, then inhaling again: the curve falls and rises
     assert min(volume) < volume[0] - 20 and min(volume) < volume[-1] - 10 and int(np.argmin(volume)) in (1, 2, 3)
     assert all(float(rows[n]["lung_dice"]) > 0.9 for n in info["registered"])
+
+
+TINY = ["--model", "none", "--no-affine", "--refine", "2", "--network-size", "16", "16", "16", "--quiet"]
+
+
+def test_a_phase_that_fails_stops_the_run_and_a_rerun_goes_on(synthetic_4dct_3mm, tmp_path, capsys) -> None:
+    phases = synthetic_4dct_3mm[0][:3]
+    folder = tmp_path / "ct"
+    folder.mkdir()
+    for name, image in zip(NAMES, phases):
+        sitk.WriteImage(image, str(folder / f"{name}.nii.gz"))
+    far = sitk.Image(phases[2])
+    far.SetOrigin(tuple(v + 2000.0 for v in far.GetOrigin()))  # nowhere near the reference
+    sitk.WriteImage(far, str(folder / "phase02.nii.gz"))
+    out = tmp_path / "out"
+    assert main(["register-4d", str(folder), "-o", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlvirnet register-4d: error: phase phase02: the images do not overlap")
+    assert (out / "phase01" / "result.json").is_file() and not (out / "phase02" / "result.json").exists()
+    assert not (out / "summary.csv").exists()
+    sitk.WriteImage(phases[2], str(folder / "phase02.nii.gz"))
+    info = _run(["register-4d", str(folder), "-o", str(out), *TINY, "--json"])
+    assert info["registered"] == ["phase02"] and info["done_before"] == ["phase00", "phase01"]
+
+
+def test_4d75_files_go_to_the_phase_named_by_their_tag_else_by_position(tmp_path) -> None:
+    from MLVIRNETLib.evaluation.series_run import phase_landmarks
+    from MLVIRNETLib.io.phases import PhaseInput
+
+    marks = tmp_path / "Sampled4D"
+    marks.mkdir()
+    for tag in ("T00", "T10", "T50"):
+        (marks / f"case2_4D-75_{tag}.txt").write_text("1\t1\t1\n")
+    by_name = [PhaseInput(f"case2_{tag}", tmp_path / f"{tag}.nii.gz") for tag in ("T50", "T00", "T10")]
+    assert {by_name[k].name: p.name for k, p in phase_landmarks(by_name, [marks]).items()} == {
+        "case2_T00": "case2_4D-75_T00.txt", "case2_T10": "case2_4D-75_T10.txt", "case2_T50": "case2_4D-75_T50.txt"}
+    by_position = [PhaseInput(f"phase{k:02d}", tmp_path / f"{k}.nii.gz") for k in range(10)]
+    assert {k: p.name[-7:-4] for k, p in phase_landmarks(by_position, [marks]).items()} == {0: "T00", 1: "T10",
+                                                                                             5: "T50"}
+    with pytest.raises(ValueError, match="4D-75 landmarks of phase T50 .* but only 3 phases"):
+        phase_landmarks(by_position[:3], [marks])

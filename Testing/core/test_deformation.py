@@ -137,6 +137,21 @@ def test_jacobian_of_quadratic_field_matches_analytic() -> None:
     torch.testing.assert_close(d.jacobian_determinant()[0, 0][inner], expected[inner], atol=1e-9, rtol=0)
 
 
+def test_jacobian_in_slabs_equals_the_whole_field_at_once() -> None:
+    """The slabs (with their halo slices) give the determinant of the gradient of the whole field,
+    borders included, for depths that split unevenly."""
+    from MLVIRNETLib.core.deformation import spatial_gradient
+
+    for depth in (1, 2, 9, 17):
+        grid = oblique_grid(size=(7, 6, depth), spacing=(0.8, 1.1, 1.7))
+        u = torch.randn((2, 3, *grid.shape_zyx), generator=torch.Generator().manual_seed(depth), dtype=F64)
+        whole = torch.linalg.det(spatial_gradient(u, grid) + torch.eye(3, dtype=F64))[:, None]
+        seen = []
+        got = jacobian_determinant(u, grid, progress=lambda f, m: seen.append(f))
+        torch.testing.assert_close(got, whole, atol=1e-12, rtol=0)
+        assert seen[-1] == 1.0 and seen == sorted(seen)
+
+
 def test_folding_fraction_counts_nonpositive() -> None:
     det = torch.tensor([1.0, 0.5, 0.0, -0.2]).reshape(1, 1, 1, 1, 4)
     assert folding_fraction(det).item() == pytest.approx(0.5)

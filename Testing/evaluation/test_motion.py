@@ -62,7 +62,7 @@ def test_volume_excursion_and_displacement_of_a_uniform_scaling(scaled) -> None:
     ball_ml = 4 / 3 * math.pi * RADIUS ** 3 / 1000.0
     assert row.lung_volume_jacobian_ml == pytest.approx(s ** 3 * ball_ml, rel=0.03)
     assert row.lung_volume_mask_ml == pytest.approx(s ** 3 * ball_ml, rel=0.03)
-    assert row.lung_dice > 0.97
+    assert row.lung_dice > 0.95  # on 2 mm voxels, the border of a 14 mm ball is a few per cent of it
     # |u| = (s - 1) |x - c|: the mean over a ball is 3/4 R, the max R
     assert row.displacement_mean_mm == pytest.approx((s - 1) * 0.75 * RADIUS, rel=0.03)
     assert row.displacement_max_mm == pytest.approx((s - 1) * RADIUS, rel=0.03)
@@ -114,6 +114,8 @@ def test_a_phase_that_jumps_is_flagged() -> None:
     flags = flag_phases(_rows(volumes, excursions))
     assert sorted(flags) == ["T30", "T60"]
     assert "lung volume jumps by -" in flags["T60"] and "lung base excursion jumps by +" in flags["T30"]
+    summary = summarize_series(_rows(volumes, excursions))  # the artefact is not the end-exhale phase
+    assert (summary.end_inhale, summary.end_exhale) == ("T00", "T50") and summary.rows[6].flagged
 
 
 def test_a_failed_quality_check_or_a_poor_lung_dice_is_flagged() -> None:
@@ -179,3 +181,16 @@ def test_4d75_files_of_the_wrong_size_or_without_a_grid_are_refused(tmp_path) ->
     _write_4d75(tmp_path / "one", tags=("T00",))
     with pytest.raises(FileNotFoundError, match="for 2 or more phases"):
         find_dirlab_4d75_files(tmp_path / "one")
+
+
+def test_the_lung_jacobian_on_the_lungs_box_equals_the_whole_grid() -> None:
+    from MLVIRNETLib.evaluation.motion import _lung_jacobian
+
+    grid = ImageGrid((12, 10, 9), (0.9, 1.3, 1.7), (0.0, 0.0, 0.0), tuple(rotation_matrix((10.0, 20.0, 30.0)).ravel()))
+    field = Deformation(grid, torch.randn((1, 3, *grid.shape_zyx), generator=torch.Generator().manual_seed(1)))
+    whole = field.jacobian_determinant()[0, 0].numpy()
+    for box in ((slice(2, 6), slice(3, 7), slice(4, 9)), (slice(0, 9), slice(0, 3), slice(10, 12))):  # inside; at borders
+        lungs = np.zeros(grid.shape_zyx, dtype=bool)
+        lungs[box] = True
+        lungs[box[0].start, box[1].start, box[2].start] = False
+        np.testing.assert_allclose(_lung_jacobian(field, lungs), whole[lungs], rtol=0, atol=1e-6)

@@ -7,6 +7,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 from helpers import oblique_grid
+from helpers import write_dicom_series as write_dicom
 
 from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.io.atomic import atomic_output
@@ -38,28 +39,10 @@ def test_write_read_round_trip(tmp_path, int_image, ext):
 
 def write_dicom_series(folder, arr, spacing, origin, direction):
     """Write ``arr`` (D, H, W) int16 as a DICOM series with the given LPS geometry."""
+    image = sitk.GetImageFromArray(arr)
+    ImageGrid(tuple(arr.shape[::-1]), spacing, origin, direction).copy_to_sitk(image)
     folder.mkdir()
-    d = np.asarray(direction).reshape(3, 3)
-    series_uid = "1.2.826.0.1.3680043.2.1125.77.1"
-    for k in range(arr.shape[0]):
-        sl = sitk.GetImageFromArray(arr[k])
-        sl.SetSpacing((spacing[0], spacing[1]))
-        pos = np.asarray(origin) + d[:, 2] * spacing[2] * k
-        tags = {
-            "0008|0060": "CT",
-            "0020|000d": "1.2.826.0.1.3680043.2.1125.77",
-            "0020|000e": series_uid,
-            "0020|0013": str(k + 1),
-            "0020|0032": "\\".join(f"{v:.6f}" for v in pos),
-            "0020|0037": "\\".join(f"{v:.6f}" for v in np.concatenate([d[:, 0], d[:, 1]])),
-            "0018|0050": f"{spacing[2]:.6f}",
-        }
-        for key, value in tags.items():
-            sl.SetMetaData(key, value)
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
+    write_dicom(image, folder, "1.2.826.0.1.3680043.2.1125.77.1")
 
 
 def test_read_dicom_series_folder(tmp_path):

@@ -122,5 +122,48 @@ def test_a_single_phase_or_a_2d_phase_is_refused() -> None:
         register_series([sitk.Image(8, 8, 8, sitk.sitkInt16)])
     flat = sitk.Image(8, 8, sitk.sitkInt16)
     series = register_series([flat, sitk.Image(8, 8, 8, sitk.sitkInt16)], model=None)
-    with pytest.raises(ValueError, match="expected a 3-D image, got a 2-D image"):
+    with pytest.raises(ValueError, match="^reference phase phase00: expected a 3-D image, got a 2-D image"):
         next(series)
+    series = register_series([sitk.Image(8, 8, 8, sitk.sitkInt16), flat], model=None)
+    with pytest.raises(ValueError, match="^phase phase01: expected a 3-D image, got a 2-D image"):
+        list(series)
+
+
+def test_a_phase_is_let_go_before_the_next_one_is_registered(synthetic_4dct_3mm) -> None:
+    import gc
+    import weakref
+
+    phases = synthetic_4dct_3mm[0][:3]
+    first_field: list[weakref.ref] = []
+    alive: list[bool] = []
+
+    def progress(fraction: float, message: str) -> None:
+        if message.startswith("phase02 (2/2)") and first_field:
+            gc.collect()
+            alive.append(first_field[0]() is not None)
+
+    series = register_series(phases, 0, which=[1, 2], model=None, device="cpu", options=QUICK, progress=progress)
+    first = next(series)
+    first_field.append(weakref.ref(first.deformation.displacement))
+    del first
+    next(series)
+    assert alive and not any(alive)  # one field in memory at a time
+
+
+def test_a_chain_composes_the_steps_towards_each_phase(synthetic_4dct_3mm, registered) -> None:
+    phases, _, lungs, points = synthetic_4dct_3mm
+    chained = list(register_series(phases[:3], 0, model=None, device="cpu", options=QUICK, chain=True,
+                                   reference_mask=lungs))
+    # the first step is the direct registration to the reference
+    assert torch.allclose(chained[1].deformation.displacement, registered[1][0].deformation.displacement, atol=1e-5)
+    # phase 2 is reached through phase 1: its map is the step 1 -> 2 composed with the map 0 -> 1
+    step = register(phases[1], phases[2], model=None, device="cpu", options=QUICK)
+    composed = step.deformation.compose(chained[1].deformation)
+    assert torch.allclose(chained[2].deformation.displacement, composed.displacement, atol=1e-4)
+    row = phase_motion(chained[2].deformation, lungs, landmarks=(points[0], points[2]))
+    assert row.tre_mean_mm < 0.6 * row.tre_before_mm
+    tiny = options_for("standard", refinement={"iterations": (2, 1)}, grid={"max_voxels": 16}, affine=None)
+    order = [r.index for r in register_series(phases[:3], 1, model=None, device="cpu", options=tiny, chain=True)]
+    assert order == [1, 2, 0]  # the reference, then away from it each way
+    with pytest.raises(ValueError, match="a chain registers every phase"):
+        register_series(phases, 0, chain=True, which=[1])
