@@ -19,7 +19,7 @@ from MLVIRNETLib.io.landmarks import write_landmarks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
-QUICK = ["--model", "none", "--refine", "8", "--network-size", "32", "32", "32", "--quiet"]
+QUICK = ["--model", "none", "--refine", "8", "--grid-size", "32", "32", "32", "--quiet"]
 """Refinement alone on a 32-voxel working grid: about 2 s per phase of the 3 mm CT."""
 NAMES = ["phase00", "phase01", "phase02", "phase03"]
 
@@ -106,7 +106,7 @@ def test_a_4d_nifti_is_split_into_phases(synthetic_4dct_3mm, tmp_path) -> None:
     sitk.WriteImage(four_d, str(tmp_path / "fourd.nii.gz"))
     out = tmp_path / "out"
     info = _run(["register-4d", str(tmp_path / "fourd.nii.gz"), "-o", str(out), "--reference", "1", "--model",
-                 "none", "--refine", "2", "--network-size", "16", "16", "16", "--quiet", "--json"])
+                 "none", "--refine", "2", "--grid-size", "16", "16", "16", "--quiet", "--json"])
     assert info["reference"] == "phase01" and info["registered"] == ["phase00", "phase01", "phase02"]
     assert read_field(out / "phase00" / "field.nii.gz").grid.size == phases[1].GetSize()
 
@@ -150,7 +150,7 @@ def test_the_real_4dct_breathes(shared_data, tmp_path) -> None:
     assert all(float(rows[n]["lung_dice"]) > 0.9 for n in info["registered"])
 
 
-TINY = ["--model", "none", "--no-affine", "--refine", "2", "--network-size", "16", "16", "16", "--quiet"]
+TINY = ["--model", "none", "--no-affine", "--refine", "2", "--grid-size", "16", "16", "16", "--quiet"]
 
 
 def test_a_phase_that_fails_stops_the_run_and_a_rerun_goes_on(synthetic_4dct_3mm, tmp_path, capsys) -> None:
