@@ -2,10 +2,10 @@
 
 The table holds one row per phase with the columns of ``summary.csv``
 (:data:`MLVIRNETLib.evaluation.motion.SUMMARY_COLUMNS`): text columns for the phase name and the
-flag reason, numbers for the rest (booleans as 0/1, a missing value as NaN). Two more columns,
-:data:`FLAGGED_COLUMNS`, repeat the lung volume and the lung base excursion for the flagged
-phases only (NaN elsewhere): the charts draw them as separate marker series, so a flagged phase
-stands out on the curve.
+flag reason, numbers for the rest (booleans as 0/1, a missing value as NaN). More columns,
+:func:`markerColumn`, repeat the lung volume and the lung base excursion at the flagged phases,
+the end-inhale phase and the end-exhale phase only (NaN elsewhere): the charts draw them as
+separate marker series, so that those phases stand out on the curve.
 
 Two charts, one per unit, both against the phase index: the breathing curve (the reference
 lungs' volume in each phase, from the Jacobian, ml) and the superior-inferior excursion of the
@@ -23,11 +23,27 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers only
 TEXT_COLUMNS = ("phase", "flag_reason")
 """Summary columns held as text."""
 
-FLAGGED_COLUMNS = {
-    "lung_volume_jacobian_ml": "flagged_lung_volume_jacobian_ml",
-    "si_excursion_mm": "flagged_si_excursion_mm",
-}
-"""Summary column -> the column holding its values at the flagged phases only."""
+PLOTTED_COLUMNS = ("lung_volume_jacobian_ml", "si_excursion_mm")
+"""Summary columns drawn in the charts (one chart each)."""
+
+MARKERS = (
+    ("flagged", "flagged", (0.85, 0.1, 0.1), "Cross"),
+    ("end_inhale", "end-inhale", (0.1, 0.6, 0.2), "Diamond"),
+    ("end_exhale", "end-exhale", (0.9, 0.55, 0.0), "Square"),
+)
+"""``(key, label, colour, marker style)`` of the marker series drawn over each curve."""
+
+
+def markerColumn(marker: str, column: str) -> str:
+    """The table column holding ``column``'s values at the ``marker`` phases only."""
+    return f"{marker}_{column}"
+
+
+def _isMarked(marker: str, row: dict, summary: "SeriesSummary") -> bool:
+    if marker == "flagged":
+        return bool(row["flagged"])
+    return row["phase"] == (summary.end_inhale if marker == "end_inhale" else summary.end_exhale)
+
 
 CHARTS = (
     ("breathing", "lung_volume_jacobian_ml", "Lung volume (Jacobian)", "lung volume (ml)"),
@@ -62,13 +78,16 @@ def fillMotionTable(tableNode, summary: "SeriesSummary") -> None:
             else:
                 array.InsertNextValue(_number(value))
         table.AddColumn(array)
-    for source, name in FLAGGED_COLUMNS.items():
-        array = vtk.vtkDoubleArray()
-        array.SetName(name)
-        for row in rows:
-            array.InsertNextValue(_number(row[source]) if row["flagged"] else math.nan)
-        table.AddColumn(array)
-    for name in SUMMARY_COLUMNS + tuple(FLAGGED_COLUMNS.values()):
+    markerColumns = []
+    for marker, *_ in MARKERS:
+        for source in PLOTTED_COLUMNS:
+            array = vtk.vtkDoubleArray()
+            array.SetName(markerColumn(marker, source))
+            for row in rows:
+                array.InsertNextValue(_number(row[source]) if _isMarked(marker, row, summary) else math.nan)
+            table.AddColumn(array)
+            markerColumns.append(array.GetName())
+    for name in SUMMARY_COLUMNS + tuple(markerColumns):
         unit = "ml" if name.endswith("_ml") else "mm" if name.endswith("_mm") else "%" if name.endswith("_percent") else ""
         if unit:
             tableNode.SetColumnUnitLabel(name, unit)
@@ -85,7 +104,8 @@ def addMotionCharts(scene, tableNode, baseName: str, created: list) -> dict:
 
     Returns:
         ``{"breathing": chart, "excursion": chart}`` (``vtkMRMLPlotChartNode``), each with a line
-        series of every phase and a marker series of the flagged ones.
+        series of every phase and a marker series each for the flagged, end-inhale and end-exhale
+        phases (:data:`MARKERS`).
     """
     import slicer
 
@@ -96,7 +116,9 @@ def addMotionCharts(scene, tableNode, baseName: str, created: list) -> dict:
         chart.SetTitle(f"{baseName}: {title}")
         chart.SetXAxisTitle("phase (index in the series)")
         chart.SetYAxisTitle(yTitle)
-        for y, name, flagged in ((column, title, False), (FLAGGED_COLUMNS[column], f"{title}, flagged", True)):
+        lines = [(column, title, None)] + [(markerColumn(key_, column), f"{title}, {label}", (colour, style))
+                                           for key_, label, colour, style in MARKERS]
+        for y, name, marker in lines:
             series = scene.AddNewNodeByClass("vtkMRMLPlotSeriesNode", scene.GenerateUniqueName(f"{baseName} {name}"))
             created.append(series)
             series.SetAndObserveTableNodeID(tableNode.GetID())
@@ -104,11 +126,12 @@ def addMotionCharts(scene, tableNode, baseName: str, created: list) -> dict:
             series.SetYColumnName(y)
             series.SetLabelColumnName("phase")
             series.SetPlotType(slicer.vtkMRMLPlotSeriesNode.PlotTypeScatter)
-            if flagged:
+            if marker is not None:
+                colour, style = marker
                 series.SetLineStyle(slicer.vtkMRMLPlotSeriesNode.LineStyleNone)
-                series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCross)
+                series.SetMarkerStyle(getattr(slicer.vtkMRMLPlotSeriesNode, f"MarkerStyle{style}"))
                 series.SetMarkerSize(14)
-                series.SetColor(0.85, 0.1, 0.1)
+                series.SetColor(*colour)
             else:
                 series.SetMarkerStyle(slicer.vtkMRMLPlotSeriesNode.MarkerStyleCircle)
                 series.SetColor(0.1, 0.3, 0.8)

@@ -171,7 +171,8 @@ def test_the_motion_table_has_a_row_per_phase_and_the_charts_plot_it(run):
     for key, name in (("breathing", "lung_volume_jacobian_ml"), ("excursion", "si_excursion_mm")):
         chart = nodes.charts[key]
         series = [chart.GetNthPlotSeriesNode(i) for i in range(chart.GetNumberOfPlotSeriesNodes())]
-        assert [s.GetYColumnName() for s in series] == [name, f"flagged_{name}"]
+        assert [s.GetYColumnName() for s in series] == [name, f"flagged_{name}", f"end_inhale_{name}", f"end_exhale_{name}"]
+        assert series[2].GetMarkerStyle() != series[3].GetMarkerStyle()  # the two extremes read apart
         assert all(s.GetTableNode() is table and s.GetXColumnName() == "index" for s in series)
 
 
@@ -191,6 +192,9 @@ def test_a_flagged_phase_gets_a_value_in_the_flagged_columns_only():
     columns = [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())]
     flagged = column(table, "flagged_lung_volume_jacobian_ml")
     assert np.isnan(flagged[:2]).all() and flagged[2] == 3002.0
+    inhale, exhale = column(table, "end_inhale_si_excursion_mm"), column(table, "end_exhale_lung_volume_jacobian_ml")
+    assert np.isnan(inhale[:2]).all() and inhale[2] == -2.0  # end-inhale p2
+    assert exhale[0] == 3000.0 and np.isnan(exhale[1:]).all()  # end-exhale p0
     assert table.GetCellText(2, columns.index("flag_reason")) == "lung volume jumps"
     assert np.isnan(column(table, "lung_volume_mask_ml")).all()  # None -> NaN
     assert column(table, "reference").tolist() == [1.0, 0.0, 0.0]  # booleans -> 0/1
