@@ -35,7 +35,7 @@ time) and settings, and its field exists: a rerun skips it and registers any oth
 landmarks: one folder of DIR-LAB 4D-75 files (caseN_4D-75_T00.txt ... T50: 75 voxel-index points per
 phase; a file goes to the phase whose name holds its tag, else T10 -> the second phase), or one file
 per phase in phase order (.txt/.pts DIR-LAB voxel indices of that phase, .mrk.json, .fcsv, .csv).
-The reference phase needs landmarks.
+The reference phase needs landmarks, and lungs (found before any registration; else exit 2).
 
 prints: notes and flagged phases on stderr; the counts, end-inhale / end-exhale phases and the files
 written on stdout (one JSON object with --json).

@@ -21,7 +21,10 @@ Outputs (``OUTDIR``)
 
 While a run works on ``OUTDIR`` it holds a lock on it (``flock``): a second run on the same folder
 stops with an error instead of registering phases twice. An error in a phase stops the run;
-phases done before it stay done and a rerun goes on from there.
+phases done before it stay done and a rerun goes on from there. A reference phase in which no lungs
+are found stops the run before any phase is registered (the motion summary is measured in the
+reference's lungs; the Slicer module, which makes transforms rather than a summary, registers such a
+series without the summary).
 """
 
 from __future__ import annotations
@@ -192,7 +195,8 @@ def run_series(
 
     Raises:
         ValueError: bad phases, reference, landmarks or output folder, an unusable device, another
-            run working on ``OUTDIR``, a phase that cannot be registered.
+            run working on ``OUTDIR``, a reference phase without lungs (found before any phase is
+            registered: the motion summary is measured in its lungs), a phase that cannot be registered.
         FileNotFoundError: a missing phase, landmark file or model file.
         RegistrationCancelled: ``cancel()`` returned True (phases finished so far stay done).
     """
@@ -209,11 +213,17 @@ def run_series(
         raise FileNotFoundError(f"model file not found: {config.model}")
     out = Path(output_dir)
     _check_output(phases, landmarks, out)
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    with PairLock(out) as locked:
-        if not locked:
-            raise ValueError(f"another register-4d run is working on {out}; wait for it or choose another output folder")
-        return _run_locked(phases, ref, landmarks, out, config, Progress(progress, cancel), cancel)
+    try:
+        with PairLock(out) as locked:
+            if not locked:
+                raise ValueError(f"another register-4d run is working on {out}; wait for it or choose another output folder")
+            return _run_locked(phases, ref, landmarks, out, config, Progress(progress, cancel), cancel)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # stopped before anything was written: leave no empty output folder behind
+        raise
 
 
 def _stamps(phases: Sequence[PhaseInput], i: int, ref: int, landmarks: dict[int, Path]) -> dict[str, Any]:
@@ -245,6 +255,8 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
             outer(0.0, f"{phase.name}: {why}", force=True)
     ref_grid = phases[ref].grid() if landmarks and todo else None
     ref_points = _read_points(landmarks[ref], ref_grid) if ref_grid is not None else None
+    if todo:
+        reference_image, reference_mask = _reference_lungs(phases[ref], config.options, outer)
     for i in todo:
         folder = out / phases[i].name
         if folder.is_dir():
@@ -252,8 +264,10 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
             (folder / RESULT_NAME).unlink(missing_ok=True)  # not done until the new one is written
     registered: list[str] = []
     if todo:
+        sources: list[Any] = [p.load for p in phases]
+        sources[ref] = reference_image
         series = register_series(
-            [p.load for p in phases], ref, names=[p.name for p in phases], which=todo, model=config.model,
+            sources, ref, reference_mask=reference_mask, names=[p.name for p in phases], which=todo, model=config.model,
             device=config.device, options=config.options, progress=outer, cancel=cancel,
         )
         for item in series:
@@ -293,6 +307,25 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
     summary = summarize_series([_read_motion(out / p.name / RESULT_NAME) for p in phases])
     outputs, note = _write_summary(summary, phases, ref, out, registered, skipped, redone, config)
     return SeriesRunResult(registered, skipped, redone, summary, outputs, note)
+
+
+def _reference_lungs(phase: PhaseInput, options: RegistrationOptions, outer: Progress) -> tuple[Any, Any]:
+    """The reference phase's image and its automatic lung mask, made before any phase is registered.
+
+    Raises:
+        ValueError: no lungs found in the reference phase (the motion summary is measured in its
+            lungs), or a reference image that cannot be read.
+    """
+    from ..preprocessing.lungmask import segment_lungs
+
+    label = f"{phase.name} (reference): lung mask"
+    image = phase.load()
+    try:
+        mask = segment_lungs(image, options.lung_mask, progress=lambda f, m: outer(0.0, label))
+    except ValueError as exc:
+        raise ValueError(f"reference phase {phase.name}: {exc}; the motion summary is measured in "
+                         "the reference phase's lungs: choose another reference phase") from exc
+    return image, mask
 
 
 def _read_motion(path: Path) -> PhaseMotion:

@@ -136,6 +136,22 @@ def test_bad_input_gives_one_error_and_writes_nothing(series, tmp_path, capsys, 
     assert not out.exists()
 
 
+def test_a_reference_without_lungs_gives_one_error_before_any_registration(tmp_path, capsys) -> None:
+    z, y, x = np.mgrid[:20, :24, :24]
+    files = []
+    for k in range(2):  # a soft-tissue cylinder in air: a body without lungs
+        body = np.where((y - 12) ** 2 + (x - 12) ** 2 < 81, 40, -1000) + 10 * np.random.default_rng(k).standard_normal(x.shape)
+        image = sitk.GetImageFromArray(body.astype(np.int16))
+        image.SetSpacing((8.0, 8.0, 8.0))
+        files.append(str(tmp_path / f"soft{k}.nii.gz"))
+        sitk.WriteImage(image, files[-1])
+    out = tmp_path / "out"
+    assert main(["register-4d", *files, "-o", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlvirnet register-4d: error: reference phase soft0: no lung found") and len(err.splitlines()) == 1
+    assert "the motion summary is measured in the reference phase's lungs" in err and not out.exists()
+
+
 def test_the_real_4dct_breathes(shared_data, tmp_path) -> None:
     folder = shared_data / "4dct" / "tcia4dlung_117"
     if not folder.is_dir():
