@@ -35,12 +35,13 @@ time) and settings, and its field exists: a rerun skips it and registers any oth
 landmarks: one folder of DIR-LAB 4D-75 files (caseN_4D-75_T00.txt ... T50: 75 voxel-index points per
 phase; a file goes to the phase whose name holds its tag, else T10 -> the second phase), or one file
 per phase in phase order (.txt/.pts DIR-LAB voxel indices of that phase, .mrk.json, .fcsv, .csv).
-The reference phase needs landmarks, and lungs (found before any registration; else exit 2).
+The reference phase needs landmarks.
 
 prints: notes and flagged phases on stderr; the counts, end-inhale / end-exhale phases and the files
 written on stdout (one JSON object with --json).
 
-exit status: 0 when every phase is done, 2 for bad input (nothing is written), a failed phase or
+exit status: 0 when every phase is done, 2 for bad input (nothing is written; a reference phase in
+which no lungs are found is bad input: the motion summary is measured in its lungs), a failed phase or
 write (phases done before it stay done; a rerun goes on from there), 130 after Ctrl-C.
 """
 
