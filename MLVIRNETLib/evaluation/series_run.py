@@ -38,7 +38,6 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..core.geometry import ImageGrid
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..io.atomic import remove_stale_temporaries
 from ..io.phases import PhaseInput, find_phases
@@ -169,10 +168,29 @@ def _check_output(phases: Sequence[PhaseInput], landmarks: dict[int, Path], out:
         raise ValueError(f"output folder {out} cannot be created or written ({existing} is not writable)")
 
 
-def _read_points(path: Path, grid: ImageGrid) -> np.ndarray:
+def _read_all_points(phases: Sequence[PhaseInput], ref: int, landmarks: dict[int, Path]) -> dict[int, np.ndarray]:
+    """Every phase's landmarks (LPS mm; voxel indices on that phase's grid), read and checked
+    before any phase is registered.
+
+    Raises:
+        ValueError: a file that cannot be read as landmarks, a phase whose count differs from the
+            reference phase's (TRE pairs the points in order).
+        FileNotFoundError: a missing file.
+    """
     from ..io.landmarks import read_landmarks
 
-    return read_landmarks(path, grid)
+    points: dict[int, np.ndarray] = {}
+    if not landmarks:
+        return points
+    for i in [ref] + sorted(set(landmarks) - {ref}):
+        try:
+            points[i] = np.asarray(read_landmarks(landmarks[i], phases[i].grid()), dtype=float)
+        except ValueError as exc:
+            raise ValueError(f"landmarks of phase {phases[i].name} ({landmarks[i]}): {exc}") from None
+        if len(points[i]) != len(points[ref]):
+            raise ValueError(f"landmarks of phase {phases[i].name} ({landmarks[i]}): {len(points[i])} points, but the "
+                             f"reference phase {phases[ref].name} has {len(points[ref])}; TRE pairs them in order")
+    return points
 
 
 def run_series(
@@ -208,6 +226,7 @@ def run_series(
     landmarks = phase_landmarks(phases, config.landmarks) if config.landmarks else {}
     if landmarks and ref not in landmarks:
         raise ValueError(f"the reference phase {phases[ref].name} has no landmarks: TRE needs its points")
+    points = _read_all_points(phases, ref, landmarks)
     resolve_device(config.device)
     if isinstance(config.model, (str, Path)) and str(config.model) != "default" and not Path(config.model).is_file():
         raise FileNotFoundError(f"model file not found: {config.model}")
@@ -219,7 +238,7 @@ def run_series(
         with PairLock(out) as locked:
             if not locked:
                 raise ValueError(f"another register-4d run is working on {out}; wait for it or choose another output folder")
-            return _run_locked(phases, ref, landmarks, out, config, Progress(progress, cancel), cancel)
+            return _run_locked(phases, ref, landmarks, points, out, config, Progress(progress, cancel), cancel)
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()  # stopped before anything was written: leave no empty output folder behind
@@ -234,8 +253,8 @@ def _stamps(phases: Sequence[PhaseInput], i: int, ref: int, landmarks: dict[int,
     return stamps
 
 
-def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], out: Path, config: SeriesConfig,
-                outer: Progress, cancel: CancelFn | None) -> SeriesRunResult:
+def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], points: dict[int, np.ndarray],
+                out: Path, config: SeriesConfig, outer: Progress, cancel: CancelFn | None) -> SeriesRunResult:
     from ..io.fields import write_field
     from ..registration.series import register_series
 
@@ -253,8 +272,6 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
         if why is not None:
             redone[phase.name] = why
             outer(0.0, f"{phase.name}: {why}", force=True)
-    ref_grid = phases[ref].grid() if landmarks and todo else None
-    ref_points = _read_points(landmarks[ref], ref_grid) if ref_grid is not None else None
     if todo:
         reference_image, reference_mask = _reference_lungs(phases[ref], config.options, outer)
     for i in todo:
@@ -273,14 +290,11 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
         for item in series:
             t0 = time.perf_counter()
             phase = phases[item.index]
-            points = None
-            if item.index in landmarks:
-                grid = phase.grid() if not item.is_reference else ref_grid
-                points = (ref_points, _read_points(landmarks[item.index], grid))
             result = item.result
             row = phase_motion(item.deformation, item.reference_mask, item.phase_mask, index=item.index,
                                phase=item.name, reference=item.is_reference,
-                               quality=result.quality if result is not None else None, landmarks=points)
+                               quality=result.quality if result is not None else None,
+                               landmarks=(points[ref], points[item.index]) if item.index in points else None)
             folder = out / phase.name
             folder.mkdir(exist_ok=True)
             write_field(item.deformation, folder / FIELD_NAME)

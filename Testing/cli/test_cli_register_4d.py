@@ -112,9 +112,9 @@ def test_a_4d_nifti_is_split_into_phases(synthetic_4dct_3mm, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("case", ["one phase", "2-D phase", "reference out of range", "unknown reference",
-                                  "landmark count"])
+                                  "landmark count", "last phase's landmarks unreadable", "last phase's point count"])
 def test_bad_input_gives_one_error_and_writes_nothing(series, tmp_path, capsys, case) -> None:
-    folder, marks, _ = series
+    folder, marks, points = series
     files = [str(folder / f"{n}.nii.gz") for n in NAMES]
     extra: list[str] = []
     if case == "one phase":
@@ -127,8 +127,16 @@ def test_bad_input_gives_one_error_and_writes_nothing(series, tmp_path, capsys, 
         extra, message = ["--reference", "4"], "reference 4 is out of range: there are 4 phases, numbered 0..3"
     elif case == "unknown reference":
         extra, message = ["--reference", "T50"], "reference 'T50' is not a phase; the phases are phase00, phase01"
-    else:
+    elif case == "landmark count":
         extra, message = ["--landmarks", *map(str, marks[:3])], "3 landmark files for 4 phases"
+    elif case == "last phase's landmarks unreadable":
+        bad = tmp_path / "phase03.csv"
+        bad.write_text("not,a\nlandmark,file\n", encoding="utf-8")
+        extra, message = ["--landmarks", *map(str, marks[:3]), str(bad)], f"landmarks of phase phase03 ({bad}): "
+    else:
+        few = write_landmarks(points[3][:5], tmp_path / "phase03.csv")
+        extra = ["--landmarks", *map(str, marks[:3]), str(few)]
+        message = f"landmarks of phase phase03 ({few}): 5 points, but the reference phase phase00 has 20"
     out = tmp_path / "out"
     assert main(["register-4d", *files, "-o", str(out), *QUICK, *extra]) == 2
     err = capsys.readouterr().err
