@@ -33,7 +33,8 @@ A phase is done when its result.json parses, records the same inputs (path, size
 time) and settings, and its field exists: a rerun skips it and registers any other phase again.
 
 landmarks: one folder of DIR-LAB 4D-75 files (caseN_4D-75_T00.txt ... T50: 75 voxel-index points per
-phase; a file goes to the phase whose name holds its tag, else T10 -> the second phase), or one file
+phase; a file goes to the phase whose name holds its tag; only when no phase name holds a tag,
+T10 -> the second phase; a tag no phase holds is left out with a note), or one file
 per phase in phase order (.txt/.pts DIR-LAB voxel indices of that phase, .mrk.json, .fcsv, .csv).
 The reference phase needs landmarks.
 
@@ -82,6 +83,8 @@ def run(args) -> int:
     with progress_bar("register-4d", quiet=args.quiet) as progress:
         result = run_series(phases, args.output, config, progress=progress)
 
+    for note in result.notes:
+        print(f"mlvirnet register-4d: {note}", file=sys.stderr)
     for name, why in result.redone.items():
         print(f"mlvirnet register-4d: {name}: {why}", file=sys.stderr)
     for name, why in result.summary.flagged.items():

@@ -77,30 +77,51 @@ def resolve_reference(phases: Sequence[PhaseInput], reference: int | str) -> int
     return names.index(text)
 
 
-def phase_landmarks(phases: Sequence[PhaseInput], landmarks: Sequence[PathLike]) -> dict[int, Path]:
+TAG_PATTERN = r"(?<![0-9])T[0-9]0(?![0-9])"
+"""A DIR-LAB phase tag (``T00`` ... ``T90``) in a phase name, as :func:`phase_landmarks` looks for it."""
+
+
+def phase_landmarks(phases: Sequence[PhaseInput], landmarks: Sequence[PathLike],
+                    notes: list[str] | None = None) -> dict[int, Path]:
     """Which landmark file belongs to which phase.
 
-    ``landmarks`` is either one folder of DIR-LAB 4D-75 files (``caseN_4D-75_T00.txt`` ...; a
-    file goes to the phase whose name holds its tag, e.g. ``T10``, else to the phase at the
-    tag's position, ``T10`` -> the second phase), or one landmark file per phase, in phase order
-    (any format of :mod:`MLVIRNETLib.io.landmarks`; DIR-LAB voxel indices refer to that phase's grid).
+    ``landmarks`` is either one folder of DIR-LAB 4D-75 files (``caseN_4D-75_T00.txt`` ...), or
+    one landmark file per phase, in phase order (any format of :mod:`MLVIRNETLib.io.landmarks`;
+    DIR-LAB voxel indices refer to that phase's grid).
+
+    A 4D-75 file goes to the phase whose name holds its tag (``T10``, case-insensitive). When no
+    phase name holds a tag at all, the files go by position instead (``T10`` -> the second phase);
+    when some do, a file whose tag no phase holds is left out, with a note appended to ``notes``
+    (a position would give it to a phase of another tag).
 
     Raises:
         FileNotFoundError: a missing file or folder, a folder without 4D-75 files.
-        ValueError: a count of files other than the number of phases, a tag beyond the phases.
+        ValueError: a count of files other than the number of phases, a tag beyond the phases
+            (by position), a tag held by several phase names.
     """
     from ..io.dirlab import find_dirlab_4d75_files
 
     paths = [Path(p) for p in landmarks]
     if len(paths) == 1 and paths[0].is_dir():
         found = find_dirlab_4d75_files(paths[0])
+        by_name = any(re.search(TAG_PATTERN, p.name, re.IGNORECASE) for p in phases)
         out: dict[int, Path] = {}
         for tag, path in found.items():
+            if not by_name:
+                k = int(tag[1:]) // 10
+                if k >= len(phases):
+                    raise ValueError(f"4D-75 landmarks of phase {tag} ({path}) but only {len(phases)} phases")
+                out[k] = path
+                continue
             named = [i for i, p in enumerate(phases) if re.search(rf"(?<![0-9]){tag}(?![0-9])", p.name, re.IGNORECASE)]
-            k = named[0] if len(named) == 1 else int(tag[1:]) // 10
-            if k >= len(phases):
-                raise ValueError(f"4D-75 landmarks of phase {tag} ({path}) but only {len(phases)} phases")
-            out[k] = path
+            if len(named) > 1:
+                raise ValueError(f"4D-75 landmarks of phase {tag} ({path}): the phases "
+                                 f"{', '.join(phases[i].name for i in named)} all hold that tag")
+            if not named:
+                if notes is not None:
+                    notes.append(f"4D-75 landmarks of phase {tag} ({path}) left out: no phase is named with {tag}")
+                continue
+            out[named[0]] = path
         return out
     if len(paths) != len(phases):
         raise ValueError(f"{len(paths)} landmark files for {len(phases)} phases: give one per phase, in phase order, "
@@ -132,7 +153,8 @@ class SeriesConfig:
 
 @dataclass
 class SeriesRunResult:
-    """Output of :func:`run_series`: what this run registered and skipped, the summary, the files."""
+    """Output of :func:`run_series`: what this run registered and skipped, the summary, the files,
+    and notes on the inputs (4D-75 landmark files left out)."""
 
     registered: list[str]
     skipped: list[str]
@@ -140,6 +162,7 @@ class SeriesRunResult:
     summary: SeriesSummary
     outputs: dict[str, Path | None]
     plot_note: str | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 def _check_output(phases: Sequence[PhaseInput], landmarks: dict[int, Path], out: Path) -> None:
@@ -223,7 +246,8 @@ def run_series(
     config = config if config is not None else SeriesConfig()
     phases = list(items) if items and all(isinstance(p, PhaseInput) for p in items) else find_phases(items)
     ref = resolve_reference(phases, config.reference)
-    landmarks = phase_landmarks(phases, config.landmarks) if config.landmarks else {}
+    notes: list[str] = []
+    landmarks = phase_landmarks(phases, config.landmarks, notes) if config.landmarks else {}
     if landmarks and ref not in landmarks:
         raise ValueError(f"the reference phase {phases[ref].name} has no landmarks: TRE needs its points")
     points = _read_all_points(phases, ref, landmarks)
@@ -238,7 +262,9 @@ def run_series(
         with PairLock(out) as locked:
             if not locked:
                 raise ValueError(f"another register-4d run is working on {out}; wait for it or choose another output folder")
-            return _run_locked(phases, ref, landmarks, points, out, config, Progress(progress, cancel), cancel)
+            result = _run_locked(phases, ref, landmarks, points, out, config, Progress(progress, cancel), cancel)
+            result.notes[:0] = notes
+            return result
     except BaseException:
         if created and not any(out.iterdir()):
             out.rmdir()  # stopped before anything was written: leave no empty output folder behind

@@ -213,3 +213,10 @@ def test_4d75_files_go_to_the_phase_named_by_their_tag_else_by_position(tmp_path
                                                                                              5: "T50"}
     with pytest.raises(ValueError, match="4D-75 landmarks of phase T50 .* but only 3 phases"):
         phase_landmarks(by_position[:3], [marks])
+    for tag in ("T20", "T30", "T40"):
+        (marks / f"case2_4D-75_{tag}.txt").write_text("1\t1\t1\n")
+    some_named = [PhaseInput(tag, tmp_path / f"{tag}.nii.gz") for tag in ("T00", "T20", "T40", "T60", "T70", "T80")]
+    notes: list[str] = []
+    assert {some_named[k].name: p.name[-7:-4] for k, p in phase_landmarks(some_named, [marks], notes).items()} == {
+        "T00": "T00", "T20": "T20", "T40": "T40"}  # T30 and T50 go to no phase by position
+    assert [n.split()[4] for n in notes] == ["T10", "T30", "T50"] and "left out: no phase is named with T30" in notes[1]
