@@ -31,6 +31,7 @@ quality check, TRE with landmarks, flags), motion.png (breathing curve, displace
 phases, end-inhale / end-exhale; TRE and landmark trajectories with landmarks) and report.json.
 A phase is done when its result.json parses, records the same inputs (path, size, modification
 time) and settings, and its field exists: a rerun skips it and registers any other phase again.
+Landmarks are not part of that: changed landmarks give done phases new TRE from their stored fields.
 
 landmarks: one folder of DIR-LAB 4D-75 files (caseN_4D-75_T00.txt ... T50: 75 voxel-index points per
 phase; a file goes to the phase whose name holds its tag; only when no phase name holds a tag,

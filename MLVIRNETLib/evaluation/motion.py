@@ -67,8 +67,8 @@ DICE_SPACING_MM = 2.0
 DICE_FLAG = 0.80
 """A phase whose lung Dice (reference vs warped phase mask) falls below this is flagged."""
 
-__all__ = ["BASE_FRACTION", "CYCLE_GAP", "PhaseMotion", "SeriesSummary", "flag_phases", "is_cycle", "motion_plot", "phase_motion",
-           "summarize_series", "SUMMARY_COLUMNS"]
+__all__ = ["BASE_FRACTION", "CYCLE_GAP", "PhaseMotion", "SeriesSummary", "flag_phases", "is_cycle", "landmark_motion",
+           "motion_plot", "phase_motion", "summarize_series", "SUMMARY_COLUMNS"]
 
 
 @dataclass
@@ -194,6 +194,19 @@ def phase_motion(
         own = sitk.GetArrayViewFromImage(phase_mask) != 0
         row.lung_volume_mask_ml = float(own.sum() * np.prod(pgrid.spacing) / 1000.0)
         row.lung_dice = _lung_dice(field32, lungs, own, pgrid)
+    return landmark_motion(row, deformation, landmarks)
+
+
+def landmark_motion(row: PhaseMotion, deformation: Deformation,
+                    landmarks: tuple[np.ndarray, np.ndarray] | None) -> PhaseMotion:
+    """Set ``row``'s landmark fields (count, TRE before and after, trajectory) from the phase's map,
+    or clear them when ``landmarks`` is ``None``; returns ``row``. The rest of the row does not
+    depend on landmarks, so a stored row gets new landmarks without registering again.
+
+    Raises:
+        ValueError: landmarks of different counts or outside the field's grid.
+    """
+    row.landmarks = row.tre_before_mm = row.tre_mean_mm = row.tre_p95_mm = row.trajectory = None
     if landmarks is not None:
         ref_points, phase_points = (np.asarray(p, dtype=float) for p in landmarks)
         before, after = tre(ref_points, phase_points), tre(ref_points, phase_points, deformation)

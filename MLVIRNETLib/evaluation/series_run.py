@@ -14,7 +14,9 @@ Outputs (``OUTDIR``)
         the inputs (path, size, modification time), the settings, the phase's motion row
         (:class:`~MLVIRNETLib.evaluation.motion.PhaseMotion`), timings and messages; written last.
         A phase is done when it parses, matches the current inputs and settings and its field
-        exists (:mod:`MLVIRNETLib.evaluation.pair_state`): a rerun skips it.
+        exists (:mod:`MLVIRNETLib.evaluation.pair_state`): a rerun skips it. Landmarks are not
+        part of that check: when a done phase's landmark files changed (added, removed, edited),
+        its TRE and trajectory are taken again from its stored field, without registering.
     ``summary.csv``, ``summary.json``, ``motion.png``, ``report.json``
         the motion summary of every phase (:mod:`MLVIRNETLib.evaluation.motion`), its plot, and
         the run (phases, reference, end-inhale / end-exhale, flagged phases, what this run did).
@@ -271,12 +273,48 @@ def run_series(
         raise
 
 
-def _stamps(phases: Sequence[PhaseInput], i: int, ref: int, landmarks: dict[int, Path]) -> dict[str, Any]:
-    stamps = {"reference": phases[ref].stamp(), "phase": phases[i].stamp()}
-    if i in landmarks:
-        stamps["reference_landmarks"] = file_stamp(landmarks[ref])
-        stamps["phase_landmarks"] = file_stamp(landmarks[i])
-    return stamps
+def _stamps(phases: Sequence[PhaseInput], i: int, ref: int) -> dict[str, Any]:
+    """The inputs of phase ``i``'s registration (its done-check; landmarks are not among them)."""
+    return {"reference": phases[ref].stamp(), "phase": phases[i].stamp()}
+
+
+def _landmark_stamps(landmarks: dict[int, Path], i: int, ref: int) -> dict[str, Any] | None:
+    """The landmark files of phase ``i``'s motion row, or ``None`` when it has none."""
+    if i not in landmarks:
+        return None
+    return {"reference": file_stamp(landmarks[ref]), "phase": file_stamp(landmarks[i])}
+
+
+def _update_landmarks(path: Path, i: int, ref: int, landmarks: dict[int, Path], points: dict[int, np.ndarray]) -> bool:
+    """Bring a done phase's motion row up to the current landmarks, from its stored field (no
+    registration); True when it changed.
+
+    Raises:
+        ValueError: a ``result.json`` or field that cannot be read back.
+    """
+    import json
+
+    from ..io.fields import read_field
+    from .motion import landmark_motion
+
+    current = _landmark_stamps(landmarks, i, ref)
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+        if doc.get("landmarks") == current:
+            return False
+        row = PhaseMotion.from_dict(doc["motion"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"{path} cannot be read back ({type(exc).__name__}: {exc})") from None
+    pairs = (points[ref], points[i]) if i in points else None
+    field_path = path.parent / FIELD_NAME
+    try:
+        deformation = read_field(field_path) if pairs is not None else None
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"{field_path} cannot be read back ({type(exc).__name__}: {exc})") from None
+    landmark_motion(row, deformation, pairs)
+    doc["motion"], doc["landmarks"] = row.to_dict(), current
+    write_json(doc, path)
+    return True
 
 
 def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], points: dict[int, np.ndarray],
@@ -289,10 +327,13 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
     todo: list[int] = []
     skipped: list[str] = []
     redone: dict[str, str] = {}
+    relandmarked: list[str] = []
     for i, phase in enumerate(phases):
-        done, why = pair_status(out / phase.name / RESULT_NAME, _stamps(phases, i, ref, landmarks), settings)
+        done, why = pair_status(out / phase.name / RESULT_NAME, _stamps(phases, i, ref), settings)
         if done:
             skipped.append(phase.name)
+            if _update_landmarks(out / phase.name / RESULT_NAME, i, ref, landmarks, points):
+                relandmarked.append(phase.name)
             continue
         todo.append(i)
         if why is not None:
@@ -330,7 +371,8 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
                 "index": item.index,
                 "status": "done",
                 "seconds": row.seconds,
-                "inputs": _stamps(phases, item.index, ref, landmarks),
+                "inputs": _stamps(phases, item.index, ref),
+                "landmarks": _landmark_stamps(landmarks, item.index, ref),
                 "settings": settings,
                 "outputs": [FIELD_NAME],
                 "field": FIELD_NAME,
@@ -346,7 +388,8 @@ def _run_locked(phases: list[PhaseInput], ref: int, landmarks: dict[int, Path], 
             del item, result
     summary = summarize_series([_read_motion(out / p.name / RESULT_NAME) for p in phases])
     outputs, note = _write_summary(summary, phases, ref, out, registered, skipped, redone, config)
-    return SeriesRunResult(registered, skipped, redone, summary, outputs, note)
+    notes = [f"{name}: TRE from its stored field with the current landmarks (not registered again)" for name in relandmarked]
+    return SeriesRunResult(registered, skipped, redone, summary, outputs, note, notes)
 
 
 def _reference_lungs(phase: PhaseInput, options: RegistrationOptions, outer: Progress) -> tuple[Any, Any]:

@@ -197,6 +197,30 @@ def test_a_phase_that_fails_stops_the_run_and_a_rerun_goes_on(synthetic_4dct_3mm
     assert info["registered"] == ["phase02"] and info["done_before"] == ["phase00", "phase01"]
 
 
+def test_new_landmarks_give_done_phases_their_tre_without_registering_again(synthetic_4dct_3mm, tmp_path, capsys) -> None:
+    from MLVIRNETLib.evaluation.metrics import tre
+
+    phases, _, _, points = synthetic_4dct_3mm
+    files = []
+    for name, image in zip(NAMES[:3], phases):
+        files.append(str(tmp_path / f"{name}.nii.gz"))
+        sitk.WriteImage(image, files[-1])
+    marks = [str(write_landmarks(p, tmp_path / f"{n}.csv")) for n, p in zip(NAMES, points)]
+    out = tmp_path / "out"
+    assert _run(["register-4d", *files, "-o", str(out), *TINY, "--json"])["registered"] == NAMES[:3]
+    assert _summary(out)["phase02"]["tre_mean_mm"] == ""
+    field_time = (out / "phase02" / "field.nii.gz").stat().st_mtime_ns
+    info = _run(["register-4d", *files, "-o", str(out), *TINY, "--json", "--landmarks", *marks[:3]])
+    assert info["registered"] == [] and info["done_before"] == NAMES[:3]
+    assert "phase02: TRE from its stored field" in capsys.readouterr().err
+    assert (out / "phase02" / "field.nii.gz").stat().st_mtime_ns == field_time
+    expected = tre(points[0], points[2], read_field(out / "phase02" / "field.nii.gz"))
+    row = _summary(out)["phase02"]
+    assert row["landmarks"] == "20" and float(row["tre_mean_mm"]) == pytest.approx(expected.mean, abs=1e-4)
+    info = _run(["register-4d", *files, "-o", str(out), *TINY, "--json"])  # landmarks taken away again
+    assert info["registered"] == [] and _summary(out)["phase02"]["tre_mean_mm"] == ""
+
+
 def test_4d75_files_go_to_the_phase_named_by_their_tag_else_by_position(tmp_path) -> None:
     from MLVIRNETLib.evaluation.series_run import phase_landmarks
     from MLVIRNETLib.io.phases import PhaseInput
