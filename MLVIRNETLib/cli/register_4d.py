@@ -63,7 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="phase images: files, a folder, a glob, one 4-D image or one DICOM folder of phases")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--reference", default="0", metavar="K",
-                   help="the reference phase: its position among PHASES counted from 0, or its name (default 0)")
+                   help="the reference phase: its name, or else its position among PHASES counted from 0 (default 0)")
     p.add_argument("--landmarks", nargs="+", type=Path, default=None, metavar="L",
                    help="landmarks that follow the phases: a folder of DIR-LAB 4D-75 files or one file per phase")
     add_registration_arguments(p)

@@ -62,13 +62,17 @@ __all__ = ["PhaseInput", "SeriesConfig", "SeriesRunResult", "find_phases", "phas
 
 
 def resolve_reference(phases: Sequence[PhaseInput], reference: int | str) -> int:
-    """The index of the reference phase: an index into ``phases`` (from 0) or a phase's name.
+    """The index of the reference phase: a phase's name, else an index into ``phases`` (from 0).
+
+    A name is matched first, so that ``"50"`` is the phase named ``50`` where there is one.
 
     Raises:
         ValueError: an index out of range or an unknown name (the message lists the phases).
     """
     names = [p.name for p in phases]
     text = str(reference).strip()
+    if text in names:
+        return names.index(text)
     if re.fullmatch(r"-?\d+", text):
         k = int(text)
         if not 0 <= k < len(phases):
