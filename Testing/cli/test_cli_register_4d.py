@@ -20,7 +20,7 @@ from MLVIRNETLib.io.landmarks import write_landmarks
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 QUICK = ["--model", "none", "--refine", "8", "--grid-size", "32", "32", "32", "--quiet"]
-"""Refinement alone on a 32-voxel working grid: about 2 s per phase of the 3 mm CT."""
+"""Refinement alone on a 32-voxel working grid: a quick registration of the 3 mm CT."""
 NAMES = ["phase00", "phase01", "phase02", "phase03"]
 
 

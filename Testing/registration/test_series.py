@@ -18,7 +18,7 @@ from MLVIRNETLib.registration.series import register_series
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 QUICK = options_for("standard", refinement={"iterations": (10, 5)}, grid={"max_voxels": 32})
-"""Refinement alone on a 32-voxel working grid: about 2 s per phase of the 3 mm CT."""
+"""Refinement alone on a 32-voxel working grid: a quick registration of the 3 mm CT."""
 
 
 @pytest.fixture(scope="module")
