@@ -221,6 +221,25 @@ def test_new_landmarks_give_done_phases_their_tre_without_registering_again(synt
     assert info["registered"] == [] and _summary(out)["phase02"]["tre_mean_mm"] == ""
 
 
+def test_4d75_tags_no_phase_holds_are_left_out_with_a_note(synthetic_4dct_3mm, tmp_path, capsys) -> None:
+    files = []
+    for tag, image in zip(("T00", "T20", "T40"), synthetic_4dct_3mm[0]):
+        files.append(str(tmp_path / f"case1_{tag}.nii.gz"))
+        sitk.WriteImage(image, files[-1])
+    marks = tmp_path / "Sampled4D"
+    marks.mkdir()
+    for k in range(6):  # DIR-LAB voxel indices (1-based), inside the 3 mm CT
+        rows = [(20 + 3 * p, 25 + 2 * p, 30 + p + k) for p in range(5)]
+        (marks / f"case1_4D-75_T{10 * k:02d}.txt").write_text("".join(f"{x}\t{y}\t{z}\t\n" for x, y, z in rows))
+    out = tmp_path / "out"
+    info = _run(["register-4d", *files, "-o", str(out), *TINY, "--json", "--landmarks", str(marks)])
+    assert info["registered"] == ["case1_T00", "case1_T20", "case1_T40"]
+    err = capsys.readouterr().err
+    assert [line.split()[6] for line in err.splitlines() if "left out" in line] == ["T10", "T30", "T50"]
+    assert {n: row["landmarks"] for n, row in _summary(out).items()} == {"case1_T00": "5", "case1_T20": "5",
+                                                                        "case1_T40": "5"}
+
+
 def test_4d75_files_go_to_the_phase_named_by_their_tag_else_by_position(tmp_path) -> None:
     from MLVIRNETLib.evaluation.series_run import phase_landmarks
     from MLVIRNETLib.io.phases import PhaseInput
