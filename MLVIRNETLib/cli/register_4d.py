@@ -31,16 +31,19 @@ quality check, TRE with landmarks, flags), motion.png (breathing curve, displace
 phases, end-inhale / end-exhale; TRE and landmark trajectories with landmarks) and report.json.
 A phase is done when its result.json parses, records the same inputs (path, size, modification
 time) and settings, and its field exists: a rerun skips it and registers any other phase again.
+Landmarks are not part of that: changed landmarks give done phases new TRE from their stored fields.
 
 landmarks: one folder of DIR-LAB 4D-75 files (caseN_4D-75_T00.txt ... T50: 75 voxel-index points per
-phase; a file goes to the phase whose name holds its tag, else T10 -> the second phase), or one file
+phase; a file goes to the phase whose name holds its tag; only when no phase name holds a tag,
+T10 -> the second phase; a tag no phase holds is left out with a note), or one file
 per phase in phase order (.txt/.pts DIR-LAB voxel indices of that phase, .mrk.json, .fcsv, .csv).
 The reference phase needs landmarks.
 
 prints: notes and flagged phases on stderr; the counts, end-inhale / end-exhale phases and the files
 written on stdout (one JSON object with --json).
 
-exit status: 0 when every phase is done, 2 for bad input (nothing is written), a failed phase or
+exit status: 0 when every phase is done, 2 for bad input (nothing is written; a reference phase in
+which no lungs are found is bad input: the motion summary is measured in its lungs), a failed phase or
 write (phases done before it stay done; a rerun goes on from there), 130 after Ctrl-C.
 """
 
@@ -60,7 +63,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="phase images: files, a folder, a glob, one 4-D image or one DICOM folder of phases")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUTDIR", help="output folder (created)")
     p.add_argument("--reference", default="0", metavar="K",
-                   help="the reference phase: its position among PHASES counted from 0, or its name (default 0)")
+                   help="the reference phase: its name, or else its position among PHASES counted from 0 (default 0)")
     p.add_argument("--landmarks", nargs="+", type=Path, default=None, metavar="L",
                    help="landmarks that follow the phases: a folder of DIR-LAB 4D-75 files or one file per phase")
     add_registration_arguments(p)
@@ -81,6 +84,8 @@ def run(args) -> int:
     with progress_bar("register-4d", quiet=args.quiet) as progress:
         result = run_series(phases, args.output, config, progress=progress)
 
+    for note in result.notes:
+        print(f"mlvirnet register-4d: {note}", file=sys.stderr)
     for name, why in result.redone.items():
         print(f"mlvirnet register-4d: {name}: {why}", file=sys.stderr)
     for name, why in result.summary.flagged.items():

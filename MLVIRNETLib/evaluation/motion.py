@@ -52,19 +52,23 @@ PathLike = str | os.PathLike
 BASE_FRACTION = 0.10
 """The share of the reference lung voxels, lowest in LPS z, that make up the lung base."""
 JUMP_FACTOR = 4.0
-"""A phase is flagged when its curve value leaves its neighbours' mean by more than this many
-times the median such departure of the series (and more than the floors below)."""
+"""A phase is flagged when its curve value leaves its neighbours' mean (an end phase of an open
+series: its neighbour) by more than this many times the median such departure of the phases
+further than one phase from it (and more than the floors below)."""
 VOLUME_JUMP_FLOOR = 0.05
 """... and by more than this fraction of the reference lung volume (lung volume curve)."""
 EXCURSION_JUMP_FLOOR_MM = 2.0
 """... and by more than this many mm (lung base excursion curve)."""
+CYCLE_GAP = 0.5
+"""A lung volume curve is taken as one whole breathing cycle when its first and last phases differ
+by at most this fraction of its range (:func:`is_cycle`)."""
 DICE_SPACING_MM = 2.0
 """The lung Dice is taken on the reference grid coarsened to voxels of at least this size."""
 DICE_FLAG = 0.80
 """A phase whose lung Dice (reference vs warped phase mask) falls below this is flagged."""
 
-__all__ = ["BASE_FRACTION", "PhaseMotion", "SeriesSummary", "flag_phases", "motion_plot", "phase_motion",
-           "summarize_series", "SUMMARY_COLUMNS"]
+__all__ = ["BASE_FRACTION", "CYCLE_GAP", "PhaseMotion", "SeriesSummary", "flag_phases", "is_cycle", "landmark_motion",
+           "motion_plot", "phase_motion", "summarize_series", "SUMMARY_COLUMNS"]
 
 
 @dataclass
@@ -190,6 +194,19 @@ def phase_motion(
         own = sitk.GetArrayViewFromImage(phase_mask) != 0
         row.lung_volume_mask_ml = float(own.sum() * np.prod(pgrid.spacing) / 1000.0)
         row.lung_dice = _lung_dice(field32, lungs, own, pgrid)
+    return landmark_motion(row, deformation, landmarks)
+
+
+def landmark_motion(row: PhaseMotion, deformation: Deformation,
+                    landmarks: tuple[np.ndarray, np.ndarray] | None) -> PhaseMotion:
+    """Set ``row``'s landmark fields (count, TRE before and after, trajectory) from the phase's map,
+    or clear them when ``landmarks`` is ``None``; returns ``row``. The rest of the row does not
+    depend on landmarks, so a stored row gets new landmarks without registering again.
+
+    Raises:
+        ValueError: landmarks of different counts or outside the field's grid.
+    """
+    row.landmarks = row.tre_before_mm = row.tre_mean_mm = row.tre_p95_mm = row.trajectory = None
     if landmarks is not None:
         ref_points, phase_points = (np.asarray(p, dtype=float) for p in landmarks)
         before, after = tre(ref_points, phase_points), tre(ref_points, phase_points, deformation)
@@ -230,22 +247,60 @@ def _lung_jacobian(field: Deformation, lungs: np.ndarray) -> np.ndarray:
     return det[lungs[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]].astype(np.float64)
 
 
-def _circular_departures(values: np.ndarray) -> np.ndarray:
-    """Each value minus the mean of its two neighbours, the series taken as one breathing cycle."""
-    return values - 0.5 * (np.roll(values, 1) + np.roll(values, -1))
+def _departures(values: np.ndarray, cyclic: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Each value's departure from its neighbours, and whether it is the centre of a jump.
+
+    Inner phases (and every phase of a cycle, the first following the last) depart from the mean
+    of their two neighbours; the end phases of an open series from their one neighbour. A jump of
+    ``J`` at one phase shows as ``J`` there, as ``J / 2`` at an inner neighbour and as ``J`` at an
+    end neighbour (measured against it alone): a phase is the centre when it departs at least as
+    much as its neighbours show, strictly more where an end phase is involved (a tie there is the
+    other phase's jump).
+    """
+    if cyclic:
+        departures = values - 0.5 * (np.roll(values, 1) + np.roll(values, -1))
+        size = np.abs(departures)
+        return departures, size >= np.maximum(np.roll(size, 1), np.roll(size, -1))
+    n = len(values)
+    departures = np.empty(n)
+    departures[1:-1] = values[1:-1] - 0.5 * (values[:-2] + values[2:])
+    departures[0], departures[-1] = values[0] - values[1], values[-1] - values[-2]
+    size = np.abs(departures)
+    shown = size.copy()
+    shown[[0, -1]] /= 2.0  # what an inner neighbour's jump would show at the ends, on the inner scale
+    centre = np.zeros(n, dtype=bool)
+    centre[0], centre[-1] = size[0] > size[1], size[-1] > size[-2]
+    for k in range(1, n - 1):
+        left = size[k] > shown[k - 1] if k - 1 == 0 else size[k] >= size[k - 1]
+        right = size[k] > shown[k + 1] if k + 1 == n - 1 else size[k] >= size[k + 1]
+        centre[k] = left and right
+    return departures, centre
 
 
-def flag_phases(rows: Sequence[PhaseMotion]) -> dict[str, str]:
+def is_cycle(volumes: Sequence[float]) -> bool:
+    """Whether a lung volume curve (in phase order) looks like one whole breathing cycle: its first
+    and last values differ by at most :data:`CYCLE_GAP` of its range (the last phase then leads
+    back to the first). Half a cycle (DIR-LAB's T00..T50, inhale to exhale) is not one."""
+    values = np.asarray(volumes, dtype=float)
+    span = float(values.max() - values.min()) if values.size else 0.0
+    return span == 0.0 or abs(float(values[-1] - values[0])) <= CYCLE_GAP * span
+
+
+def flag_phases(rows: Sequence[PhaseMotion], cyclic: bool | None = None) -> dict[str, str]:
     """``{phase: reason}`` for the phases that look failed.
 
     A phase is flagged when its registration's quality check failed, when its lung Dice is below
     :data:`DICE_FLAG`, or when its Jacobian lung volume or its lung base excursion jumps away
-    from its neighbours' (the series is taken as one breathing cycle, the first phase following
-    the last): by more than :data:`JUMP_FACTOR` times the median such departure of the series,
-    and by more than :data:`VOLUME_JUMP_FLOOR` of the reference lung volume or
-    :data:`EXCURSION_JUMP_FLOOR_MM`, and by more than either neighbour departs (a jump at one
-    phase makes its neighbours depart by half as much). Jumps are judged from 4 phases on, and not for the
+    from its neighbours': by more than :data:`JUMP_FACTOR` times the median such departure of the
+    other phases (those further than one phase from it, which its jump does not move), and by more than :data:`VOLUME_JUMP_FLOOR` of the reference lung volume or
+    :data:`EXCURSION_JUMP_FLOOR_MM`, and by more than either neighbour shows it (a jump at one
+    phase makes its neighbours depart too). Jumps are judged from 4 phases on, and not for the
     reference phase (its map is the identity by construction).
+
+    ``cyclic``: whether the phases (in ``rows`` order) form one breathing cycle, the first phase
+    following the last; default :func:`is_cycle` of the Jacobian lung volumes. In a cycle every
+    phase is judged against the mean of its two neighbours; otherwise the first and the last phase
+    are judged against their one neighbour.
     """
     reasons: dict[str, list[str]] = {r.phase: [] for r in rows}
     for r in rows:
@@ -256,17 +311,21 @@ def flag_phases(rows: Sequence[PhaseMotion]) -> dict[str, str]:
     if len(rows) >= 4:
         ref = [r for r in rows if r.reference]
         ref_volume = ref[0].lung_volume_jacobian_ml if ref else float(np.median([r.lung_volume_jacobian_ml for r in rows]))
-        curves = (("lung volume", np.array([r.lung_volume_jacobian_ml for r in rows]), VOLUME_JUMP_FLOOR * ref_volume, "ml"),
+        volumes = np.array([r.lung_volume_jacobian_ml for r in rows])
+        loop = is_cycle(volumes) if cyclic is None else bool(cyclic)
+        curves = (("lung volume", volumes, VOLUME_JUMP_FLOOR * ref_volume, "ml"),
                   ("lung base excursion", np.array([r.si_excursion_mm for r in rows]), EXCURSION_JUMP_FLOOR_MM, "mm"))
         for what, values, floor, unit in curves:
-            departures = _circular_departures(values)
-            limit = max(JUMP_FACTOR * float(np.median(np.abs(departures))), floor)
+            departures, centre = _departures(values, loop)
             size = np.abs(departures)
             for k, (r, d) in enumerate(zip(rows, departures)):
-                # a jump at one phase shows half as large at its neighbours: flag its centre only
-                centre = size[k] >= max(size[k - 1], size[(k + 1) % len(rows)])
-                if abs(d) > limit and centre and not r.reference:
-                    reasons[r.phase].append(f"{what} jumps by {d:+.1f} {unit} from its neighbours' mean")
+                # the series' usual departure, away from this phase and the neighbours its jump moves
+                gap = np.abs(np.arange(len(rows)) - k)
+                away = np.minimum(gap, len(rows) - gap) > 1 if loop else gap > 1
+                limit = max(JUMP_FACTOR * float(np.median(size[away])), floor)
+                if abs(d) > limit and centre[k] and not r.reference:
+                    against = "its neighbour" if not loop and k in (0, len(rows) - 1) else "its neighbours' mean"
+                    reasons[r.phase].append(f"{what} jumps by {d:+.1f} {unit} from {against}")
     return {phase: "; ".join(text) for phase, text in reasons.items() if text}
 
 

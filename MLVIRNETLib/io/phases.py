@@ -124,10 +124,25 @@ def _natural_key(text: str) -> list[Any]:
 def _four_d(path: Path) -> list[PhaseInput] | None:
     """The volumes of a 4-D image file as phases, or ``None`` when ``path`` is not 4-D."""
     reader = image_header(path)
+    _check_scalar(path, reader)
     if reader.GetDimension() != 4 or reader.GetSize()[3] < 2:
         return None
     check_input(path)
     return [PhaseInput(f"phase{v:02d}", path, v) for v in range(reader.GetSize()[3])]
+
+
+def _check_scalar(path: Path, reader: sitk.ImageFileReader) -> None:
+    """Refuse an image with several values per voxel (a Slicer sequence file ``.seq.nrrd`` keeps
+    its volumes as the components of one 3-D image; a vector or colour image is no CT).
+
+    Raises:
+        ValueError: more than one component per voxel.
+    """
+    n = reader.GetNumberOfComponents()
+    if n > 1:
+        raise ValueError(f"{path} has {n} values per voxel (a vector image, such as a Slicer sequence .seq.nrrd); "
+                         "a phase is a CT with one value per voxel: save the phases as separate files or as one "
+                         "4-D image")
 
 
 def _is_image_file(path: Path) -> bool:
@@ -203,7 +218,8 @@ def find_phases(items: Sequence[PathLike]) -> list[PhaseInput]:
 
     Raises:
         FileNotFoundError: a file, folder or glob that matches nothing.
-        ValueError: fewer than 2 phases, a phase that is not 3-D (2-D, a single slice), two
+        ValueError: fewer than 2 phases, a phase that is not 3-D (2-D, a single slice) or has
+            several values per voxel (a vector image such as a Slicer ``.seq.nrrd``), two
             phases of the same name, a folder without images, a DICOM folder whose phases cannot
             be told apart.
     """
@@ -235,6 +251,8 @@ def find_phases(items: Sequence[PathLike]) -> list[PhaseInput]:
                          "rename the files")
     for q in phases:
         if q.volume is None and not q.files:
+            if q.path.is_file():
+                _check_scalar(q.path, image_header(q.path))
             grid = q.grid()  # a 2-D image or a single slice: ValueError naming the file
             if min(grid.size) < 2:
                 raise ValueError(f"{q.path} has size {grid.size}; a 3-D volume is required")

@@ -201,7 +201,8 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
         if i == reference:
             outer(1.0, f"{label}: reference phase (identity)")
             yield PhaseResult(i, names[i], True, Deformation.identity(ImageGrid.from_sitk(fixed)), None,
-                              reference_mask, reference_mask, list(ref_notes), time.perf_counter() - t0)
+                              reference_mask, reference_mask if phase_masks else None, list(ref_notes),
+                              time.perf_counter() - t0)
             continue
         try:
             moving = _load(phases[i], names[i])
@@ -210,9 +211,10 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
         notes = list(ref_notes)
         phase_mask = None
         if phase_masks or opts.refinement.beta > 0:
-            outer(0.0, f"{label}: lung mask")
-            try:
-                phase_mask = segment_lungs(moving, opts.lung_mask)
+            outer(0.0, f"{label}: lung mask", force=True)
+            try:  # its steps report progress, so that cancel is heard while it runs
+                phase_mask = segment_lungs(moving, opts.lung_mask,
+                                           progress=lambda f, m, lab=label: outer(0.0, f"{lab}: lung mask: {m}"))
             except ValueError as exc:
                 notes.append(f"no automatic lung mask of {names[i]} ({exc})")
         step_fixed, step_mask, before = previous if chain else (fixed, reference_mask, None)

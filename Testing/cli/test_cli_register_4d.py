@@ -20,7 +20,7 @@ from MLVIRNETLib.io.landmarks import write_landmarks
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 HAVE_MATPLOTLIB = importlib.util.find_spec("matplotlib") is not None
 QUICK = ["--model", "none", "--refine", "8", "--grid-size", "32", "32", "32", "--quiet"]
-"""Refinement alone on a 32-voxel working grid: about 2 s per phase of the 3 mm CT."""
+"""Refinement alone on a 32-voxel working grid: a quick registration of the 3 mm CT."""
 NAMES = ["phase00", "phase01", "phase02", "phase03"]
 
 
@@ -112,9 +112,9 @@ def test_a_4d_nifti_is_split_into_phases(synthetic_4dct_3mm, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("case", ["one phase", "2-D phase", "reference out of range", "unknown reference",
-                                  "landmark count"])
+                                  "landmark count", "last phase's landmarks unreadable", "last phase's point count"])
 def test_bad_input_gives_one_error_and_writes_nothing(series, tmp_path, capsys, case) -> None:
-    folder, marks, _ = series
+    folder, marks, points = series
     files = [str(folder / f"{n}.nii.gz") for n in NAMES]
     extra: list[str] = []
     if case == "one phase":
@@ -127,13 +127,37 @@ def test_bad_input_gives_one_error_and_writes_nothing(series, tmp_path, capsys, 
         extra, message = ["--reference", "4"], "reference 4 is out of range: there are 4 phases, numbered 0..3"
     elif case == "unknown reference":
         extra, message = ["--reference", "T50"], "reference 'T50' is not a phase; the phases are phase00, phase01"
-    else:
+    elif case == "landmark count":
         extra, message = ["--landmarks", *map(str, marks[:3])], "3 landmark files for 4 phases"
+    elif case == "last phase's landmarks unreadable":
+        bad = tmp_path / "phase03.csv"
+        bad.write_text("not,a\nlandmark,file\n", encoding="utf-8")
+        extra, message = ["--landmarks", *map(str, marks[:3]), str(bad)], f"landmarks of phase phase03 ({bad}): "
+    else:
+        few = write_landmarks(points[3][:5], tmp_path / "phase03.csv")
+        extra = ["--landmarks", *map(str, marks[:3]), str(few)]
+        message = f"landmarks of phase phase03 ({few}): 5 points, but the reference phase phase00 has 20"
     out = tmp_path / "out"
     assert main(["register-4d", *files, "-o", str(out), *QUICK, *extra]) == 2
     err = capsys.readouterr().err
     assert err.startswith("mlvirnet register-4d: error: ") and message in err and len(err.splitlines()) == 1
     assert not out.exists()
+
+
+def test_a_reference_without_lungs_gives_one_error_before_any_registration(tmp_path, capsys) -> None:
+    z, y, x = np.mgrid[:20, :24, :24]
+    files = []
+    for k in range(2):  # a soft-tissue cylinder in air: a body without lungs
+        body = np.where((y - 12) ** 2 + (x - 12) ** 2 < 81, 40, -1000) + 10 * np.random.default_rng(k).standard_normal(x.shape)
+        image = sitk.GetImageFromArray(body.astype(np.int16))
+        image.SetSpacing((8.0, 8.0, 8.0))
+        files.append(str(tmp_path / f"soft{k}.nii.gz"))
+        sitk.WriteImage(image, files[-1])
+    out = tmp_path / "out"
+    assert main(["register-4d", *files, "-o", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mlvirnet register-4d: error: reference phase soft0: no lung found") and len(err.splitlines()) == 1
+    assert "the motion summary is measured in the reference phase's lungs" in err and not out.exists()
 
 
 def test_the_real_4dct_breathes(shared_data, tmp_path) -> None:
@@ -173,6 +197,49 @@ def test_a_phase_that_fails_stops_the_run_and_a_rerun_goes_on(synthetic_4dct_3mm
     assert info["registered"] == ["phase02"] and info["done_before"] == ["phase00", "phase01"]
 
 
+def test_new_landmarks_give_done_phases_their_tre_without_registering_again(synthetic_4dct_3mm, tmp_path, capsys) -> None:
+    from MLVIRNETLib.evaluation.metrics import tre
+
+    phases, _, _, points = synthetic_4dct_3mm
+    files = []
+    for name, image in zip(NAMES[:3], phases):
+        files.append(str(tmp_path / f"{name}.nii.gz"))
+        sitk.WriteImage(image, files[-1])
+    marks = [str(write_landmarks(p, tmp_path / f"{n}.csv")) for n, p in zip(NAMES, points)]
+    out = tmp_path / "out"
+    assert _run(["register-4d", *files, "-o", str(out), *TINY, "--json"])["registered"] == NAMES[:3]
+    assert _summary(out)["phase02"]["tre_mean_mm"] == ""
+    field_time = (out / "phase02" / "field.nii.gz").stat().st_mtime_ns
+    info = _run(["register-4d", *files, "-o", str(out), *TINY, "--json", "--landmarks", *marks[:3]])
+    assert info["registered"] == [] and info["done_before"] == NAMES[:3]
+    assert "phase02: TRE from its stored field" in capsys.readouterr().err
+    assert (out / "phase02" / "field.nii.gz").stat().st_mtime_ns == field_time
+    expected = tre(points[0], points[2], read_field(out / "phase02" / "field.nii.gz"))
+    row = _summary(out)["phase02"]
+    assert row["landmarks"] == "20" and float(row["tre_mean_mm"]) == pytest.approx(expected.mean, abs=1e-4)
+    info = _run(["register-4d", *files, "-o", str(out), *TINY, "--json"])  # landmarks taken away again
+    assert info["registered"] == [] and _summary(out)["phase02"]["tre_mean_mm"] == ""
+
+
+def test_4d75_tags_no_phase_holds_are_left_out_with_a_note(synthetic_4dct_3mm, tmp_path, capsys) -> None:
+    files = []
+    for tag, image in zip(("T00", "T20", "T40"), synthetic_4dct_3mm[0]):
+        files.append(str(tmp_path / f"case1_{tag}.nii.gz"))
+        sitk.WriteImage(image, files[-1])
+    marks = tmp_path / "Sampled4D"
+    marks.mkdir()
+    for k in range(6):  # DIR-LAB voxel indices (1-based), inside the 3 mm CT
+        rows = [(20 + 3 * p, 25 + 2 * p, 30 + p + k) for p in range(5)]
+        (marks / f"case1_4D-75_T{10 * k:02d}.txt").write_text("".join(f"{x}\t{y}\t{z}\t\n" for x, y, z in rows))
+    out = tmp_path / "out"
+    info = _run(["register-4d", *files, "-o", str(out), *TINY, "--json", "--landmarks", str(marks)])
+    assert info["registered"] == ["case1_T00", "case1_T20", "case1_T40"]
+    err = capsys.readouterr().err
+    assert [line.split()[6] for line in err.splitlines() if "left out" in line] == ["T10", "T30", "T50"]
+    assert {n: row["landmarks"] for n, row in _summary(out).items()} == {"case1_T00": "5", "case1_T20": "5",
+                                                                        "case1_T40": "5"}
+
+
 def test_4d75_files_go_to_the_phase_named_by_their_tag_else_by_position(tmp_path) -> None:
     from MLVIRNETLib.evaluation.series_run import phase_landmarks
     from MLVIRNETLib.io.phases import PhaseInput
@@ -189,3 +256,10 @@ def test_4d75_files_go_to_the_phase_named_by_their_tag_else_by_position(tmp_path
                                                                                              5: "T50"}
     with pytest.raises(ValueError, match="4D-75 landmarks of phase T50 .* but only 3 phases"):
         phase_landmarks(by_position[:3], [marks])
+    for tag in ("T20", "T30", "T40"):
+        (marks / f"case2_4D-75_{tag}.txt").write_text("1\t1\t1\n")
+    some_named = [PhaseInput(tag, tmp_path / f"{tag}.nii.gz") for tag in ("T00", "T20", "T40", "T60", "T70", "T80")]
+    notes: list[str] = []
+    assert {some_named[k].name: p.name[-7:-4] for k, p in phase_landmarks(some_named, [marks], notes).items()} == {
+        "T00": "T00", "T20": "T20", "T40": "T40"}  # T30 and T50 go to no phase by position
+    assert [n.split()[4] for n in notes] == ["T10", "T30", "T50"] and "left out: no phase is named with T30" in notes[1]

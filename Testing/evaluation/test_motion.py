@@ -118,6 +118,25 @@ def test_a_phase_that_jumps_is_flagged() -> None:
     assert (summary.end_inhale, summary.end_exhale) == ("T00", "T50") and summary.rows[6].flagged
 
 
+HALF = [3000 - 500 * (1 - math.cos(math.pi * k / 5)) / 2 for k in range(6)]
+"""DIR-LAB's T00..T50: end-inhale to end-exhale, half a breathing cycle (the lungs lose 500 ml)."""
+HALF_SI = [-16 * (1 - math.cos(math.pi * k / 5)) / 2 for k in range(6)]
+
+
+def test_a_half_cycle_is_not_closed_into_a_loop() -> None:
+    summary = summarize_series(_rows(HALF, HALF_SI))
+    assert summary.flagged == {} and (summary.end_inhale, summary.end_exhale) == ("T00", "T50")
+    assert "T50" in flag_phases(_rows(HALF, HALF_SI), cyclic=True)  # its neighbour across the loop is T00
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_a_jump_in_a_half_cycle_is_flagged_at_that_phase_only(k) -> None:
+    volumes = list(HALF)
+    volumes[k] -= 400.0
+    flags = flag_phases(_rows(volumes, HALF_SI))
+    assert list(flags) == [f"T{10 * k:02d}"] and "lung volume jumps by -" in flags[f"T{10 * k:02d}"]
+
+
 def test_a_failed_quality_check_or_a_poor_lung_dice_is_flagged() -> None:
     rows = _rows(BREATHING[:3], quality_ok=[None, False, True])
     rows[2].lung_dice = 0.6

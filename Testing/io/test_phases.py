@@ -81,3 +81,23 @@ def test_a_folder_is_taken_in_natural_order_and_a_4d_image_is_split(tmp_path) ->
     phases = find_phases([tmp_path / "4d.nrrd"])
     assert [(p.name, p.volume) for p in phases] == [("phase00", 0), ("phase01", 1)]
     assert _same(phases[1].load(), _phase(1))
+
+
+def test_a_vector_image_is_refused_with_one_message(tmp_path) -> None:
+    sequence = sitk.Compose([_phase(0), _phase(1), _phase(2)])  # as Slicer keeps a sequence in one .seq.nrrd
+    sitk.WriteImage(sequence, str(tmp_path / "ct.seq.nrrd"))
+    sitk.WriteImage(_phase(0), str(tmp_path / "phase0.nii.gz"))
+    for items in ([tmp_path / "ct.seq.nrrd"], [tmp_path / "phase0.nii.gz", tmp_path / "ct.seq.nrrd"], [tmp_path]):
+        with pytest.raises(ValueError, match=r"ct.seq.nrrd has 3 values per voxel \(a vector image"):
+            find_phases(items)
+
+
+def test_a_reference_named_like_a_number_is_the_phase_of_that_name(tmp_path) -> None:
+    from MLVIRNETLib.evaluation.series_run import resolve_reference
+    from MLVIRNETLib.io.phases import PhaseInput
+
+    phases = [PhaseInput(name, tmp_path / f"{name}.nii.gz") for name in ("0", "10", "20", "30", "40", "50")]
+    assert resolve_reference(phases, "50") == 5 and resolve_reference(phases, "10") == 1
+    assert resolve_reference(phases, "3") == 3 and resolve_reference(phases, 0) == 0
+    with pytest.raises(ValueError, match="reference 60 is out of range"):
+        resolve_reference(phases, "60")

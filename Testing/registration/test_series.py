@@ -18,7 +18,7 @@ from MLVIRNETLib.registration.series import register_series
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 QUICK = options_for("standard", refinement={"iterations": (10, 5)}, grid={"max_voxels": 32})
-"""Refinement alone on a 32-voxel working grid: about 2 s per phase of the 3 mm CT."""
+"""Refinement alone on a 32-voxel working grid: a quick registration of the 3 mm CT."""
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +91,24 @@ def test_progress_spans_the_series_and_cancel_stops_between_phases(synthetic_4dc
     stop["now"] = True
     with pytest.raises(RegistrationCancelled):
         next(series)
+
+
+def test_cancel_is_heard_while_a_phase_lung_mask_is_made(synthetic_4dct_3mm) -> None:
+    phases = synthetic_4dct_3mm[0][:2]
+    reports: list[str] = []
+    series = register_series(phases, 0, names=["T00", "T10"], which=[1], model=None, device="cpu", options=QUICK,
+                             progress=lambda f, m: reports.append(m),
+                             cancel=lambda: any(m.startswith("T10 (1/1): lung mask") for m in reports))
+    with pytest.raises(RegistrationCancelled) as stopped:
+        next(series)
+    assert "T10 (1/1): lung mask" in reports  # stopped in the lung mask, before the registration began
+    assert any(entry.path.name == "lungmask.py" for entry in stopped.traceback)
+
+
+def test_the_reference_gets_no_phase_mask_when_none_is_asked_for(synthetic_4dct_3mm) -> None:
+    phases = synthetic_4dct_3mm[0][:2]
+    (item,) = register_series(phases, 0, which=[0], phase_masks=False, model=None, device="cpu", options=QUICK)
+    assert item.is_reference and item.phase_mask is None and item.reference_mask is not None
 
 
 def test_which_registers_only_the_phases_asked_for(synthetic_4dct_3mm) -> None:
