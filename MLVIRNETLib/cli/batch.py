@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .progress import progress_bar
-from .settings import add_registration_arguments, check_registration_arguments, registration_settings
+from .settings import add_output_arguments, add_registration_arguments, check_registration_arguments, registration_settings
 
 EPILOG = """\
 manifest: a CSV with a header row; lower-case columns id, fixed, moving and optionally fixed_mask,
@@ -57,9 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--shard", default="1/1", metavar="I/N",
                    help="register only shard I of N (1-based; default 1/1 = every pair)")
     add_registration_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object with the outcome on stdout")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress (default: a bar on a terminal, else a line every 5 s)")
+    add_output_arguments(p)
     return p
 
 

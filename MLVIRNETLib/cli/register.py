@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import CLIError, check_output, same_file
 from .progress import progress_bar
-from .settings import add_registration_arguments, check_registration_arguments, registration_settings
+from .settings import add_output_arguments, add_registration_arguments, check_registration_arguments, registration_settings
 
 EPILOG = """\
 presets (held-out CTs with 20 / 30 mm synthetic breathing, the shipped model, 2-core CPU; docs/performance.md):
@@ -57,9 +57,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fixed-mask", type=Path, metavar="M", help="lung mask of FIXED (same grid); default: automatic")
     p.add_argument("--moving-mask", type=Path, metavar="M", help="lung mask of MOVING (same grid)")
     add_registration_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object with timings and diagnostics on stdout")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress (default: a bar on a terminal, else a line every 5 s)")
+    add_output_arguments(p, json_help="print one JSON object with timings and diagnostics on stdout")
     return p
 
 

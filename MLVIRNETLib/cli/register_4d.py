@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .progress import progress_bar
-from .register import add_registration_arguments, check_registration_arguments, registration_settings
+from .settings import add_output_arguments, add_registration_arguments, check_registration_arguments, registration_settings
 
 EPILOG = """\
 phases: image files (one per phase; or one DICOM folder per phase), a folder of image files, a glob
@@ -67,9 +67,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--landmarks", nargs="+", type=Path, default=None, metavar="L",
                    help="landmarks that follow the phases: a folder of DIR-LAB 4D-75 files or one file per phase")
     add_registration_arguments(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object with the outcome on stdout")
-    p.add_argument("--quiet", action="store_true",
-                   help="no progress (default: a bar on a terminal, else a line every 5 s)")
+    add_output_arguments(p)
     return p
 
 

@@ -84,3 +84,10 @@ def registration_settings(args) -> tuple["RegistrationOptions", str | Path | Non
     )
     model = None if args.model == "none" else ("default" if args.model == "default" else Path(args.model))
     return options, model
+
+
+def add_output_arguments(p: argparse.ArgumentParser, json_help: str = "print one JSON object with the outcome on stdout") -> None:
+    """--json and --quiet, spelled the same in every sub-command that registers."""
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress (default: a bar on a terminal, else a line every 5 s)")
