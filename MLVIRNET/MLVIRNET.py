@@ -964,7 +964,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         import SimpleITK as sitk
 
         from MLVIRNETLib import mrml as L
-        from MLVIRNETLib.core.geometry import ImageGrid
+        from MLVIRNETLib.core.geometry import ImageGrid, lps_to_ras
         from MLVIRNETLib.paths import bundled_ct_path
         from MLVIRNETLib.registration import RegistrationOptions
 
@@ -990,7 +990,7 @@ class MLVIRNETTest(ScriptedLoadableModuleTest):
         self.assertEqual(nodes.transformSequence.GetNumberOfDataNodes(), 2)
         self.assertTrue(browser.IsSynchronizedSequenceNode(nodes.transformSequence, False))
         self.assertIs(browser.GetProxyNode(sequence).GetParentTransformNode(), nodes.proxyTransform)
-        point = np.asarray(reference.TransformContinuousIndexToPhysicalPoint([24.0, 22.0, 20.0])) * [-1, -1, 1]
+        point = lps_to_ras(np.asarray(reference.TransformContinuousIndexToPhysicalPoint([24.0, 22.0, 20.0])))
         for k in (1, 0):
             browser.SetSelectedItemNumber(k)
             expected = nodes.transformSequence.GetNthDataNode(k).GetTransformFromParent().TransformPoint(*point)

@@ -44,7 +44,7 @@ import SimpleITK as sitk
 import torch
 
 from ..core.deformation import Deformation, jacobian_determinant
-from ..core.geometry import ImageGrid, index_affine_terms
+from ..core.geometry import ImageGrid, index_affine_terms, zyx_to_xyz
 from .metrics import map_points, tre
 
 PathLike = str | os.PathLike
@@ -241,7 +241,7 @@ def _lung_jacobian(field: Deformation, lungs: np.ndarray) -> np.ndarray:
     hits = np.argwhere(lungs)
     lo = np.maximum(hits.min(axis=0) - 1, 0)
     hi = np.minimum(hits.max(axis=0) + 2, lungs.shape)
-    box = field.grid.cropped(lo[::-1], hi[::-1])  # (x, y, z) index bounds
+    box = field.grid.cropped(zyx_to_xyz(lo), zyx_to_xyz(hi))
     u = field.displacement[:, :, lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
     det = jacobian_determinant(u, box)[0, 0].numpy()
     return det[lungs[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]].astype(np.float64)

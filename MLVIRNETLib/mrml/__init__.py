@@ -12,7 +12,8 @@ Importing this package needs neither Slicer nor torch (both are imported inside 
 May import: every subpackage except :mod:`MLVIRNETLib.cli` and :mod:`MLVIRNETLib.training`.
 """
 
-from .logic import NO_MODEL, RegistrationLogic
+from .checks import NO_MODEL
+from .logic import RegistrationLogic
 from .nodes import (
     arrayFromVolumeNode,
     deformationToGridTransform,

@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from .nodes import nodeName, requireNode, requireNoParentTransform
 
+NO_MODEL = "none"
+"""``model`` value for registering without a network (variational multilevel refinement alone)."""
+
+
+def resolveModel(model):
+    """The module's model choice as the library's ``model`` argument: ``None``, ``""`` or
+    ``"default"`` -> ``"default"`` (the shipped model), :data:`NO_MODEL` -> ``None`` (no network),
+    anything else (a path or a network) as it is."""
+    if model is None or (isinstance(model, str) and model in ("", "default")):
+        return "default"
+    if isinstance(model, str) and model.lower() == NO_MODEL:
+        return None
+    return model
+
 
 def checkRegistrationInputs(
     fixedVolumeNode,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from ..core.progress import Progress, ProgressFn
-from .checks import checkRegistrationInputs
+from .checks import checkRegistrationInputs, resolveModel
 from .tre_table import fillTreTable, formatTreStats, treStats
 from .outputs import RegistrationSummary, jacobianImage, setJacobianDisplay, warpedImage
 from .nodes import (
@@ -68,8 +68,6 @@ DEFAULT_TRANSFORM_NAME = "MLVIRNET transform"
 
 from .worker import PROGRESS_INTERVAL_S, runInWorkerThread  # noqa: E402
 
-NO_MODEL = "none"
-"""``model`` value for registering without a network (variational multilevel refinement alone)."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -208,10 +206,7 @@ class RegistrationLogic:
         with passive_waiting_while_loading():
             from .. import registration
         resolvedOptions = self.registrationOptions(options, refineIterations, affine, preset)
-        if model is None or (isinstance(model, str) and model in ("", "default")):
-            model = "default"
-        elif isinstance(model, str) and model.lower() == NO_MODEL:
-            model = None
+        model = resolveModel(model)
 
         def work(progress: ProgressFn):
             # the worker touches no MRML node; a Progress with the cancel check stops every stage

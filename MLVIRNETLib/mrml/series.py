@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ..core.progress import CancelFn, Progress, ProgressFn
+from .checks import resolveModel
 from .motion_nodes import addMotionCharts, fillMotionTable
 from .nodes import gridFromVolumeNode, nodeName, removeNodeAndDisplay, requireNode, requireNoParentTransform
 from .outputs import jacobianImage, setJacobianDisplay
@@ -184,16 +185,6 @@ def checkSeriesInputs(phases, referenceIndex: int) -> _Input:
     return _Input(scene, sequence, volumes, names, indexValues, baseName)
 
 
-def _resolveModel(model):
-    from .logic import NO_MODEL
-
-    if model is None or (isinstance(model, str) and model in ("", "default")):
-        return "default"
-    if isinstance(model, str) and model.lower() == NO_MODEL:
-        return None
-    return model
-
-
 @dataclass
 class _PhaseOutput:
     index: int
@@ -263,7 +254,7 @@ def registerSequence(
         from ..registration.series import register_series
         from .nodes import deformationToGridTransform
     resolvedOptions = options() if options is not None else None
-    resolvedModel = _resolveModel(model)
+    resolvedModel = resolveModel(model)
     names = inputs.names
 
     def work(progress: ProgressFn) -> list[_PhaseOutput]:
