@@ -194,27 +194,58 @@ def jacobian_determinant(
 ) -> torch.Tensor:
     """``det(I + grad u)`` for ``u`` ``(N, 3, D, H, W)`` in mm on ``grid`` -> ``(N, 1, D, H, W)``.
 
+    With ``M`` the linear part of the grid's index -> world map and ``G = du/d index`` (central
+    differences inside, one-sided at the border), ``grad u = G M^-1``, so
+    ``det(I + grad u) = det((M + G) M^-1) = det(M + G) / det(M)``: nine derivative volumes and one
+    closed-form determinant per voxel (:func:`det3`), without a matrix product per voxel.
+
     Computed in 8 z slabs, each with one slice of its neighbours on either side for the central
-    differences (the same values as at once; the gradient of one slab at a time is held, not the
-    whole field's nine components), with ``progress(fraction, message)`` after each.
+    differences (the same values as at once; the derivatives of one slab at a time are held, not
+    the whole field's nine components), with ``progress(fraction, message)`` after each.
     """
     check_volume(displacement, grid, "displacement")
     dtype = torch.float32 if displacement.dtype in (torch.float16, torch.bfloat16) else displacement.dtype
     n, _, depth, height, width = displacement.shape
     out = torch.empty((n, depth, height, width), dtype=dtype, device=displacement.device)
-    eye = torch.eye(3, dtype=displacement.dtype, device=displacement.device)
+    m = np.asarray(grid.index_to_world_matrix(), dtype=float)[:3, :3]
+    inv_det_m = 1.0 / float(np.linalg.det(m))
     nx, ny, _ = grid.size
     step = max(1, -(-depth // 8))
     for z0 in range(0, depth, step):
         z1 = min(depth, z0 + step)
         lo, hi = max(0, z0 - 1), min(depth, z1 + 1)  # the halo slices
-        slab = grid.cropped((0, 0, lo), (nx, ny, hi))
-        jac = spatial_gradient(displacement[:, :, lo:hi], slab) + eye
-        out[:, z0:z1] = torch.linalg.det(jac[:, z0 - lo : z1 - lo].to(dtype))
-        del jac
+        u = displacement[:, :, lo:hi].to(dtype)
+        per_axis = []  # d u / d index along x, y, z (tensor dims 2 + their array axis)
+        for axis, size in enumerate(grid.size):
+            if size < 2:
+                per_axis.append(torch.zeros_like(u[:, :, z0 - lo : z1 - lo]))
+            else:
+                d = torch.gradient(u, dim=2 + index_axis_to_array_axis(axis))[0]
+                per_axis.append(d[:, :, z0 - lo : z1 - lo])
+        entries = [[per_axis[b][:, c] + float(m[c, b]) for b in range(3)] for c in range(3)]
+        out[:, z0:z1] = det3(entries) * inv_det_m
+        del per_axis, entries
         if progress is not None:
             progress(z1 / depth, "Jacobian determinant")
     return out[:, None]
+
+
+def det3(m) -> torch.Tensor:
+    """Determinants of 3 x 3 matrices by cofactor expansion along the first row: the same values
+    as ``torch.linalg.det`` to float rounding, without a batched LU factorisation per matrix
+    (several times faster for millions of voxels).
+
+    Args:
+        m: a ``(..., 3, 3)`` tensor, or a 3 x 3 nested sequence ``m[row][column]`` of tensors that
+            broadcast together (one volume per entry).
+
+    Returns:
+        ``(...)``, or the broadcast shape of the entries.
+    """
+    if isinstance(m, torch.Tensor):
+        m = [[m[..., r, c] for c in range(3)] for r in range(3)]
+    (a, b, c), (d, e, f), (g, h, i) = m
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
 
 
 def folding_fraction(det: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:

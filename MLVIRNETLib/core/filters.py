@@ -20,6 +20,21 @@ from .sampling import check_volume, sample_on_grid
 # ----------------------------------------------------------------------------------------------
 # smoothing
 # ----------------------------------------------------------------------------------------------
+def box_max(volume: torch.Tensor, radius: int) -> torch.Tensor:
+    """The maximum over the ``(2 radius + 1)^3`` box around every voxel of ``(N, C, D, H, W)``
+    (a grey dilation; the box is cut at the border).
+
+    A box maximum is the maximum of maxima along each axis in turn, so three 1-D passes give the
+    same values as one 3-D ``max_pool3d`` with ``(2 radius + 1)^3`` comparisons per voxel.
+    """
+    if radius <= 0:
+        return volume
+    k = 2 * radius + 1
+    out = F.max_pool3d(volume, (k, 1, 1), stride=1, padding=(radius, 0, 0))
+    out = F.max_pool3d(out, (1, k, 1), stride=1, padding=(0, radius, 0))
+    return F.max_pool3d(out, (1, 1, k), stride=1, padding=(0, 0, radius))
+
+
 def gaussian_kernel1d(sigma: float, truncate: float = 3.0, dtype=torch.float32, device=None) -> torch.Tensor:
     """Normalised 1-D Gaussian with standard deviation ``sigma`` voxels, radius ``ceil(truncate*sigma)``."""
     radius = max(1, int(math.ceil(truncate * sigma)))

@@ -62,6 +62,7 @@ def lbfgs(
     tolerance_grad: float = 1e-7,
     tolerance_change: float = 1e-9,
     on_evaluation: Callable[[int, float], None] | None = None,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> LbfgsResult:
     """Minimise ``f`` from ``x0`` (not modified) with L-BFGS and a strong-Wolfe line search.
 
@@ -76,6 +77,10 @@ def lbfgs(
             by less than this.
         on_evaluation: called after every evaluation with ``(evaluations so far, value)``; it may
             raise to stop (a cancel).
+        precondition: an optional symmetric positive definite linear map ``P`` (a tensor of the
+            shape of ``x`` in, one out): the initial inverse Hessian of every iteration is
+            ``gamma P`` with ``gamma = s.y / y.P y`` instead of ``gamma I`` (a preconditioned
+            L-BFGS; the first direction is ``-P g``).
 
     Raises:
         ValueError: ``max_iter < 1`` or ``history < 1``.
@@ -92,13 +97,15 @@ def lbfgs(
     y_list: list[torch.Tensor] = []
     rho: list[float] = []
     h_diag = 1.0
+    apply_p = precondition if precondition is not None else (lambda v: v)
     for iteration in range(1, max_iter + 1):
-        d = _direction(grad, s_list, y_list, rho, h_diag)
+        d = _direction(grad, s_list, y_list, rho, h_diag, apply_p)
         gtd = float(grad.flatten() @ d.flatten())
-        if gtd > -tolerance_change:  # not a descent direction (numerical noise): restart along -g
+        if gtd > -tolerance_change:  # not a descent direction (numerical noise): restart along -P g
             s_list.clear(), y_list.clear(), rho.clear()
-            d, gtd = -grad, -float(grad.flatten() @ grad.flatten())
-        step = min(1.0, 1.0 / float(grad.abs().sum())) if iteration == 1 else 1.0
+            d = -apply_p(grad)
+            gtd = float(grad.flatten() @ d.flatten())
+        step = min(1.0, 1.0 / float(d.abs().sum())) if iteration == 1 else 1.0
         search = _strong_wolfe(counter, x, value, grad, d, gtd, step, tolerance_change, max_eval)
         if search is None:
             return LbfgsResult(x, value, iteration - 1, counter.n, "line search")
@@ -112,7 +119,7 @@ def lbfgs(
             s_list.append(s)
             y_list.append(y)
             rho.append(1.0 / ys)
-            h_diag = ys / float(y.flatten() @ y.flatten())
+            h_diag = ys / float(y.flatten() @ apply_p(y).flatten())
         x = x + s
         change = abs(new_value - value)
         value, grad = new_value, new_grad
@@ -143,15 +150,15 @@ class _Counter:
 
 
 def _direction(grad: torch.Tensor, s_list: list[torch.Tensor], y_list: list[torch.Tensor], rho: list[float],
-               h_diag: float) -> torch.Tensor:
-    """``-H g`` by the two-loop recursion."""
+               h_diag: float, apply_p: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """``-H g`` by the two-loop recursion, with the initial inverse Hessian ``h_diag * P``."""
     q = -grad.clone()
     alphas = []
     for s, y, r in zip(reversed(s_list), reversed(y_list), reversed(rho)):
         a = r * float(s.flatten() @ q.flatten())
         alphas.append(a)
         q.add_(y, alpha=-a)
-    q.mul_(h_diag)
+    q = apply_p(q).mul_(h_diag)
     for (s, y, r), a in zip(zip(s_list, y_list, rho), reversed(alphas)):
         b = r * float(y.flatten() @ q.flatten())
         q.add_(s, alpha=a - b)

@@ -42,7 +42,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from ..core.deformation import Deformation
+from ..core.deformation import Deformation, folding_fraction
 from ..core.devices import resolve_device, synchronize
 from ..core.filters import resample_antialiased
 from ..core.geometry import ImageGrid
@@ -396,14 +396,25 @@ def _field_stage(
     """The full-resolution map ``A (x + u_phi(x))`` on the fixed ``grid``, the folding fraction of
     the network-grid map, and the level deformations with the affine composed in."""
     # sub-steps of under a second each on a CPU (a cancel is checked between them)
-    total_net = compose_affine(affine, phi) if affine is not None else phi
     prog(0.1, "folding")
-    folding = float(total_net.folding_fraction(progress=lambda f, m: prog(0.1 + 0.3 * f, m))[0])
+    folding = _folding_of_composition(phi, affine, progress=lambda f, m: prog(0.1 + 0.3 * f, m))
     if affine is not None:
         levels = [compose_affine(affine, lv) for lv in levels]
     prog(0.5, "full-resolution field: slabs")
     deformation = full_field(phi, affine, grid, opts.runtime.slab_voxels, dev, progress=lambda f, m: prog(0.5 + 0.5 * f, m))
     return deformation, folding, levels
+
+
+def _folding_of_composition(phi: Deformation, affine: np.ndarray | None, progress: ProgressFn | None = None) -> float:
+    """The fraction of ``phi``'s grid where ``y(x) = A (x + u_phi(x))`` folds (``det J <= 0``).
+
+    ``J = A_lin (I + grad u_phi)``, so ``det J = det(A_lin) det(I + grad u_phi)``: the sign of
+    ``det(A_lin)`` and the Jacobian of ``phi`` decide, without composing the affine map in.
+    """
+    det = phi.jacobian_determinant(progress)
+    if affine is not None and float(np.linalg.det(np.asarray(affine, dtype=float)[:3, :3])) < 0:
+        det = -det
+    return float(folding_fraction(det)[0])
 
 
 @contextlib.contextmanager

@@ -23,9 +23,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..core.deformation import Deformation
+from ..core.filters import box_max
 from ..core.geometry import ImageGrid
 from ..core.sampling import check_volume
 
@@ -62,16 +62,14 @@ class QualityCheck:
         return {k: (round(v, 4) if isinstance(v, float) else v) for k, v in asdict(self).items()}
 
 
-def _weighted_ncc(a: torch.Tensor, b: torch.Tensor, w: torch.Tensor) -> float:
-    a, b, w = a.double(), b.double(), w.double()
-    total = w.sum()
-    if float(total) <= 0:
+def _ncc(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Normalised cross-correlation of two equally long sets of values (sums in float64)."""
+    if a.numel() == 0:
         return 0.0
-    ma, mb = (w * a).sum() / total, (w * b).sum() / total
-    da, db = a - ma, b - mb
-    cov = (w * da * db).sum()
-    var = ((w * da * da).sum() * (w * db * db).sum()).sqrt()
-    return float(cov / var) if float(var) > 0 else 0.0
+    a, b = a.double(), b.double()
+    da, db = a - a.mean(), b - b.mean()
+    var = ((da * da).sum() * (db * db).sum()).sqrt()
+    return float((da * db).sum() / var) if float(var) > 0 else 0.0
 
 
 def check_quality(
@@ -102,17 +100,20 @@ def check_quality(
             check_volume(t, grid, name)
     with torch.no_grad():
         phi = deformation.on_grid(grid).to(device=fixed.device, dtype=torch.float32)
-        warped = phi.warp(moving.float(), grid)
+        both = moving_mask is not None and fixed_mask is not None
+        # the moving image and its mask through one sampling of the deformation's points
+        channels = torch.cat([moving.float(), moving_mask.float()], dim=1) if both else moving.float()
+        warped_all = phi.warp(channels, grid)
+        warped = warped_all[:, :1]
         if fixed_mask is not None and float(fixed_mask.sum()) > 0:
-            k = 2 * MASK_MARGIN_VOXELS + 1
-            weight = F.max_pool3d((fixed_mask > 0.5).float(), k, stride=1, padding=MASK_MARGIN_VOXELS)
+            inside = box_max((fixed_mask > 0.5).float(), MASK_MARGIN_VOXELS) > 0
+            ncc = _ncc(fixed.float()[inside], warped[inside])
         else:
-            weight = torch.ones_like(fixed, dtype=torch.float32)
-        ncc = _weighted_ncc(fixed.float(), warped, weight)
+            ncc = _ncc(fixed.float().flatten(), warped.flatten())
         dice = None
-        if fixed_mask is not None and moving_mask is not None:
+        if both:
             a = fixed_mask > 0.5
-            b = phi.warp(moving_mask.float(), grid) > 0.5
+            b = warped_all[:, 1:] > 0.5
             denom = float(a.sum() + b.sum())
             dice = 2.0 * float((a & b).sum()) / denom if denom > 0 else None
     ok = ncc >= ncc_threshold and (dice is None or dice >= dice_threshold)

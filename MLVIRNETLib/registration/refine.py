@@ -71,6 +71,12 @@ class RefineOptions:
         identity_start: the first level starts from the identity instead of ``initial`` when the
             identity has the lower objective there (a network's small spurious motion on nearly
             identical scans is then not kept where the images give no gradient to undo it).
+        smoothing_voxels: L-BFGS only. ``rho > 0`` preconditions every L-BFGS direction with
+            ``P = (I + rho^4 L^2)^-1``, ``L`` the Laplacian in units of the level's smallest voxel
+            (see :func:`smoothing_preconditioner`): a direction loses its detail finer than about
+            ``rho`` voxels, so a step can move the smooth part of the displacement as far as the
+            curvature term lets it instead of as far as its stiffest detail allows. The minimum
+            sought is the same; ``0`` turns it off.
     """
 
     iterations: int | Sequence[int] = (150, 60)
@@ -81,6 +87,7 @@ class RefineOptions:
     optimizer: str = "lbfgs"
     learning_rate: float = 0.3
     identity_start: bool = True
+    smoothing_voxels: float = 0.0
 
     def __post_init__(self) -> None:
         factors = tuple(int(f) for f in self.level_factors)
@@ -93,6 +100,8 @@ class RefineOptions:
         if any(i < 0 for i in its):
             raise ValueError(f"iterations must be >= 0, got {self.iterations}")
         LossWeights(self.alpha, self.beta, self.ngf_eps)  # validates
+        if not (self.smoothing_voxels >= 0 and math.isfinite(self.smoothing_voxels)):
+            raise ValueError(f"smoothing_voxels must be a finite number >= 0, got {self.smoothing_voxels}")
 
     def iterations_per_level(self) -> list[int]:
         """Iterations for each level in ``level_factors`` order."""
@@ -194,7 +203,8 @@ def refine(
         learning_rate = opts.learning_rate * min(level.grid.spacing) / finest_spacing
         report = _level_reporter(prog, level.factor, n_it, done, total, max(level.grid.spacing))
         displacement, terms = _refine_level(
-            level, current, n_it, opts.optimizer, learning_rate, weights, prog.check_cancel, report
+            level, current, n_it, opts.optimizer, learning_rate, weights, prog.check_cancel, report,
+            opts.smoothing_voxels,
         )
         losses.append({k: float(v) for k, v in terms.items()})
         current = Deformation(level.grid, displacement)
@@ -339,6 +349,7 @@ def _refine_level(
     weights: LossWeights,
     check_cancel: Callable[[], None],
     report: _Report,
+    smoothing_voxels: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Optimise the displacement of one level, starting from ``start`` sampled on ``level.grid``.
 
@@ -354,6 +365,7 @@ def _refine_level(
         weights: the loss weights.
         check_cancel: called before every evaluation of the objective; raises to stop.
         report: called after every iteration.
+        smoothing_voxels: the L-BFGS preconditioner's ``rho`` (:class:`RefineOptions`).
 
     Returns:
         ``(displacement, terms)``: the optimised ``(1, 3, d, h, w)`` displacement (mm, detached) and
@@ -367,7 +379,10 @@ def _refine_level(
     if iterations > 0 and optimizer == "adam":
         _optimise_adam(objective, u_inner, iterations, learning_rate, n_voxels, report)
     elif iterations > 0:
-        _optimise_lbfgs(objective, u_inner, iterations, min(level.grid.spacing), n_voxels, report)
+        precondition = None
+        if smoothing_voxels > 0:
+            precondition = smoothing_preconditioner(tuple(u_inner.shape[2:]), level.grid.spacing, smoothing_voxels)
+        _optimise_lbfgs(objective, u_inner, iterations, min(level.grid.spacing), n_voxels, report, precondition)
     with torch.no_grad():
         _, terms = objective()
         displacement = _with_outer_layer(u_inner).detach().contiguous()
@@ -456,7 +471,8 @@ def _optimise_adam(
 
 
 def _optimise_lbfgs(
-    objective: _Objective, u_inner: torch.Tensor, iterations: int, voxel_mm: float, n_voxels: float, report: _Report
+    objective: _Objective, u_inner: torch.Tensor, iterations: int, voxel_mm: float, n_voxels: float, report: _Report,
+    precondition: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> None:
     """L-BFGS (strong-Wolfe line search, at most ``iterations`` iterations) on ``u_inner`` in place.
 
@@ -468,10 +484,14 @@ def _optimise_lbfgs(
     voxel size ``voxel_mm``; unscaled, it is a tiny step into the kink that trilinear interpolation
     has at voxel centres, which the line search accepts and the optimisation stalls.
     ``report(k, loss)`` follows every evaluation, ``k`` = evaluations so far (at most ``iterations``).
+    With ``precondition`` (``P``, see :func:`smoothing_preconditioner`) the directions are
+    preconditioned and the first step is scaled by ``P g``.
     """
     loss0, _ = objective()
     (loss0 * n_voxels).backward()
     grad = u_inner.grad.detach()
+    if precondition is not None:
+        grad = precondition(grad)
     g_max, g_sum = float(grad.abs().max()), float(grad.abs().sum())
     u_inner.grad = None
     if g_max <= LBFGS_TOLERANCE_GRAD:
@@ -492,7 +512,42 @@ def _optimise_lbfgs(
         f, u_inner.detach() / scale, max_iter=iterations, history=10,
         tolerance_grad=LBFGS_TOLERANCE_GRAD * scale, tolerance_change=LBFGS_TOLERANCE_CHANGE / scale,
         on_evaluation=lambda k, value: report(min(k, iterations), torch.tensor(value / n_voxels)),
+        precondition=precondition,
     )
     with torch.no_grad():
         u_inner.data = result.x * scale
         u_inner.grad = None
+
+
+def smoothing_preconditioner(
+    shape: tuple[int, int, int], spacing: Sequence[float], rho: float
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``v -> P v`` with ``P = (I + rho^4 L^2)^-1`` on ``(N, C, D, H, W)`` tensors of spatial ``shape``.
+
+    ``L`` is the 7-point Laplacian with periodic boundaries in units of the smallest voxel of
+    ``spacing`` (``(sx, sy, sz)`` mm): ``sum_a (h / s_a)^2 (v[i + e_a] - 2 v[i] + v[i - e_a])``. The
+    FFT diagonalises it: mode ``k`` has the symbol ``l(k) = sum_a (h / s_a)^2 (2 cos(2 pi k_a / n_a) - 2)``
+    and ``P`` multiplies it by ``1 / (1 + rho^4 l(k)^2)``. ``P`` is symmetric positive definite,
+    leaves a constant unchanged and damps detail finer than about ``rho`` voxels; a preconditioner
+    may be any such map (the minimiser does not change), and periodic boundaries keep it one FFT
+    pair per use.
+    """
+    depth, height, width = shape
+    h = min(float(v) for v in spacing)
+    sx, sy, sz = (float(v) for v in spacing)
+
+    def axis_symbol(n: int, s: float, half: bool) -> torch.Tensor:
+        k = torch.arange(n // 2 + 1 if half else n, dtype=torch.float64)
+        return (h / s) ** 2 * (2.0 * torch.cos(2.0 * math.pi * k / n) - 2.0)
+
+    lap = (axis_symbol(depth, sz, False)[:, None, None] + axis_symbol(height, sy, False)[None, :, None]
+           + axis_symbol(width, sx, True)[None, None, :])
+    symbol = (1.0 / (1.0 + float(rho) ** 4 * lap * lap)).to(torch.float32)
+    dims = (-3, -2, -1)
+
+    def apply(v: torch.Tensor) -> torch.Tensor:
+        spectrum = torch.fft.rfftn(v, dim=dims)
+        spectrum *= symbol.to(spectrum.device)
+        return torch.fft.irfftn(spectrum, s=shape, dim=dims)
+
+    return apply

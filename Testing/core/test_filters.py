@@ -40,3 +40,18 @@ def test_gaussian_smooth_leaves_its_input_alone() -> None:
     before = volume.clone()
     gaussian_smooth(volume, (1.5, 1.5, 1.5))
     assert torch.equal(volume, before)
+
+
+@pytest.mark.parametrize("radius", [0, 1, 2, 3])
+def test_box_max_equals_max_pool3d(radius: int) -> None:
+    """Three 1-D maxima equal one cubic ``max_pool3d`` (the border cut the same way), for masks and
+    for grey values."""
+    from MLVIRNETLib.core.filters import box_max
+
+    g = torch.Generator().manual_seed(radius)
+    grey = torch.randn(2, 1, 9, 11, 13, generator=g)
+    mask = (torch.rand(1, 1, 12, 10, 9, generator=g) > 0.93).float()
+    for volume in (grey, mask):
+        k = 2 * radius + 1
+        expected = F.max_pool3d(volume, k, stride=1, padding=radius) if radius else volume
+        assert torch.equal(box_max(volume, radius), expected)

@@ -348,3 +348,28 @@ def test_pairs_that_do_not_overlap_are_refused_or_reported(case) -> None:
             _check_overlap(pp, grid, grid, affine, opts, Progress(), messages)
             assert len(messages) == 1
             assert re.match(r"the images barely overlap: [3-7]\.\d % of the fixed field", messages[0]), messages[0]
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_folding_of_the_composition_without_composing(mirror: bool) -> None:
+    """The field stage's folding fraction, from ``det(A_lin) det(I + grad u)``, equals the folding
+    fraction of the composed map ``A (x + u(x))`` on an oblique anisotropic grid, with a field
+    that folds in places and an affine map that may mirror."""
+    from helpers import oblique_grid
+
+    from MLVIRNETLib.core.deformation import Deformation
+    from MLVIRNETLib.registration.affine import compose_affine
+    from MLVIRNETLib.registration.pipeline import _folding_of_composition
+
+    grid = oblique_grid(size=(16, 14, 12), spacing=(0.9, 1.3, 2.1))
+    g = torch.Generator().manual_seed(5)
+    phi = Deformation(grid, torch.randn((1, 3) + tuple(grid.size[::-1]), generator=g, dtype=torch.float64) * 0.8)
+    a = np.eye(4)
+    a[:3, :3] = rotation_matrix((5.0, -3.0, 8.0)) @ np.diag([1.05, 0.95, 1.1])
+    a[:3, 3] = (2.0, -1.5, 4.0)
+    if mirror:
+        a[:3, 0] *= -1.0
+    expected = float(compose_affine(a, phi).folding_fraction()[0])
+    assert 0.02 < expected < 0.98
+    assert _folding_of_composition(phi, a) == pytest.approx(expected, abs=1e-12)
+    assert _folding_of_composition(phi, None) == pytest.approx(float(phi.folding_fraction()[0]), abs=1e-12)
