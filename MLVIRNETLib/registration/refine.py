@@ -522,17 +522,18 @@ def _optimise_lbfgs(
 def smoothing_preconditioner(
     shape: tuple[int, int, int], spacing: Sequence[float], rho: float
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``v -> P v`` with ``P = (I + rho^4 L^2)^-1`` on ``(N, C, D, H, W)`` tensors of spatial ``shape``.
+    """``v -> P v`` with ``P = E^T (I + rho^4 L^2)^-1 E`` on ``(N, C, D, H, W)`` tensors of spatial ``shape``.
 
-    ``L`` is the 7-point Laplacian with periodic boundaries in units of the smallest voxel of
-    ``spacing`` (``(sx, sy, sz)`` mm): ``sum_a (h / s_a)^2 (v[i + e_a] - 2 v[i] + v[i - e_a])``. The
-    FFT diagonalises it: mode ``k`` has the symbol ``l(k) = sum_a (h / s_a)^2 (2 cos(2 pi k_a / n_a) - 2)``
-    and ``P`` multiplies it by ``1 / (1 + rho^4 l(k)^2)``. ``P`` is symmetric positive definite,
-    leaves a constant unchanged and damps detail finer than about ``rho`` voxels; a preconditioner
-    may be any such map (the minimiser does not change), and periodic boundaries keep it one FFT
-    pair per use.
+    ``E`` pads each axis with zeros to a multiple of 8 (:func:`_fft_length`: fast FFT lengths) and
+    ``E^T`` crops back. ``L`` is the 7-point Laplacian with periodic boundaries on the padded grid
+    in units of the smallest voxel of ``spacing`` (``(sx, sy, sz)`` mm):
+    ``sum_a (h / s_a)^2 (v[i + e_a] - 2 v[i] + v[i - e_a])``. The FFT diagonalises it: mode ``k``
+    has the symbol ``l(k) = sum_a (h / s_a)^2 (2 cos(2 pi k_a / n_a) - 2)``, and
+    ``(I + rho^4 L^2)^-1`` multiplies it by ``1 / (1 + rho^4 l(k)^2)``, which damps detail finer
+    than about ``rho`` voxels. ``P`` is symmetric positive definite, which is all that a
+    preconditioner needs (the minimiser does not change).
     """
-    depth, height, width = shape
+    padded = tuple(_fft_length(n) for n in shape)
     h = min(float(v) for v in spacing)
     sx, sy, sz = (float(v) for v in spacing)
 
@@ -540,14 +541,22 @@ def smoothing_preconditioner(
         k = torch.arange(n // 2 + 1 if half else n, dtype=torch.float64)
         return (h / s) ** 2 * (2.0 * torch.cos(2.0 * math.pi * k / n) - 2.0)
 
-    lap = (axis_symbol(depth, sz, False)[:, None, None] + axis_symbol(height, sy, False)[None, :, None]
-           + axis_symbol(width, sx, True)[None, None, :])
+    pd, ph, pw = padded
+    lap = (axis_symbol(pd, sz, False)[:, None, None] + axis_symbol(ph, sy, False)[None, :, None]
+           + axis_symbol(pw, sx, True)[None, None, :])
     symbol = (1.0 / (1.0 + float(rho) ** 4 * lap * lap)).to(torch.float32)
     dims = (-3, -2, -1)
+    crop = (slice(None), slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
 
     def apply(v: torch.Tensor) -> torch.Tensor:
-        spectrum = torch.fft.rfftn(v, dim=dims)
+        spectrum = torch.fft.rfftn(v, s=padded, dim=dims)  # zero-pads to ``padded``
         spectrum *= symbol.to(spectrum.device)
-        return torch.fft.irfftn(spectrum, s=shape, dim=dims)
+        return torch.fft.irfftn(spectrum, s=padded, dim=dims)[crop]
 
     return apply
+
+
+def _fft_length(n: int) -> int:
+    """``n`` rounded up to a multiple of 8 (an FFT length with small prime factors; a level's
+    interior size, e.g. 106 = 2 x 53, can take twice as long)."""
+    return n if n < 8 else -(-n // 8) * 8

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from helpers import oblique_grid
 
+from MLVIRNETLib.core.geometry import ImageGrid
 from MLVIRNETLib.losses import LossWeights
 from MLVIRNETLib.registration import refine as refine_module
 from MLVIRNETLib.registration.fused_objective import FusedLevel, fused_level_loss
 
 
-def _level(dtype, with_weights: bool):
-    """Smooth random images on an oblique, anisotropic grid with a non-zero origin."""
+def _level(dtype, with_weights: bool, axis_aligned: bool = False):
+    """Smooth random images on an oblique (or axis-aligned: the one-pass sample points), anisotropic
+    grid with a non-zero origin."""
     grid = oblique_grid(size=(12, 9, 10))
+    if axis_aligned:
+        grid = ImageGrid(grid.size, grid.spacing, grid.origin, np.eye(3))
     gen = torch.Generator().manual_seed(3)
     shape = (1, 1, *grid.shape_zyx)
 
@@ -29,9 +34,10 @@ def _level(dtype, with_weights: bool):
     return grid, data, u
 
 
+@pytest.mark.parametrize("axis_aligned", [False, True])
 @pytest.mark.parametrize("with_weights", [False, True])
-def test_value_and_gradient_equal_autograd(with_weights: bool) -> None:
-    grid, data, u0 = _level(torch.float64, with_weights)
+def test_value_and_gradient_equal_autograd(with_weights: bool, axis_aligned: bool) -> None:
+    grid, data, u0 = _level(torch.float64, with_weights, axis_aligned)
     weights = LossWeights(alpha=50.0, beta=0.0, ngf_eps=0.01)
     u_ref = u0.clone().requires_grad_(True)
     loss_ref, terms_ref = refine_module.autograd_objective(data, u_ref, weights, lambda: None)()

@@ -210,18 +210,23 @@ def test_a_callers_progress_stage_is_used_as_it_is(pair) -> None:
 
 
 def test_the_smoothing_preconditioner_is_the_fourier_multiplier_it_describes() -> None:
-    """``P`` keeps a constant, is symmetric, and scales one Fourier mode by
-    ``1 / (1 + rho^4 l^2)`` with ``l`` the anisotropic Laplacian's symbol in smallest-voxel units."""
+    """On sizes that are multiples of 8 (no padding) ``P`` keeps a constant and scales one Fourier
+    mode by ``1 / (1 + rho^4 l^2)``, ``l`` the anisotropic Laplacian's symbol in smallest-voxel
+    units; on any size (padded for the FFT and cropped back) it is symmetric positive definite."""
     from MLVIRNETLib.registration.refine import smoothing_preconditioner
 
-    shape, spacing, rho = (10, 12, 14), (0.8, 1.2, 2.0), 2.0  # (D, H, W) and (sx, sy, sz) mm
+    spacing, rho = (0.8, 1.2, 2.0), 2.0  # (sx, sy, sz) mm
+    g = torch.Generator().manual_seed(0)
+    for odd in ((9, 13, 11), (10, 12, 14)):
+        p = smoothing_preconditioner(odd, spacing, rho)
+        a, b = torch.randn((2, 3) + odd, generator=g), torch.randn((2, 3) + odd, generator=g)
+        assert p(a).shape == a.shape
+        assert float((a * p(b)).sum()) == pytest.approx(float((p(a) * b).sum()), rel=1e-5)
+        assert float((a * p(a)).sum()) > 0
+    shape = (8, 16, 24)  # (D, H, W)
     p = smoothing_preconditioner(shape, spacing, rho)
     const = torch.full((1, 3) + shape, 1.7, dtype=torch.float32)
     torch.testing.assert_close(p(const), const)
-    g = torch.Generator().manual_seed(0)
-    a, b = torch.randn((2, 3) + shape, generator=g), torch.randn((2, 3) + shape, generator=g)
-    assert float((a * p(b)).sum()) == pytest.approx(float((p(a) * b).sum()), rel=1e-5)
-    assert float((a * p(a)).sum()) > 0
     kz, ky, kx = 3, 2, 5
     z, y, x = torch.meshgrid(*(torch.arange(n, dtype=torch.float64) for n in shape), indexing="ij")
     mode = torch.cos(2 * np.pi * (kz * z / shape[0] + ky * y / shape[1] + kx * x / shape[2]))
