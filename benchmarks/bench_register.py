@@ -21,6 +21,11 @@ on them) at 20 and 30 mm, and the 512 x 512 x 126 TCGA CT at 20 mm for the time 
     python benchmarks/bench_register.py --cases tcga:20 --presets fast standard
     python benchmarks/bench_register.py --cache /tmp/bench_cases     # keep the generated pairs
     python benchmarks/bench_register.py --small                      # also a 100 x 100 x 50 pair
+
+To compare with another version of MLVIRNET in the same run (the same machine, the same pairs),
+give its checkout with ``--previous DIR`` (for example ``git worktree add /tmp/previous <commit>``)
+and the presets to run from it with ``--previous-presets``; its rows say ``P (previous)``. The
+landmarks and the TRE are computed by this script for both.
 """
 
 from __future__ import annotations
@@ -112,12 +117,12 @@ def _tre(field: Path, points: Path) -> tuple[float, float, float]:
     return float(err.mean()), float(np.quantile(err, 0.95)), float(initial.mean())
 
 
-def _run(fixed: Path, moving: Path, preset: str, workdir: Path, device: str) -> dict:
-    """``mlvirnet register`` end to end in a fresh process."""
+def _run(fixed: Path, moving: Path, preset: str, workdir: Path, device: str, root: Path = ROOT) -> dict:
+    """``mlvirnet register`` end to end in a fresh process, with the library of the checkout ``root``."""
     field = workdir / "field.nii.gz"
     cmd = [sys.executable, "-c", _CLI, "register", str(fixed), str(moving), "-o", str(field), "--preset", preset,
            "--json", "--quiet", "--device", device]
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     wall = time.perf_counter() - t0
@@ -139,7 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=1, help="runs per row; the median wall time is reported")
     parser.add_argument("--cache", type=Path, default=None, help="folder for the generated pairs (kept)")
     parser.add_argument("--device", default="cpu", help="passed to mlvirnet register --device")
+    parser.add_argument("--previous", type=Path, default=None, metavar="DIR",
+                        help="a checkout of another MLVIRNET version to run in the same run (rows 'P (previous)')")
+    parser.add_argument("--previous-presets", nargs="+", default=["standard", "accurate"], metavar="P",
+                        help="the presets to run from --previous (default: standard accurate)")
     args = parser.parse_args(argv)
+    if args.previous is not None and not (args.previous / "MLVIRNETLib").is_dir():
+        parser.error(f"--previous: {args.previous} is not an MLVIRNET checkout (no MLVIRNETLib folder)")
+    runs_of = [(preset, preset, ROOT) for preset in args.presets]
+    if args.previous is not None:
+        runs_of = [(f"{p} (previous)", p, args.previous.resolve()) for p in args.previous_presets] + runs_of
     from shared_data import shared_data_dir
 
     shared = shared_data_dir()
@@ -165,14 +179,14 @@ def main(argv: list[str] | None = None) -> int:
         for name, peak, ct_path in inputs:
             pair = _prepare(ct_path, name, peak, folder)
             for variant in args.variants:
-                for preset in args.presets:
-                    runs = [_run(pair[variant], pair["moving"], preset, Path(tmp), args.device)
+                for label, preset, root in runs_of:
+                    runs = [_run(pair[variant], pair["moving"], preset, Path(tmp), args.device, root)
                             for _ in range(args.repeats)]
                     run = sorted(runs, key=lambda r: r["wall_s"])[len(runs) // 2]
                     mean, p95, initial = _tre(run["field"], pair["points"])
                     stages = " | ".join(f"{run['timings'].get(s, 0.0):.2f}" for s in STAGES)
                     wall = statistics.median(r["wall_s"] for r in runs)
-                    print(f"| {name} | {peak:g} mm ({initial:.2f}) | {variant} | {preset} | {wall:.1f} | {stages} | "
+                    print(f"| {name} | {peak:g} mm ({initial:.2f}) | {variant} | {label} | {wall:.1f} | {stages} | "
                           f"{run['peak_rss_mb']:.0f} | {mean:.3f} ({p95:.2f}) | {'x'.join(map(str, run['grid']))} |",
                           flush=True)
     return 0

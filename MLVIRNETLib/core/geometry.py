@@ -378,6 +378,19 @@ class ImageGrid:
         )
         return torch.stack([i, j, k], dim=-1)
 
+    def normalized_points(self, device=None, dtype=torch.float32) -> torch.Tensor:
+        """Normalised ``grid_sample`` coordinates of all voxel centres of this grid as ``(D, H, W, 3)``
+        (x, y, z order): ``(2 i + 1) / n - 1`` along each index axis (``align_corners=False``), the
+        same as ``world_to_normalized(world_points())`` for any direction, origin and spacing,
+        without the round trip through world coordinates."""
+        axes = [((2.0 * torch.arange(n, dtype=torch.float64) + 1.0) / n - 1.0).to(dtype) for n in self.size]
+        nx, ny, nz = self.size
+        out = torch.empty((nz, ny, nx, 3), dtype=dtype)
+        out[..., 0] = axes[0][None, None, :]
+        out[..., 1] = axes[1][None, :, None]
+        out[..., 2] = axes[2][:, None, None]
+        return out.to(device) if device is not None else out
+
     def world_points(self, device=None, dtype=torch.float32) -> torch.Tensor:
         """LPS mm of all voxel centres as ``(D, H, W, 3)`` (x, y, z order)."""
         # summed in float64 and then cast

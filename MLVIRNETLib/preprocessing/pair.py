@@ -68,7 +68,7 @@ class PreprocessOptions:
     crop_to_lungs: bool = True
     crop_margin_mm: float = 10.0
     antialias: bool = True
-    auto_max_voxels: int = 160
+    auto_max_voxels: int = 224
     auto_min_spacing_mm: float | tuple[float, float, float] = 0.0
     size_multiple: int = 4
 

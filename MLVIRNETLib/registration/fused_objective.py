@@ -65,9 +65,9 @@ class FusedLevel:
 
     def __post_init__(self) -> None:
         dtype, device = self.fixed.dtype, self.fixed.device
-        # normalised coordinates of the voxel centres (summed in float64) and the linear map of u
-        # (kept as numbers on the host: reading them never waits for a device)
-        self.base = self.grid.world_to_normalized(self.grid.world_points(dtype=torch.float64))[None].to(dtype).to(device)
+        # normalised coordinates of the voxel centres and the linear map of u (kept as numbers on
+        # the host: reading them never waits for a device)
+        self.base = self.grid.normalized_points(device=device, dtype=dtype)[None]
         self.linear = np.asarray(self.grid.world_to_normalized_matrix(), dtype=float)[:3, :3]
         self.diagonal = bool(np.count_nonzero(self.linear - np.diag(np.diag(self.linear))) == 0)
         self.linear_diag = torch.tensor(np.diag(self.linear).tolist(), dtype=dtype, device=device)
@@ -178,16 +178,19 @@ def _value_and_gradient(level: FusedLevel, u_inner: torch.Tensor, need_gradient:
     if level.moving_valid is not None:
         inside = grid_sample(level.moving_valid, coords, padding_mode="zeros")
         weight = inside if weight is None else weight * inside
+    # d = 1 - (a.b + e2) ratio, summed voxel by voxel (d is small where edges align: summing the
+    # products and subtracting from the count would lose it to rounding)
+    d = torch.mul(inner, ratio).neg_().add_(1.0)
     if weight is None:
-        count = inner.numel()
-        scale = 1.0 / count
-        ngf = 1.0 - torch.dot(inner.reshape(-1), ratio.reshape(-1)) * scale  # mean of d = 1 - inner * ratio
+        scale = 1.0 / d.numel()
+        ngf = d.sum() * scale
         w_int = None
     else:
         w_int = weight[:, :, 1:-1, 1:-1, 1:-1].expand_as(inner)
         total_w = w_int.sum().clamp_min(torch.finfo(inner.dtype).tiny)
-        ngf = (w_int.sum() - torch.dot((w_int * inner).reshape(-1), ratio.reshape(-1))) / total_w
+        ngf = (d * w_int).sum() / total_w
         scale = 1.0 / total_w
+    del d
 
     # curvature
     lap = _laplacian(u, spacing)
@@ -198,13 +201,12 @@ def _value_and_gradient(level: FusedLevel, u_inner: torch.Tensor, need_gradient:
         return total, ngf, curv, None
 
     # d d / d B_k, weighted and scaled to the mean: factor = -2 (a.b + e2) / (|a|^2 + e2) / (|b|^2 + e2)^2
-    f_n = ratio if w_int is None else ratio * w_int  # factor |b|^2 / (-2 scale)
-    f_i = torch.mul(f_n, inner).div_(norm_m)  # factor a.b / (-2 scale)
-    f_n = f_n * (-2.0 * scale)
-    minus_two_scale = -2.0 * scale
-    gx = torch.mul(f_n, ax).addcmul_(f_i, bx, value=-cx * minus_two_scale)
-    gy = torch.mul(f_n, ay).addcmul_(f_i, by, value=-cy * minus_two_scale)
-    gz = torch.mul(f_n, az).addcmul_(f_i, bz, value=-cz * minus_two_scale)
+    # (``scale`` may be a tensor: it only multiplies tensors, so nothing waits for a device)
+    f_n = ratio * (-2.0 * scale) if w_int is None else (ratio * w_int).mul_(-2.0 * scale)  # factor |b|^2
+    f_i = torch.mul(f_n, inner).div_(norm_m)  # factor a.b
+    gx = torch.mul(f_n, ax).addcmul_(f_i, bx, value=-cx)
+    gy = torch.mul(f_n, ay).addcmul_(f_i, by, value=-cy)
+    gz = torch.mul(f_n, az).addcmul_(f_i, bz, value=-cz)
     grad_warped = _raw_differences_adjoint(gx, gy, gz, warped.shape)
     grad_coords = sampler_backward(grad_warped, level.moving, coords, "bilinear", "border")
     grad_u = torch.zeros_like(u)

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.deformation import Deformation
+from ..core.filters import box_max
 from ..core.geometry import ImageGrid
 from ..core.optimize import lbfgs
 from ..core.progress import CancelFn, Progress, ProgressFn
@@ -39,7 +40,10 @@ LBFGS_TOLERANCE_GRAD = 1e-5
 LBFGS_TOLERANCE_CHANGE = 1e-6
 """L-BFGS stops when a step moves no voxel by more than this many mm (or the summed loss changes less)."""
 
-FIRST_STEP_VOXELS = 0.5
+LBFGS_HISTORY = 5
+"""Pairs ``(s, y)`` that L-BFGS keeps (each pair is two copies of the level's displacement)."""
+
+FIRST_STEP_VOXELS = 0.25
 """L-BFGS's first trial step moves the fastest voxel by this fraction of the level's voxel size."""
 
 ADAM_EPS = 1e-4
@@ -79,7 +83,7 @@ class RefineOptions:
             sought is the same; ``0`` turns it off.
     """
 
-    iterations: int | Sequence[int] = (150, 60)
+    iterations: int | Sequence[int] = (40, 20)
     level_factors: tuple[int, ...] = (4, 2)
     alpha: float = 100.0
     beta: float = 0.0
@@ -87,7 +91,7 @@ class RefineOptions:
     optimizer: str = "lbfgs"
     learning_rate: float = 0.3
     identity_start: bool = True
-    smoothing_voxels: float = 0.0
+    smoothing_voxels: float = 2.0
 
     def __post_init__(self) -> None:
         factors = tuple(int(f) for f in self.level_factors)
@@ -335,7 +339,7 @@ def _build_levels(
             moving_mask=moving_mask_pyr[p][0] if moving_mask_pyr is not None else None,
             ngf_weight=ngf_pyr[p][0] if ngf_pyr is not None else None,
             # a min filter of 5 voxels keeps the central differences of NGF off the edge
-            moving_valid=-F.max_pool3d(-valid_pyr[p][0], 5, stride=1, padding=2) if valid_pyr is not None else None,
+            moving_valid=-box_max(-valid_pyr[p][0], 2) if valid_pyr is not None else None,
         ))
     return levels
 
@@ -490,12 +494,12 @@ def _optimise_lbfgs(
     loss0, _ = objective()
     (loss0 * n_voxels).backward()
     grad = u_inner.grad.detach()
-    if precondition is not None:
-        grad = precondition(grad)
-    g_max, g_sum = float(grad.abs().max()), float(grad.abs().sum())
     u_inner.grad = None
-    if g_max <= LBFGS_TOLERANCE_GRAD:
+    if float(grad.abs().max()) <= LBFGS_TOLERANCE_GRAD:
         return  # converged at the start
+    if precondition is not None:
+        grad = precondition(grad)  # the first direction
+    g_max, g_sum = float(grad.abs().max()), float(grad.abs().sum())
     step = FIRST_STEP_VOXELS * voxel_mm
     scale = step * g_sum / g_max  # the first step min(1, 1/|g_v|_1) * g_v then moves u by ``step``
     if scale * g_sum < 1.0:
@@ -509,7 +513,7 @@ def _optimise_lbfgs(
         return float(loss.detach()) * n_voxels, u_inner.grad * scale
 
     result = lbfgs(
-        f, u_inner.detach() / scale, max_iter=iterations, history=10,
+        f, u_inner.detach() / scale, max_iter=iterations, history=LBFGS_HISTORY,
         tolerance_grad=LBFGS_TOLERANCE_GRAD * scale, tolerance_change=LBFGS_TOLERANCE_CHANGE / scale,
         on_evaluation=lambda k, value: report(min(k, iterations), torch.tensor(value / n_voxels)),
         precondition=precondition,

@@ -32,10 +32,9 @@ def test_each_group_is_its_stage_class_with_its_defaults() -> None:
     assert [f.name for f in dataclasses.fields(RegistrationOptions)] == list(GROUPS)
 
 
-def test_the_presets_resolve_to_the_settings_they_had() -> None:
-    """The values every stage receives from each preset (recorded from the flat options before
-    they were grouped)."""
-    expected = {"fast": ((0,), 160), "standard": ((150, 60), 160), "accurate": ((150, 80), 224)}
+def test_the_presets_resolve_to_the_settings_they_have() -> None:
+    """The values every stage receives from each preset."""
+    expected = {"fast": ((0,), 224), "standard": ((40, 20), 224), "accurate": ((60, 30), 288)}
     for name, (iterations, max_voxels) in expected.items():
         options = options_for(name)
         assert tuple(options.refinement.iterations_per_level()) == (iterations * 2 if len(iterations) == 1 else iterations)
@@ -44,16 +43,17 @@ def test_the_presets_resolve_to_the_settings_they_had() -> None:
                                         auto_min_spacing_mm=(0.4, 0.4, 1.0), size_multiple=4)
         assert options.refinement.level_factors == (4, 2) and options.refinement.optimizer == "lbfgs"
         assert (options.refinement.alpha, options.refinement.beta, options.refinement.ngf_eps) == (100.0, 0.0, 0.003)
+        assert options.refinement.smoothing_voxels == 2.0
         assert options.affine == AffineOptions() and options.network == NetworkOptions(precision="auto")
         assert options.lung_mask.working_spacing_mm == 3.0 and options.runtime == RuntimeOptions()
-    assert "| `grid.max_voxels` | 160 | 160 | 224 |" in preset_table()
+    assert "| `grid.max_voxels` | 224 | 224 | 288 |" in preset_table()
 
 
 def test_options_for_merges_overrides_into_the_preset() -> None:
     options = options_for("accurate", refinement={"iterations": 10}, affine=None)
-    assert options.grid.max_voxels == 224 and options.refinement.iterations == 10 and options.affine is None
+    assert options.grid.max_voxels == 288 and options.refinement.iterations == 10 and options.affine is None
     # None inside a group means "what the preset says"
-    assert options_for("accurate", refinement={"iterations": None}).refinement.iterations == (150, 80)
+    assert options_for("accurate", refinement={"iterations": None}).refinement.iterations == (60, 30)
     assert options_for("fast", grid={"size": (32, 32, 32)}).grid.size == (32, 32, 32)
     with pytest.raises(ValueError, match="unknown preset 'quick'"):
         options_for("quick")

@@ -98,9 +98,9 @@ def test_the_symmetric_network_leaves_an_image_registered_to_itself_almost_in_pl
 def test_the_auto_grid_floor_follows_the_fixed_voxel_size() -> None:
     """Half the fixed voxel size per axis, passed to preprocessing with the coarsest refinement factor."""
     pre = RegistrationOptions().preprocess_options(None, (0.7, 0.8, 8.0))
-    assert pre.network_size == "auto" and pre.auto_max_voxels == 160 and pre.size_multiple == 4
+    assert pre.network_size == "auto" and pre.auto_max_voxels == 224 and pre.size_multiple == 4
     np.testing.assert_allclose(pre.auto_min_spacing_mm, (0.35, 0.4, 4.0))
-    assert preset_options("accurate").preprocess_options(None, (1.0, 1.0, 1.0)).auto_max_voxels == 224
+    assert preset_options("accurate").preprocess_options(None, (1.0, 1.0, 1.0)).auto_max_voxels == 288
     with pytest.raises(ValueError, match="grid.max_voxels"):
         RegistrationOptions(grid={"max_voxels": 4})
 
@@ -112,7 +112,7 @@ def test_overrides_on_given_options_change_only_what_they_name() -> None:
     changed = with_overrides(base, refinement={"iterations": 5, "alpha": None}, grid={"crop_margin_mm": 4.0})
     assert changed.refinement.iterations == 5 and changed.refinement.alpha == base.refinement.alpha
     assert changed.grid.max_voxels == base.grid.max_voxels and changed.grid.crop_margin_mm == 4.0
-    assert base.refinement.iterations == (150, 80) and base.grid.crop_margin_mm != 4.0  # a copy
+    assert base.refinement.iterations == (60, 30) and base.grid.crop_margin_mm != 4.0  # a copy
     # the same overrides on a preset's options give what options_for gives
     assert with_overrides(options_for("fast"), affine=None, grid={"size": (32, 32, 32)}) == \
         options_for("fast", affine=None, grid={"size": (32, 32, 32)})
