@@ -120,11 +120,12 @@ def _tre(field: Path, points: Path) -> tuple[float, float, float]:
 def _run(fixed: Path, moving: Path, preset: str, workdir: Path, device: str, root: Path = ROOT) -> dict:
     """``mlvirnet register`` end to end in a fresh process, with the library of the checkout ``root``."""
     field = workdir / "field.nii.gz"
-    cmd = [sys.executable, "-c", _CLI, "register", str(fixed), str(moving), "-o", str(field), "--preset", preset,
-           "--json", "--quiet", "--device", device]
+    cmd = [sys.executable, "-c", _CLI, "register", str(fixed.resolve()), str(moving.resolve()), "-o",
+           str(field.resolve()), "--preset", preset, "--json", "--quiet", "--device", device]
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    # ``python -c`` puts the working folder first on sys.path: run in ``root`` so that its library is the one imported
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env, cwd=root)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"mlvirnet register failed: {proc.stderr.strip()[-2000:]}")
