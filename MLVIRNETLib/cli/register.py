@@ -19,9 +19,9 @@ from .settings import add_output_arguments, add_registration_arguments, check_re
 
 EPILOG = """\
 presets (held-out CTs with 20 / 30 mm synthetic breathing, the shipped model, 2-core CPU; docs/performance.md):
-  fast      affine + network: TRE 0.69-0.75 / 1.16-1.47 mm, 7.5-11.1 s (512x512x126 CT: 18.4 s)
-  standard  + refinement (150, 60) iterations: TRE 0.317-0.348 / 0.455-0.495 mm, 18.4-29.0 s (33.3 s)
-  accurate  + finer refinement (224 per axis): TRE 0.254-0.266 / 0.323-0.425 mm, 33.0-68.0 s (66.1 s)
+  fast      affine + network: TRE 0.693-0.753 / 1.157-1.472 mm, 3.1-4.3 s (512x512x126 CT: 9.7 s)
+  standard  + preconditioned refinement, 224 per axis: TRE 0.184-0.241 / 0.222-0.283 mm, 7.6-13.2 s (18.3 s)
+  accurate  + finer refinement (288 per axis): TRE 0.161-0.234 / 0.183-0.260 mm, 12.8-17.9 s (28.6 s)
 
 prints: 'wrote FIELD' on stdout (one JSON object with --json: outputs, timings, quality, messages);
 notes and the quality warning (lung NCC or Dice below what real pairs reach) on stderr.

@@ -232,8 +232,8 @@ def jacobian_determinant(
 
 def det3(m) -> torch.Tensor:
     """Determinants of 3 x 3 matrices by cofactor expansion along the first row: the same values
-    as ``torch.linalg.det`` to float rounding, without a batched LU factorisation per matrix
-    (several times faster for millions of voxels).
+    as ``torch.linalg.det`` to float rounding, in a few elementwise products instead of an LU
+    factorisation per matrix.
 
     Args:
         m: a ``(..., 3, 3)`` tensor, or a 3 x 3 nested sequence ``m[row][column]`` of tensors that

@@ -22,17 +22,23 @@ from .sampling import check_volume, sample_on_grid
 # ----------------------------------------------------------------------------------------------
 def box_max(volume: torch.Tensor, radius: int) -> torch.Tensor:
     """The maximum over the ``(2 radius + 1)^3`` box around every voxel of ``(N, C, D, H, W)``
-    (a grey dilation; the box is cut at the border).
+    (a grey dilation; the box is cut at the border). Any dtype with a maximum, ``bool`` included
+    (a binary dilation).
 
-    A box maximum is the maximum of maxima along each axis in turn, so three 1-D passes give the
-    same values as one 3-D ``max_pool3d`` with ``(2 radius + 1)^3`` comparisons per voxel.
+    A box maximum is the maximum of maxima along each axis in turn: per axis, the volume is
+    compared with itself shifted by ``1..radius`` voxels either way, in place, which gives the
+    values of one 3-D ``max_pool3d`` with ``(2 radius + 1)^3`` comparisons per voxel.
     """
-    if radius <= 0:
-        return volume
-    k = 2 * radius + 1
-    out = F.max_pool3d(volume, (k, 1, 1), stride=1, padding=(radius, 0, 0))
-    out = F.max_pool3d(out, (1, k, 1), stride=1, padding=(0, radius, 0))
-    return F.max_pool3d(out, (1, 1, k), stride=1, padding=(0, 0, radius))
+    out = volume
+    for dim in (2, 3, 4):
+        n = out.shape[dim]
+        acc = out.clone()
+        for shift in range(1, min(radius, n - 1) + 1):
+            upper, lower = acc.narrow(dim, shift, n - shift), acc.narrow(dim, 0, n - shift)
+            torch.maximum(upper, out.narrow(dim, 0, n - shift), out=upper)
+            torch.maximum(lower, out.narrow(dim, shift, n - shift), out=lower)
+        out = acc
+    return out
 
 
 def gaussian_kernel1d(sigma: float, truncate: float = 3.0, dtype=torch.float32, device=None) -> torch.Tensor:

@@ -293,7 +293,7 @@ def _register(
             (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t,
             opts.preprocess_options(network_size, f_grid.spacing), affine=affine, device=dev, progress=prog,
         )
-        del m_hu
+        del f_hu, m_hu, f_mask_t, m_mask_t  # the full-resolution inputs are not needed again
         _check_overlap(pp, f_grid, m_grid, affine, opts, prog, messages)
 
     phi: Deformation | None = None
@@ -321,6 +321,8 @@ def _register(
         quality = check_quality(pp.fixed, pp.moving, pp.grid, phi, pp.fixed_mask, pp.moving_mask)
         if quality.message is not None:
             messages.append(quality.message)
+    network_grid = pp.grid
+    del pp  # the working-grid images are not needed for the full-resolution field
     with _timed("field", timings, dev):
         prog.stage(0.90, 0.10, "full-resolution field")
         deformation, folding, levels = _field_stage(phi, affine, levels, f_grid, opts, dev, prog)
@@ -336,7 +338,7 @@ def _register(
         folding_fraction=folding,
         model_used=model_label,
         messages=messages,
-        network_grid=pp.grid,
+        network_grid=network_grid,
         quality=quality,
     )
 

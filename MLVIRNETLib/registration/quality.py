@@ -106,7 +106,7 @@ def check_quality(
         warped_all = phi.warp(channels, grid)
         warped = warped_all[:, :1]
         if fixed_mask is not None and float(fixed_mask.sum()) > 0:
-            inside = box_max((fixed_mask > 0.5).float(), MASK_MARGIN_VOXELS) > 0
+            inside = box_max(fixed_mask > 0.5, MASK_MARGIN_VOXELS)
             ncc = _ncc(fixed.float()[inside], warped[inside])
         else:
             ncc = _ncc(fixed.float().flatten(), warped.flatten())

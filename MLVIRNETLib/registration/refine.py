@@ -561,6 +561,6 @@ def smoothing_preconditioner(
 
 
 def _fft_length(n: int) -> int:
-    """``n`` rounded up to a multiple of 8 (an FFT length with small prime factors; a level's
-    interior size, e.g. 106 = 2 x 53, can take twice as long)."""
+    """``n`` rounded up to a multiple of 8: an FFT length with small prime factors (a level's
+    interior size may have a large one, e.g. 106 = 2 x 53, which makes its FFT slow)."""
     return n if n < 8 else -(-n // 8) * 8

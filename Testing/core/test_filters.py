@@ -55,3 +55,8 @@ def test_box_max_equals_max_pool3d(radius: int) -> None:
         k = 2 * radius + 1
         expected = F.max_pool3d(volume, k, stride=1, padding=radius) if radius else volume
         assert torch.equal(box_max(volume, radius), expected)
+    expected = F.max_pool3d(mask, 2 * radius + 1, stride=1, padding=radius) if radius else mask
+    assert torch.equal(box_max(mask > 0, radius), expected > 0)  # a binary dilation of a bool mask
+    thin = torch.rand(1, 1, 2, 3, 9, generator=g)  # axes shorter than the box
+    assert torch.equal(box_max(thin, radius), F.max_pool3d(thin, 2 * radius + 1, stride=1, padding=radius)
+                       if radius else thin)

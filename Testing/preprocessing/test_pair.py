@@ -182,7 +182,7 @@ def test_network_grid_auto_keeps_the_box() -> None:
     net, box = network_grid(grid, None, PreprocessOptions(network_size="auto", auto_min_spacing_mm=(0.4, 0.4, 1.25)))
     assert box == ((0, 0, 0), (100, 90, 60))
     np.testing.assert_allclose(net.extent, grid.extent)
-    assert net.size == (160, 160, 120)
+    assert net.size == (200, 180, 120)  # the voxel floor (half the image voxel) under the 224 cap
     with pytest.raises(ValueError, match="auto_min_spacing_mm"):
         PreprocessOptions(network_size="auto", auto_min_spacing_mm=(1.0, -1.0, 1.0))
     with pytest.raises(ValueError, match="'auto'"):
