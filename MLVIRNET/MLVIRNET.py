@@ -97,7 +97,8 @@ class MLVIRNET(ScriptedLoadableModule):
             "network. Choose the fixed and the moving CT (optionally lung masks) and press Apply: the result is "
             "a grid transform (fixed to moving, the resampling direction) that aligns the moving volume with "
             "the fixed volume, and optionally the warped moving volume. The 4D-CT series section registers every "
-            "phase of a volume sequence (a 4D-CT) to a reference phase: a transform sequence browsed with the "
+            "phase of a volume sequence (a 4D-CT), or of several checked phase volumes, to a reference phase: a "
+            "transform sequence browsed with the "
             "phases, each shown aligned with the reference, and a motion summary table and plots. The Evaluation "
             "section measures the "
             "target registration error between landmark lists; the Data section loads DIR-LAB cases. "
@@ -419,6 +420,7 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.seriesApplyButton.connect("clicked(bool)", self.onSeriesApplyButton)
+        self.ui.seriesVolumesSelector.connect("checkedNodesChanged()", self._updateButtons)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancelButton)
         self.ui.computeTreButton.connect("clicked(bool)", self.onComputeTreButton)
         self.ui.loadDirLabCaseButton.connect("clicked(bool)", self.onLoadDirLabCaseButton)
@@ -503,11 +505,14 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.enabled = not problem and not self._busy
         self.ui.applyButton.toolTip = problem or _("Register the moving volume to the fixed volume.")
         self.ui.cancelButton.enabled = self._busy
-        self.ui.seriesApplyButton.enabled = bool(p and p.seriesSequence) and not self._busy
-        self.ui.seriesApplyButton.toolTip = (
-            _("Register every phase of the volume sequence to the reference phase.") if p and p.seriesSequence
-            else _("Select a volume sequence (a 4D-CT).")
-        )
+        phases = self._seriesPhases()
+        self.ui.seriesApplyButton.enabled = phases is not None and not self._busy
+        if isinstance(phases, list):
+            self.ui.seriesApplyButton.toolTip = _("Register every checked phase volume to the reference phase.")
+        elif phases is not None:
+            self.ui.seriesApplyButton.toolTip = _("Register every phase of the volume sequence to the reference phase.")
+        else:
+            self.ui.seriesApplyButton.toolTip = _("Select a volume sequence (a 4D-CT), or check two or more phase volumes.")
         self.ui.modelFilePathLineEdit.enabled = bool(p and p.modelSource == MODEL_SOURCES[1])
         self.ui.computeTreButton.enabled = bool(p and p.fixedLandmarks and p.movingLandmarks) and not self._busy
         self.ui.loadDirLabCaseButton.enabled = bool(p and str(p.dirLabRoot) not in ("", ".")) and not self._busy
@@ -617,13 +622,28 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if showResult:
             self._showResult(transformNode, request)
 
+    def _seriesPhases(self):
+        """The series to register: the checked phase volumes when two or more are checked (a list),
+        else the selected volume sequence, else None."""
+        checked = list(self.ui.seriesVolumesSelector.checkedNodes())
+        if len(checked) >= 2:
+            return checked
+        p = self._parameterNode
+        return p.seriesSequence if p is not None and p.seriesSequence is not None else None
+
     def onSeriesApplyButton(self) -> None:
         from MLVIRNETLib.mrml.series import checkSeriesInputs
 
         p = self._parameterNode
-        sequence, reference, jacobian, settings = p.seriesSequence, p.seriesReference, p.seriesJacobian, self._settings()
+        phases, reference, jacobian, settings = self._seriesPhases(), p.seriesReference, p.seriesJacobian, self._settings()
+        if phases is None:
+            return
+        if isinstance(phases, list):
+            roles = {v.GetID(): _("phase volume '{name}'").format(name=v.GetName()) for v in phases}
+        else:
+            roles = {phases.GetID(): _("volume sequence")}
         try:  # every choice is checked before anything is installed or computed
-            checkSeriesInputs(sequence, reference)
+            checkSeriesInputs(phases, reference)
             self._checkModel(settings)
         except ValueError as error:
             self.ui.statusLabel.text = _("Series registration not started.")
@@ -632,9 +652,9 @@ class MLVIRNETWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not ensureDependencies():
             return
         nodes = self._runLogic(
-            {sequence.GetID(): _("volume sequence")},
+            roles,
             lambda: self.logic.registerSequence(
-                sequence, reference, jacobian=jacobian, progressCallback=self._onProgress, **settings
+                phases, reference, jacobian=jacobian, progressCallback=self._onProgress, **settings
             ),
             _("Series registration"),
         )

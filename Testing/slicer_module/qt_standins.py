@@ -631,6 +631,7 @@ class Qt:
     Horizontal, Vertical = 1, 2
     AlignLeft, AlignRight, AlignCenter = 1, 2, 0x84
     TextSelectableByMouse = 1
+    Unchecked, PartiallyChecked, Checked = 0, 1, 2
 
 
 class QApplication:
@@ -848,6 +849,53 @@ class qMRMLNodeComboBox(qMRMLWidget):
         self._current = node
         self.currentNodeChanged.emit(node)
         self.currentNodeIDChanged.emit(node.GetID() if node is not None else "")
+
+
+class qMRMLCheckableNodeComboBox(qMRMLNodeComboBox):
+    """A node selector whose nodes carry check boxes (``checkedNodes``, ``setCheckState``,
+    ``check``/``uncheck``, the ``checkedNodesChanged`` signal), as Slicer's subclass of
+    qMRMLNodeComboBox: a node is unchecked when it enters the list, and a checked node that leaves
+    the scene leaves the checked ones."""
+
+    SIGNALS = ("checkedNodesChanged",)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self._checkedIDs: list[str] = []
+
+    def checkedNodes(self) -> list:
+        """The checked nodes in scene order."""
+        return [n for n in self.nodes() if n.GetID() in self._checkedIDs]
+
+    def checkState(self, node) -> int:
+        return Qt.Checked if node is not None and node.GetID() in self._checkedIDs else Qt.Unchecked
+
+    def setCheckState(self, node, state) -> None:
+        if not self._matches(node):
+            raise ValueError(f"{self.objectName}: {node.GetClassName()} is not one of {self.nodeTypes}")
+        checked = state == Qt.Checked
+        if checked == (node.GetID() in self._checkedIDs):
+            return
+        if checked:
+            self._checkedIDs.append(node.GetID())
+        else:
+            self._checkedIDs.remove(node.GetID())
+        self.checkedNodesChanged.emit()
+
+    def check(self, node) -> None:
+        self.setCheckState(node, Qt.Checked)
+
+    def uncheck(self, node) -> None:
+        self.setCheckState(node, Qt.Unchecked)
+
+    def _onNodeRemoved(self, caller, event, calldata=None) -> None:
+        super()._onNodeRemoved(caller, event, calldata)
+        present = {n.GetID() for n in self.nodes()}
+        if any(i not in present for i in self._checkedIDs):
+            self._checkedIDs = [i for i in self._checkedIDs if i in present]
+            self.checkedNodesChanged.emit()
+
+    _onNodeRemoved.CallDataType = 13
 
 
 class qSlicerWidget(qMRMLWidget):

@@ -348,7 +348,8 @@ def installed(temporaryPath: Path) -> Iterator[Harness]:
         sys.modules["slicer"] = slicer
         spec.loader.exec_module(slicer)
         # what the PythonQt kits put into the slicer namespace in the application
-        for name in ("qMRMLWidget", "qMRMLNodeComboBox", "qSlicerWidget", "qMRMLSpinBox", "qMRMLSliderWidget", "qMRMLRangeWidget"):
+        for name in ("qMRMLWidget", "qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox", "qSlicerWidget", "qMRMLSpinBox",
+                     "qMRMLSliderWidget", "qMRMLRangeWidget"):
             setattr(slicer, name, getattr(qt_standins, name))
         scene = slicer.vtkMRMLScene()
         cache = slicer.vtkCacheManager()

@@ -351,6 +351,48 @@ def test_the_series_section_gives_a_transform_sequence_browsed_with_the_phases(h
     assert all(getattr(panel.ui, name).enabled for name in panel.LOCKED_WHILE_BUSY)
 
 
+def test_checked_phase_volumes_are_registered_as_a_series(harness, panel):
+    """Several volumes checked in the panel (no sequence): a new volume sequence of them, browsed
+    with the transform sequence; one checked volume is not a series, and unchecking goes back."""
+    from MLVIRNETLib.mrml import volumeNodeToImage
+
+    sequence, _ = phase_sequence(harness)
+    scene = harness.slicer.mrmlScene
+    volumes = []
+    for k in range(sequence.GetNumberOfDataNodes()):
+        volume = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", f"phase {k}")
+        volume.Copy(sequence.GetNthDataNode(k))
+        volume.SetName(f"phase {k}")
+        volumes.append(volume)
+    scene.RemoveNode(sequence)
+    assert volumeNodeToImage(volumes[0]).GetSize() == volumeNodeToImage(volumes[2]).GetSize()
+    selector = panel.ui.seriesVolumesSelector
+    assert not panel.ui.seriesApplyButton.enabled
+    selector.check(volumes[0])
+    assert not panel.ui.seriesApplyButton.enabled  # one phase is not a series
+    selector.check(volumes[1])
+    selector.check(volumes[2])
+    assert panel.ui.seriesApplyButton.enabled and "checked phase volume" in panel.ui.seriesApplyButton.toolTip
+    panel.ui.presetComboBox.currentIndex = 0  # "Fast (network only)"
+    panel._parameterNode.seriesReference = 0
+    panel.ui.seriesApplyButton.click()
+    assert harness.errors() == [] and harness.slotErrors == []
+    assert "Series registered: 3 phases" in panel.ui.statusLabel.text
+    made = {s.GetName(): s for s in _sequences(harness)}
+    phases = next(s for name, s in made.items() if name.endswith("phases"))
+    transforms = next(s for name, s in made.items() if name.endswith("MLVIRNET transforms"))
+    assert phases.GetNumberOfDataNodes() == 3 and transforms.GetNumberOfDataNodes() == 3
+    browsers = [scene.GetNthNodeByClass(i, "vtkMRMLSequenceBrowserNode")
+                for i in range(scene.GetNumberOfNodesByClass("vtkMRMLSequenceBrowserNode"))]
+    browser = next(b for b in browsers if b.GetMasterSequenceNode() is phases)  # a new browser of the new sequence
+    assert browser.IsSynchronizedSequenceNode(transforms, True)
+    assert browser.GetProxyNode(phases).GetParentTransformNode() is browser.GetProxyNode(transforms)
+    assert all(scene.IsNodePresent(v) for v in volumes)  # the inputs stay as they were
+    selector.uncheck(volumes[1])
+    selector.uncheck(volumes[2])
+    assert not panel.ui.seriesApplyButton.enabled
+
+
 def test_a_reference_out_of_range_is_refused_before_any_work(harness, panel):
     sequence, _ = phase_sequence(harness)
     choose(panel.ui.seriesSequenceSelector, sequence)

@@ -104,6 +104,7 @@ def test_ui_is_valid_xml_with_expected_widgets(ui_root):
         "advancedCollapsibleButton": "ctkCollapsibleButton",
         "seriesCollapsibleButton": "ctkCollapsibleButton",
         "seriesSequenceSelector": "qMRMLNodeComboBox",
+        "seriesVolumesSelector": "qMRMLCheckableNodeComboBox",
         "seriesReferenceSpinBox": "QSpinBox",
         "seriesJacobianCheckBox": "QCheckBox",
         "seriesApplyButton": "QPushButton",
@@ -132,6 +133,7 @@ def test_ui_node_types_and_layout(ui_root):
     assert node_types("outputTransformSelector") == ["vtkMRMLGridTransformNode"]
     assert node_types("fixedLandmarksSelector") == ["vtkMRMLMarkupsFiducialNode"]
     assert node_types("seriesSequenceSelector") == ["vtkMRMLSequenceNode"]
+    assert node_types("seriesVolumesSelector") == ["vtkMRMLScalarVolumeNode"]
     # advanced settings start collapsed, the inputs (with the preset) do not
     collapsed = widget_property(widgets["advancedCollapsibleButton"], "collapsed")
     assert collapsed is not None and collapsed.findtext("bool") == "true"
@@ -140,7 +142,7 @@ def test_ui_node_types_and_layout(ui_root):
     assert any(w.get("name") == "presetComboBox" for w in inputs.iter("widget"))
     # every node combo box gets the scene from the module widget
     receivers = {c.findtext("receiver") for c in ui_root.iter("connection") if c.findtext("slot") == "setMRMLScene(vtkMRMLScene*)"}
-    combos = {n for n, w in widgets.items() if w.get("class") == "qMRMLNodeComboBox"}
+    combos = {n for n, w in widgets.items() if w.get("class") in ("qMRMLNodeComboBox", "qMRMLCheckableNodeComboBox")}
     assert combos == receivers
 
 
