@@ -78,6 +78,7 @@ def gaussian_smooth(volume: torch.Tensor, sigma_vox: Sequence[float]) -> torch.T
         out = padded.narrow(dim, 0, n) * float(k[0])
         for i in range(1, k.numel()):
             out.add_(padded.narrow(dim, i, n), alpha=float(k[i]))
+        del padded  # one padded copy at a time
     return out.reshape(volume.shape).to(volume.dtype if volume.is_floating_point() else compute_dtype)
 
 
@@ -167,6 +168,7 @@ def resample_antialiased(
         ``(N, C, *target.shape_zyx)``.
     """
     check_volume(data, source, "data")
+    given = data
     if antialias and mode == "bilinear":
         spacing = np.asarray(target.spacing)
         direction = target.direction_matrix
@@ -177,6 +179,9 @@ def resample_antialiased(
         data, source = lowpass(data, source, spacing, direction)
     if padding_value is None:
         return sample_on_grid(data, source, target, matrix=affine, mode=mode, padding_mode="border")
-    shifted = sample_on_grid(data - padding_value, source, target, matrix=affine, mode=mode, padding_mode="zeros")
-    return shifted + padding_value
+    # a filtered copy is ours to shift in place (no second full-size copy); the caller's data is not
+    shifted = data.sub_(padding_value) if data is not given and data.is_floating_point() else data - padding_value
+    del data
+    out = sample_on_grid(shifted, source, target, matrix=affine, mode=mode, padding_mode="zeros")
+    return out.add_(padding_value)
 

@@ -60,3 +60,24 @@ def test_box_max_equals_max_pool3d(radius: int) -> None:
     thin = torch.rand(1, 1, 2, 3, 9, generator=g)  # axes shorter than the box
     assert torch.equal(box_max(thin, radius), F.max_pool3d(thin, 2 * radius + 1, stride=1, padding=radius)
                        if radius else thin)
+
+
+@pytest.mark.parametrize("antialias", [False, True])
+def test_resampling_with_padding_leaves_its_input_alone(antialias: bool) -> None:
+    """The padded resampling shifts a filtered copy in place, never the caller's volume, and gives
+    ``sample(data - p) + p`` (zeros outside) on an oblique anisotropic grid with an origin."""
+    from helpers import oblique_grid
+
+    from MLVIRNETLib.core.filters import lowpass, resample_antialiased
+    from MLVIRNETLib.core.sampling import sample_on_grid
+
+    source = oblique_grid(size=(20, 18, 14), spacing=(0.7, 0.9, 2.0))
+    target = source.resized((9, 8, 6))
+    g = torch.Generator().manual_seed(1)
+    data = torch.rand((1, 1) + tuple(source.size[::-1]), generator=g) * 100.0 - 1000.0
+    before = data.clone()
+    out = resample_antialiased(data, source, target, antialias=antialias, padding_value=-1024.0)
+    assert torch.equal(data, before)
+    filtered, grid = lowpass(data, source, target.spacing, target.direction_matrix) if antialias else (data, source)
+    expected = sample_on_grid(filtered + 1024.0, grid, target, padding_mode="zeros") - 1024.0
+    torch.testing.assert_close(out, expected, atol=1e-3, rtol=0)
