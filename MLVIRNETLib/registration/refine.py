@@ -552,9 +552,13 @@ def smoothing_preconditioner(
     dims = (-3, -2, -1)
     crop = (slice(None), slice(None), slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
 
+    on_device: dict[torch.device, torch.Tensor] = {}  # the symbol, copied once to each device used
+
     def apply(v: torch.Tensor) -> torch.Tensor:
         spectrum = torch.fft.rfftn(v, s=padded, dim=dims)  # zero-pads to ``padded``
-        spectrum *= symbol.to(spectrum.device)
+        if spectrum.device not in on_device:
+            on_device[spectrum.device] = symbol.to(spectrum.device)
+        spectrum *= on_device[spectrum.device]
         return torch.fft.irfftn(spectrum, s=padded, dim=dims)[crop]
 
     return apply
