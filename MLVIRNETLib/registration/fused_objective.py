@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from ..core.geometry import ImageGrid
 from ..core.sampling import grid_sample, sampler_backward
-from ..losses import central_gradient
+from ..losses import central_gradient, interior_laplacian  # the very differences of registration_loss
 
 __all__ = ["FusedLevel", "fused_level_loss"]
 
@@ -100,18 +100,8 @@ def _raw_differences_adjoint(gx: torch.Tensor, gy: torch.Tensor, gz: torch.Tenso
     return out
 
 
-def _laplacian(u: torch.Tensor, spacing) -> torch.Tensor:
-    """``losses.interior_laplacian`` (the same values), grouped as
-    ``sum_a (u[i + e_a] + u[i - e_a]) / s_a^2 - 2 sum_a 1 / s_a^2 u[i]`` in fewer passes."""
-    cx, cy, cz = (1.0 / (float(s) * float(s)) for s in spacing)
-    lap = torch.add(u[:, :, 1:-1, 1:-1, 2:], u[:, :, 1:-1, 1:-1, :-2]).mul_(cx)
-    lap.add_(torch.add(u[:, :, 1:-1, 2:, 1:-1], u[:, :, 1:-1, :-2, 1:-1]), alpha=cy)
-    lap.add_(torch.add(u[:, :, 2:, 1:-1, 1:-1], u[:, :, :-2, 1:-1, 1:-1]), alpha=cz)
-    return lap.add_(u[:, :, 1:-1, 1:-1, 1:-1], alpha=-2.0 * (cx + cy + cz))
-
-
 def _add_laplacian_adjoint(out: torch.Tensor, g: torch.Tensor, spacing, scale: float) -> None:
-    """``out += scale * L^T g`` for the interior Laplacian ``L`` of :func:`_laplacian` (``out`` full size)."""
+    """``out += scale * L^T g`` for the interior Laplacian ``L`` of ``losses.interior_laplacian`` (``out`` full size)."""
     cx, cy, cz = (1.0 / (float(s) * float(s)) for s in spacing)
     out[:, :, 1:-1, 1:-1, 1:-1].add_(g, alpha=-2.0 * (cx + cy + cz) * scale)
     out[:, :, 1:-1, 1:-1, 2:].add_(g, alpha=cx * scale)
@@ -193,7 +183,7 @@ def _value_and_gradient(level: FusedLevel, u_inner: torch.Tensor, need_gradient:
     del d
 
     # curvature
-    lap = _laplacian(u, spacing)
+    lap = interior_laplacian(u, spacing)
     count_lap = lap.numel()
     curv = 0.5 * torch.dot(lap.reshape(-1), lap.reshape(-1)) / count_lap
     total = ngf + level.alpha * curv
