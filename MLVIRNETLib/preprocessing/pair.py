@@ -31,6 +31,7 @@ import torch
 
 from ..core.filters import resample_antialiased
 from ..core.geometry import ImageGrid, zyx_to_xyz
+from ..core.memo import Memo, no_memo
 from ..core.progress import ProgressFn
 from ..core.sampling import check_volume
 
@@ -299,6 +300,7 @@ def preprocess_pair(
     affine: np.ndarray | None = None,
     device: torch.device | str = "cpu",
     progress: ProgressFn | None = None,
+    memo: Memo = no_memo,
 ) -> PreprocessedPair:
     """Fixed and moving CT (HU) -> normalised network inputs on the network grid.
 
@@ -311,31 +313,25 @@ def preprocess_pair(
             moving image and mask are sampled at those points.
         device: where the outputs live.
         progress: ``progress(fraction, message)`` after each resampled volume (it may raise to stop).
+        memo: where the fixed half (network grid, crop box, fixed image and mask on that grid) is
+            kept for the next moving image (:mod:`MLVIRNETLib.core.memo`); default: computed each time.
 
     Returns:
         :class:`PreprocessedPair`. Outside the moving field of view the moving image is air
         (``-1024 HU -> 0``) and the moving mask 0.
     """
     opts = options if options is not None else PreprocessOptions()
-    f_hu, f_grid = _as_tensor_and_grid(fixed, device)
-    m_hu, m_grid = _as_tensor_and_grid(moving, device)
-    f_mask = mask_to_tensor(fixed_mask, f_grid, "fixed mask").to(device) if fixed_mask is not None else None
-    m_mask = mask_to_tensor(moving_mask, m_grid, "moving mask").to(device) if moving_mask is not None else None
     report = progress if progress is not None else (lambda fraction, message: None)
-    grid, box = network_grid(f_grid, f_mask, opts)
-    report(0.1, "preprocessing: fixed image")
-    # both images are air outside their field of view and go through the same resampling, so that
-    # identical scans give identical inputs (voxel for voxel) whatever the grids
-    f_net = normalize_ct(
-        resample_antialiased(f_hu, f_grid, grid, antialias=opts.antialias, padding_value=AIR_HU), opts.hu_window
-    )
+    key = ("network inputs", repr(opts), str(device), fixed_mask is not None)
+    grid, box, f_net, fm = memo(key, lambda: _fixed_inputs(fixed, fixed_mask, opts, device, report))
+    m_hu, m_grid = _as_tensor_and_grid(moving, device)
+    m_mask = mask_to_tensor(moving_mask, m_grid, "moving mask").to(device) if moving_mask is not None else None
     report(0.3, "preprocessing: moving image")
     m_net = normalize_ct(
         resample_antialiased(m_hu, m_grid, grid, affine=affine, antialias=opts.antialias, padding_value=AIR_HU),
         opts.hu_window,
     )
     report(0.5, "preprocessing: masks")
-    fm = resample_antialiased(f_mask, f_grid, grid, antialias=False) if f_mask is not None else None
     mm = (
         resample_antialiased(m_mask, m_grid, grid, affine=affine, antialias=False, padding_value=0.0)
         if m_mask is not None
@@ -346,6 +342,28 @@ def preprocess_pair(
         torch.ones_like(m_hu[:1, :1]), m_grid, grid, affine=affine, antialias=False, padding_value=0.0
     )
     return PreprocessedPair(grid, f_net, m_net, fm, mm, box, valid)
+
+
+def _fixed_inputs(
+    fixed: sitk.Image | tuple[torch.Tensor, ImageGrid],
+    fixed_mask: sitk.Image | torch.Tensor | None,
+    opts: PreprocessOptions,
+    device: torch.device | str,
+    report: ProgressFn,
+) -> tuple[ImageGrid, tuple[tuple[int, int, int], tuple[int, int, int]], torch.Tensor, torch.Tensor | None]:
+    """The fixed half of :func:`preprocess_pair`: ``(network grid, crop box, fixed input, fixed mask or None)``."""
+    f_hu, f_grid = _as_tensor_and_grid(fixed, device)
+    f_mask = mask_to_tensor(fixed_mask, f_grid, "fixed mask").to(device) if fixed_mask is not None else None
+    grid, box = network_grid(f_grid, f_mask, opts)
+    report(0.1, "preprocessing: fixed image")
+    # both images are air outside their field of view and go through the same resampling, so that
+    # identical scans give identical inputs (voxel for voxel) whatever the grids
+    f_net = normalize_ct(
+        resample_antialiased(f_hu, f_grid, grid, antialias=opts.antialias, padding_value=AIR_HU), opts.hu_window
+    )
+    del f_hu  # a converted image is not kept
+    fm = resample_antialiased(f_mask, f_grid, grid, antialias=False) if f_mask is not None else None
+    return grid, box, f_net, fm
 
 
 def _as_tensor_and_grid(

@@ -24,6 +24,7 @@ import torch
 from ..core.deformation import Deformation
 from ..core.filters import gaussian_smooth, lowpass
 from ..core.geometry import ImageGrid, apply_affine
+from ..core.memo import Memo, no_memo
 from ..core.optimize import lbfgs
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..core.sampling import check_volume, grid_sample, inside_weight, sample
@@ -200,6 +201,7 @@ def affine_register(
     options: AffineOptions | None = None,
     progress: ProgressFn | Progress | None = None,
     cancel: CancelFn | None = None,
+    memo: Memo = no_memo,
 ) -> np.ndarray:
     """Affine matrix ``A`` (4x4, LPS, float64) with ``x_moving = A @ x_fixed``.
 
@@ -217,6 +219,9 @@ def affine_register(
             (e.g. a caller's stage), which is then used as it is.
         cancel: polled before every evaluation of the objective; returning True raises
             :class:`~MLVIRNETLib.core.progress.RegistrationCancelled`.
+        memo: where the fixed image's downsampled copies are kept for the next moving image (a
+            :class:`~MLVIRNETLib.registration.fixed_cache.FixedImageCache` of ``fixed`` and
+            ``fixed_mask``); default: computed each time.
 
     Returns:
         ``A`` as a numpy ``(4, 4)`` array.
@@ -228,7 +233,8 @@ def affine_register(
     opts = options if options is not None else AffineOptions()
     check_volume(fixed, fixed_grid, "fixed")
     check_volume(moving, moving_grid, "moving")
-    levels, start_weights = _working_copies(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask, opts, prog)
+    levels, start_weights = _working_copies(fixed, fixed_grid, moving, moving_grid, fixed_mask, moving_mask, opts, prog,
+                                           memo)
     coarse = levels[0]
     centre, starts = _starting_points(start_weights, coarse)
     n_start = max(1, opts.rigid_iterations // 2)
@@ -262,6 +268,7 @@ def _working_copies(
     moving_mask: torch.Tensor | None,
     options: AffineOptions,
     prog: Progress,
+    memo: Memo = no_memo,
 ) -> tuple[list[_Level], tuple[torch.Tensor, torch.Tensor]]:
     """The downsampled, normalised copies of every level (``options.levels_mm``, coarse to fine).
 
@@ -274,30 +281,63 @@ def _working_copies(
     levels: list[_Level] = []
     start_weights: tuple[torch.Tensor, torch.Tensor] | None = None
     for spacing in options.levels_mm:
-        fixed_hu, fixed_level_grid = _downsample(fixed.float(), fixed_grid, spacing)
+        key = ("affine fixed level", float(spacing), tuple(options.hu_window), fixed_mask is not None, str(device))
+        fixed_level = memo(key, lambda s=spacing: _fixed_level(fixed, fixed_grid, fixed_mask, s, options.hu_window))
         moving_hu, moving_level_grid = _downsample(moving.float().to(device), moving_grid, spacing)
-        ncc_weight = torch.ones_like(fixed_hu)
-        lungs = None
-        if fixed_mask is not None:
-            lungs = _downsample(fixed_mask.float().to(device), fixed_grid, spacing)[0]
-            ncc_weight = 0.25 + gaussian_smooth(lungs, [10.0 / sp for sp in fixed_level_grid.spacing]).clamp(0, 1)
         if start_weights is None:
-            if lungs is not None and moving_mask is not None:
-                start_weights = (lungs, _downsample(moving_mask.float().to(device), moving_grid, spacing)[0])
+            if fixed_level.lungs is not None and moving_mask is not None:
+                start_weights = (fixed_level.lungs, _downsample(moving_mask.float().to(device), moving_grid, spacing)[0])
             else:
-                start_weights = ((fixed_hu > -500).float(), (moving_hu > -500).float())
+                start_weights = (fixed_level.body, (moving_hu > -500).float())
         levels.append(_Level(
             spacing=spacing,
-            fixed=normalize_ct(fixed_hu, options.hu_window),
-            fixed_grid=fixed_level_grid,
-            fixed_points=fixed_level_grid.world_points(device=device, dtype=torch.float32),
-            fixed_weight=ncc_weight,
+            fixed=fixed_level.image,
+            fixed_grid=fixed_level.grid,
+            fixed_points=fixed_level.points,
+            fixed_weight=fixed_level.weight,
             moving=normalize_ct(moving_hu, options.hu_window),
             moving_grid=moving_level_grid,
         ))
         prog(0.0, f"affine: working copies at {spacing:g} mm")
     assert start_weights is not None
     return levels, start_weights
+
+
+@dataclass(frozen=True)
+class _FixedLevel:
+    """The fixed image's half of one affine level (it does not depend on the moving image).
+
+    Attributes:
+        image: the normalised downsampled fixed image; ``grid`` its grid, ``points`` its world points.
+        weight: the NCC weight (lungs dilated by their smoothing plus 0.25 elsewhere; 1 without a mask).
+        lungs: the downsampled fixed mask, or None; ``body``: ``HU > -500`` (the start without masks).
+    """
+
+    image: torch.Tensor
+    grid: ImageGrid
+    points: torch.Tensor
+    weight: torch.Tensor
+    lungs: torch.Tensor | None
+    body: torch.Tensor
+
+
+def _fixed_level(fixed: torch.Tensor, fixed_grid: ImageGrid, fixed_mask: torch.Tensor | None, spacing: float,
+                 hu_window: tuple[float, float]) -> _FixedLevel:
+    device = fixed.device
+    fixed_hu, level_grid = _downsample(fixed.float(), fixed_grid, spacing)
+    weight = torch.ones_like(fixed_hu)
+    lungs = None
+    if fixed_mask is not None:
+        lungs = _downsample(fixed_mask.float().to(device), fixed_grid, spacing)[0]
+        weight = 0.25 + gaussian_smooth(lungs, [10.0 / sp for sp in level_grid.spacing]).clamp(0, 1)
+    return _FixedLevel(
+        image=normalize_ct(fixed_hu, hu_window),
+        grid=level_grid,
+        points=level_grid.world_points(device=device, dtype=torch.float32),
+        weight=weight,
+        lungs=lungs,
+        body=(fixed_hu > -500).float(),
+    )
 
 
 def _starting_points(

@@ -33,10 +33,11 @@ with it, or map fixed landmarks to moving ones.
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 import numpy as np
 import SimpleITK as sitk
@@ -46,9 +47,11 @@ from ..core.deformation import Deformation, folding_fraction
 from ..core.devices import resolve_device, synchronize
 from ..core.filters import resample_antialiased
 from ..core.geometry import ImageGrid
+from ..core.memo import Memo, no_memo
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..preprocessing.pair import PreprocessedPair, image_to_hu_tensor, mask_to_tensor, preprocess_pair
 from .affine import affine_register, compose_affine
+from .fixed_cache import FixedImageCache
 from .options import (RegistrationOptions, RegistrationResult, as_options, field_of_view_lps, hu_messages,
                       validate_pair)
 from .quality import check_quality
@@ -171,6 +174,7 @@ def register(
     options: RegistrationOptions | Mapping[str, Any] | None = None,
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
+    fixed_cache: FixedImageCache | None = None,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (CT in HU); see the module docstring for the stages.
 
@@ -188,6 +192,10 @@ def register(
             defaults. An object is validated again here (its attributes may have been changed).
         progress: called with ``(fraction in [0, 1], message)``.
         cancel: polled often; returning True raises :class:`RegistrationCancelled`.
+        fixed_cache: a :class:`~MLVIRNETLib.registration.fixed_cache.FixedImageCache` to register
+            several moving images to this ``fixed`` (and ``fixed_mask``): the fixed image's share
+            of the work (its automatic lung mask, affine working copies, crop box and working-grid
+            inputs) is done once and the results are the same as without it.
 
     Returns:
         :class:`RegistrationResult`. Its ``messages`` include a warning for an image whose values
@@ -209,6 +217,8 @@ def register(
     prog = Progress(progress, cancel)
     prog(0.0, "checking the inputs", force=True)  # a progress display's clock starts with ``total``'s
     validate_pair(fixed, moving, fixed_mask, moving_mask)
+    if fixed_cache is not None:
+        fixed_cache.bind(fixed, fixed_mask)
     dev = resolve_device(device)
     old_threads = torch.get_num_threads()
     if opts.runtime.num_threads is not None:
@@ -216,7 +226,8 @@ def register(
     # an in-memory model runs in eval mode on ``dev``; the caller gets it back as it was
     restore = _ModelState.of(model)
     try:
-        return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, prog, t_start)
+        return _register(fixed, moving, fixed_mask, moving_mask, model, dev, opts, prog, t_start,
+                         fixed_cache if fixed_cache is not None else no_memo)
     finally:
         if opts.runtime.num_threads is not None:
             torch.set_num_threads(old_threads)
@@ -255,8 +266,10 @@ def _register(
     opts: RegistrationOptions,
     prog: Progress,
     t_start: float,
+    memo: Memo = no_memo,
 ) -> RegistrationResult:
-    """The stages of :func:`register` in order, each timed (inputs already checked)."""
+    """The stages of :func:`register` in order, each timed (inputs already checked); ``memo`` keeps
+    the fixed image's share for the next moving image (see :mod:`.fixed_cache`)."""
     messages: list[str] = hu_messages(fixed, moving)
     timings: dict[str, float] = {}
     net, model_label, model_size = _resolve_model(model, dev, messages)
@@ -275,8 +288,15 @@ def _register(
 
     with _timed("lung_mask", timings, dev):
         prog.stage(0.0, 0.05, "lung masks")
-        fixed_mask, moving_mask = _lung_masks(fixed, moving, fixed_mask, moving_mask, opts, prog, messages)
-    f_hu, f_grid = image_to_hu_tensor(fixed, dev)
+        given_mask = fixed_mask is not None
+        fixed_mask, moving_mask = _lung_masks(fixed, moving, fixed_mask, moving_mask, opts, prog, messages, memo)
+    # what depends on the fixed mask depends on how it was made when it is automatic
+    mask_origin = "given" if given_mask else repr(opts.lung_mask)
+
+    def fixed_memo(key, compute):
+        return memo((mask_origin, key), compute)
+
+    f_hu, f_grid = memo(("fixed HU", str(dev)), lambda: image_to_hu_tensor(fixed, dev))
     m_hu, m_grid = image_to_hu_tensor(moving, dev)
     f_mask_t = mask_to_tensor(fixed_mask, f_grid, "fixed mask").to(dev) if fixed_mask is not None else None
     m_mask_t = mask_to_tensor(moving_mask, m_grid, "moving mask").to(dev) if moving_mask is not None else None
@@ -285,13 +305,15 @@ def _register(
     with _timed("affine", timings, dev):
         if opts.affine is not None:
             prog.stage(0.05, 0.15, "affine pre-alignment")
-            affine = affine_register(f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine, progress=prog)
+            affine = affine_register(f_hu, f_grid, m_hu, m_grid, f_mask_t, m_mask_t, opts.affine, progress=prog,
+                                     memo=fixed_memo)
 
     with _timed("preprocess", timings, dev):
         prog.stage(0.20, 0.05, "preprocessing")
+        pp_opts = opts.preprocess_options(network_size, f_grid.spacing)
         pp = preprocess_pair(  # the moving mask also serves the quality check's lung Dice
-            (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t,
-            opts.preprocess_options(network_size, f_grid.spacing), affine=affine, device=dev, progress=prog,
+            (f_hu, f_grid), (m_hu, m_grid), f_mask_t, m_mask_t, pp_opts, affine=affine, device=dev, progress=prog,
+            memo=fixed_memo,
         )
         del f_hu, m_hu, f_mask_t, m_mask_t  # the full-resolution inputs are not needed again
         _check_overlap(pp, f_grid, m_grid, affine, opts, prog, messages)
@@ -301,7 +323,9 @@ def _register(
     with _timed("network", timings, dev):
         if net is not None:
             prog.stage(0.25, 0.10, "network")
-            phi, levels = _network_stage(net, model_size, pp.grid, pp.fixed, pp.moving, dev, opts, prog, messages)
+            fixed_input = functools.partial(fixed_memo, ("model input", model_size, repr(pp_opts), str(dev)))
+            phi, levels = _network_stage(net, model_size, pp.grid, pp.fixed, pp.moving, dev, opts, prog, messages,
+                                         fixed_input=fixed_input)
             if n_refine == 0:
                 phi = _network_alone_choice(phi, net, model_size, pp, dev, opts, refine_opts, prog, messages)
 
@@ -435,9 +459,11 @@ def _lung_masks(
     opts: RegistrationOptions,
     prog: Progress,
     messages: list[str],
+    memo: Memo = no_memo,
 ) -> tuple[sitk.Image | None, sitk.Image | None]:
     """The masks given, or automatic ones where needed: the fixed one for the crop box (or the mask
-    term), the moving one for the mask term. A scan without detectable lungs gets a message."""
+    term, kept in ``memo``), the moving one for the mask term. A scan without detectable lungs gets
+    a message."""
     need_fixed = fixed_mask is None and (opts.grid.crop_to_lungs or opts.refinement.beta > 0)
     need_moving = moving_mask is None and opts.refinement.beta > 0
     if not (need_fixed or need_moving):
@@ -447,7 +473,7 @@ def _lung_masks(
     lm_opts = opts.lung_mask
     if need_fixed:
         try:
-            fixed_mask = segment_lungs(fixed, lm_opts, progress=prog)
+            fixed_mask = memo(("fixed lung mask", repr(lm_opts)), lambda: segment_lungs(fixed, lm_opts, progress=prog))
         except ValueError as exc:
             messages.append(f"no automatic fixed lung mask ({exc}); using the whole fixed field of view")
             prog(0.5, messages[-1])
@@ -528,16 +554,21 @@ def _network_stage(
     prog: Progress,
     messages: list[str],
     label: str = "network",
+    fixed_input: Callable[[Callable[[], torch.Tensor]], torch.Tensor] | None = None,
 ) -> tuple[Deformation, list[Deformation]]:
     """The cascade on a preprocessed pair (``(1, 1, D, H, W)`` images on ``grid``, run at the model's
     own input size on the same box): ``phi`` and the composed deformation of every level, coarse
-    to fine. Reports ``"{label}: convolution k/n"`` after every convolution."""
+    to fine. Reports ``"{label}: convolution k/n"`` after every convolution. ``fixed_input(compute)``
+    (a memo keyed to ``fixed``) keeps the fixed image at the model's size for the next moving image."""
     from ..networks.cascade import convolution_progress
 
     net_grid, net_fixed, net_moving = grid, fixed, moving
     if model_size is not None and tuple(model_size) != tuple(grid.size):
         net_grid = grid.resized(model_size)  # same box, the model's input size
-        net_fixed = resample_antialiased(fixed, grid, net_grid)
+        def resized_fixed() -> torch.Tensor:
+            return resample_antialiased(fixed, grid, net_grid)
+
+        net_fixed = fixed_input(resized_fixed) if fixed_input is not None else resized_fixed()
         net_moving = resample_antialiased(moving, grid, net_grid)
     with torch.inference_mode(), _autocast(dev, opts, messages), convolution_progress(net, prog, label):
         out = net(net_fixed, net_moving, net_grid, symmetric=opts._network_symmetric)

@@ -9,7 +9,10 @@ loaders (zero-argument callables returning the image) are read only when their t
 Done once for the whole series, not per phase:
 
 * the model is read once (:func:`~MLVIRNETLib.registration.pipeline.load_registration_model`);
-* the reference phase's lung mask (which sets the crop box) is computed once, or taken as given.
+* the reference phase's lung mask (which sets the crop box) is computed once, or taken as given;
+* the reference phase's share of each registration (its affine working copies, the crop box and
+  the working grid, the reference image and mask resampled onto it) is computed for the first
+  phase and kept for the others (:class:`~MLVIRNETLib.registration.fixed_cache.FixedImageCache`).
 
 Every phase's own automatic lung mask is computed too (``phase_masks=True``), for the motion
 summary (:mod:`MLVIRNETLib.evaluation.motion`: lung volume from the mask, lung Dice); the
@@ -174,6 +177,7 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
             reference_mask: sitk.Image | None, phase_masks: bool, chain: bool, model, device: str,
             opts: RegistrationOptions, outer: Progress, cancel: CancelFn | None) -> Iterator[PhaseResult]:
     from ..preprocessing.lungmask import segment_lungs
+    from .fixed_cache import FixedImageCache
     from .pipeline import load_registration_model, register
 
     if not todo:
@@ -190,6 +194,7 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
         except ValueError as exc:
             ref_notes.append(f"no automatic lung mask of the reference phase ({exc}); registering the whole field of view")
     loaded = load_registration_model(model, device)
+    cache = FixedImageCache()  # the reference's share of every registration to it
     share = (1.0 - REFERENCE_MASK_SHARE) / len(todo)
     previous: tuple[sitk.Image, sitk.Image | None, Deformation | None] = (fixed, reference_mask, None)
     for k, i in enumerate(todo):
@@ -222,6 +227,7 @@ def _series(phases: list[PhaseSource], reference: int, names: list[str], todo: l
             result = register(
                 step_fixed, moving, step_mask, phase_mask if opts.refinement.beta > 0 else None, model=loaded,
                 device=device, options=opts, progress=lambda f, m, lab=label: outer(f, f"{lab}: {m}"), cancel=cancel,
+                fixed_cache=cache if step_fixed is fixed else None,
             )
         except ValueError as exc:  # which phase could not be registered, in the one message
             raise ValueError(f"phase {names[i]}: {exc}") from exc
