@@ -258,33 +258,43 @@ def _separable_linear(
     to source axis ``a`` alone.
 
     ``normalised_a = scale_a * index_a + shift_a`` (x, y, z); the interpolation is done one axis at
-    a time (z, then y, then x), which equals ``grid_sample`` (``align_corners=False``) and is much
-    cheaper for large targets. Zero padding adds one layer of zeros on both sides of each axis and
-    interpolates towards it, as ``grid_sample`` does.
+    a time, which equals ``grid_sample`` (``align_corners=False``) and is much cheaper for large
+    targets. Only the source voxels the target reaches take part (a view of that box, no copy),
+    and the axes are interpolated in the order that keeps the intermediate volumes smallest (the
+    axes the target shrinks first), so that a small box of a large image costs what the box holds.
+    Zero padding interpolates towards zero one voxel beyond the outer voxel centres, as
+    ``grid_sample`` does.
     """
+    steps = []
     out = data
-    for axis in (2, 1, 0):  # index axes z, y, x: tensor dims 2, 3, 4 of (N, C, D, H, W)
+    for axis in (0, 1, 2):  # index axes x, y, z: tensor dims 4, 3, 2 of (N, C, D, H, W)
         dim = 2 + index_axis_to_array_axis(axis)
         n_src = source.size[axis]
-        n_tgt = target.size[axis]
-        idx = torch.arange(n_tgt, dtype=torch.float64, device=data.device)
-        norm = scale[axis] * idx + shift[axis]
-        pos = normalized_to_index(norm, n_src)
-        if zeros:  # source index i is padded index i + 1; beyond one voxel outside, all is zero
-            pad = [0, 0, 0, 0, 0, 0]
-            pad[2 * (4 - dim)] = pad[2 * (4 - dim) + 1] = 1
-            out = F.pad(out, pad)
-            n_src += 2
-            pos = (pos + 1.0).clamp(0.0, n_src - 1.0)
+        idx = torch.arange(target.size[axis], dtype=torch.float64, device=data.device)
+        pos = normalized_to_index(scale[axis] * idx + shift[axis], n_src)
+        if zeros:
+            pos = pos.clamp(-1.0, float(n_src))  # beyond one voxel outside, both neighbours are zero
         else:
             pos = pos.clamp(0.0, n_src - 1.0)  # border padding clips the coordinate
-        lo = pos.floor().long().clamp(max=n_src - 1)
-        hi = (lo + 1).clamp(max=n_src - 1)
-        w = (pos - lo.to(torch.float64)).to(out.dtype)
+        lo = pos.floor()
+        w = (pos - lo).to(out.dtype)
+        lo = lo.long()
+        hi = lo + 1
+        # zero padding: a neighbour outside the source is a zero (its sample is zeroed below)
+        lo_out, hi_out = (lo < 0) | (lo > n_src - 1), (hi < 0) | (hi > n_src - 1)
+        lo, hi = lo.clamp(0, n_src - 1), hi.clamp(0, n_src - 1)
+        first, last = int(lo.min()), int(hi.max())
+        out = out.narrow(dim, first, last - first + 1)  # the voxels the target reaches along this axis
+        steps.append((dim, lo - first, hi - first, w, lo_out, hi_out, target.size[axis] / (last - first + 1)))
+    for dim, lo, hi, w, lo_out, hi_out, _ in sorted(steps, key=lambda step: step[-1]):
         shape = [1] * out.ndim
-        shape[dim] = n_tgt
+        shape[dim] = w.numel()
         a = out.index_select(dim, lo)
         b = out.index_select(dim, hi)
+        if bool(lo_out.any()):
+            a.index_fill_(dim, torch.nonzero(lo_out).flatten(), 0.0)
+        if bool(hi_out.any()):
+            b.index_fill_(dim, torch.nonzero(hi_out).flatten(), 0.0)
         out = torch.lerp(a, b, w.reshape(shape))
     return out
 

@@ -64,6 +64,24 @@ def test_axis_aligned_fast_path_matches_sample(flip_z: bool) -> None:
     torch.testing.assert_close(out, ref, atol=1e-9, rtol=0)
 
 
+@pytest.mark.parametrize("padding_mode", ["border", "zeros"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_axis_aligned_fast_path_on_a_small_box_of_a_large_image(padding_mode: str, dtype: torch.dtype) -> None:
+    """A box deep inside a larger oblique, anisotropic source, shrunk along x and enlarged along y
+    and z (the separable path takes only the voxels the box reaches and reorders the axes): it
+    equals grid_sample, and a box touching the source's corner (zero padding reached) does too."""
+    source = oblique_grid(size=(40, 36, 30), spacing=(0.7, 1.3, 2.5))
+    inner = source.cropped((12, 9, 8), (30, 17, 14)).resized((7, 19, 15))
+    corner = source.cropped((-2, -1, 27), (5, 4, 32)).resized((9, 3, 8))
+    rng = np.random.default_rng(5)
+    data = torch.as_tensor(rng.normal(size=(1, 2, *source.shape_zyx)), dtype=dtype)
+    for target in (inner, corner):
+        ref = sample(data.double(), source, target.world_points(dtype=torch.float64), padding_mode=padding_mode)
+        out = sample_on_grid(data, source, target, padding_mode=padding_mode)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out.double(), ref, atol=1e-9 if dtype == torch.float64 else 1e-5, rtol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # the threaded sampler against the one it replaces
 # ----------------------------------------------------------------------------------------------
