@@ -267,17 +267,19 @@ def _separable_linear(
     """
     steps = []
     out = data
+    device = data.device
     for axis in (0, 1, 2):  # index axes x, y, z: tensor dims 4, 3, 2 of (N, C, D, H, W)
         dim = 2 + index_axis_to_array_axis(axis)
         n_src = source.size[axis]
-        idx = torch.arange(target.size[axis], dtype=torch.float64, device=data.device)
+        # the indices and weights are worked out on the host (no wait for a device), then moved
+        idx = torch.arange(target.size[axis], dtype=torch.float64)
         pos = normalized_to_index(scale[axis] * idx + shift[axis], n_src)
         if zeros:
             pos = pos.clamp(-1.0, float(n_src))  # beyond one voxel outside, both neighbours are zero
         else:
             pos = pos.clamp(0.0, n_src - 1.0)  # border padding clips the coordinate
         lo = pos.floor()
-        w = (pos - lo).to(out.dtype)
+        w = (pos - lo).to(device=device, dtype=out.dtype)
         lo = lo.long()
         hi = lo + 1
         # zero padding: a neighbour outside the source is a zero (its sample is zeroed below)
@@ -285,16 +287,18 @@ def _separable_linear(
         lo, hi = lo.clamp(0, n_src - 1), hi.clamp(0, n_src - 1)
         first, last = int(lo.min()), int(hi.max())
         out = out.narrow(dim, first, last - first + 1)  # the voxels the target reaches along this axis
-        steps.append((dim, lo - first, hi - first, w, lo_out, hi_out, target.size[axis] / (last - first + 1)))
-    for dim, lo, hi, w, lo_out, hi_out, _ in sorted(steps, key=lambda step: step[-1]):
+        zeroed = [torch.nonzero(o).flatten().to(device) if bool(o.any()) else None for o in (lo_out, hi_out)]
+        steps.append((dim, (lo - first).to(device), (hi - first).to(device), w, zeroed,
+                      target.size[axis] / (last - first + 1)))
+    for dim, lo, hi, w, (lo_zero, hi_zero), _ in sorted(steps, key=lambda step: step[-1]):
         shape = [1] * out.ndim
         shape[dim] = w.numel()
         a = out.index_select(dim, lo)
         b = out.index_select(dim, hi)
-        if bool(lo_out.any()):
-            a.index_fill_(dim, torch.nonzero(lo_out).flatten(), 0.0)
-        if bool(hi_out.any()):
-            b.index_fill_(dim, torch.nonzero(hi_out).flatten(), 0.0)
+        if lo_zero is not None:
+            a.index_fill_(dim, lo_zero, 0.0)
+        if hi_zero is not None:
+            b.index_fill_(dim, hi_zero, 0.0)
         out = torch.lerp(a, b, w.reshape(shape))
     return out
 
