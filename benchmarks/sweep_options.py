@@ -9,10 +9,13 @@ times (``bench_register.py`` does that).
 
     python benchmarks/sweep_options.py --cases lungct:30 ibsi:30 --variants clean \\
         --config standard=standard \\
-        --config 'plain=standard:{"refinement": {"smoothing_voxels": 0}}'
+        --config 'plain=standard:{"refinement": {"smoothing_voxels": 0}}' \\
+        --config 'no-network=standard:{"model": null}'
 
-Printed per pair and configuration: ``register()`` seconds, its stages, the TRE mean and 95th
-percentile (mm), the folding fraction and the working grid.
+A ``"model"`` key in the overrides chooses the model (``null``: no network, refinement alone; a
+path: that model file; default: the shipped model). Printed per pair and configuration:
+``register()`` seconds, its stages, the TRE mean and 95th percentile (mm), the folding fraction
+and the working grid.
 """
 
 from __future__ import annotations
@@ -62,12 +65,15 @@ def main(argv: list[str] | None = None) -> int:
     from MLVIRNETLib.registration import options_for, register
     from MLVIRNETLib.registration.pipeline import load_registration_model
 
-    configs = [(name, options_for(preset, **overrides)) for name, preset, overrides in args.configs]
+    configs = []
+    for name, preset, overrides in args.configs:
+        choice = overrides.pop("model", "default")
+        configs.append((name, options_for(preset, **overrides), choice))
     shared = shared_data_dir()
     if shared is None:
         print("shared data not found (../shared/data)", file=sys.stderr)
         return 2
-    model = load_registration_model("default", "cpu")
+    models = {choice: load_registration_model(choice, "cpu") for _, _, choice in configs}
     with tempfile.TemporaryDirectory(prefix="sweep_options_") as tmp:
         folder = args.cache if args.cache is not None else Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
@@ -81,9 +87,9 @@ def main(argv: list[str] | None = None) -> int:
             moving = sitk.ReadImage(str(pair["moving"]), sitk.sitkFloat32)
             for variant in args.variants:
                 fixed = sitk.ReadImage(str(pair[variant]), sitk.sitkFloat32)
-                for label, options in configs:
+                for label, options, choice in configs:
                     t0 = time.perf_counter()
-                    result = register(fixed, moving, model=model, device="cpu", options=options)
+                    result = register(fixed, moving, model=models[choice], device="cpu", options=options)
                     seconds = time.perf_counter() - t0
                     fixed_points = torch.as_tensor(points["fixed"], dtype=torch.float32)
                     mapped = result.deformation.map_points(fixed_points)[0].double().numpy()
