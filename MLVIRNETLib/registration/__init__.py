@@ -10,6 +10,7 @@ Holds:
     fused_objective  its objective with a hand-written gradient (no autograd graph).
     warp      the full-resolution field and warped images, in slabs.
     series    every phase of a 4D-CT registered to a reference phase, one phase at a time.
+    fixed_cache  the fixed image's share of a registration, kept for the next moving image.
 
 May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.preprocessing`,
 :mod:`MLVIRNETLib.networks`, :mod:`MLVIRNETLib.losses`, :mod:`MLVIRNETLib.paths`.
@@ -17,6 +18,7 @@ May import: :mod:`MLVIRNETLib.core`, :mod:`MLVIRNETLib.io`, :mod:`MLVIRNETLib.pr
 
 from ..core.progress import RegistrationCancelled
 from .affine import AffineOptions
+from .fixed_cache import FixedImageCache
 from .options import (
     NETWORK_PRECISIONS,
     NetworkOptions,
@@ -35,6 +37,7 @@ from .warp import warp_image
 __all__ = [
     "AffineOptions",
     "DEFAULT_PRESET",
+    "FixedImageCache",
     "NETWORK_PRECISIONS",
     "NetworkOptions",
     "PRESETS",

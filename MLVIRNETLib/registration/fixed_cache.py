@@ -34,8 +34,8 @@ class FixedImageCache:
     there, and passing it with another fixed image or mask object raises ``ValueError`` (an image
     is compared by identity: a cache never has to read a volume to know it is the same).
 
-    It holds the tensors until it is dropped (for a 512x512x130 CT about 0.2 GB besides the image
-    itself); the number of moving images does not change that.
+    It holds its tensors (the fixed image as float32 at full resolution, and smaller copies) until
+    it is dropped; the number of moving images does not change that.
 
     Example::
 
