@@ -210,6 +210,17 @@ compressing a full-resolution field costs many times the time of storing it (doc
 "Files"). Pass ``compress_level`` for smaller files."""
 
 
+_FINITE_CHUNK = 1 << 22
+"""Values per piece when a field is checked for NaN/Inf (the check's temporaries stay this small)."""
+
+
+def _all_finite(values: torch.Tensor) -> bool:
+    """Whether every value is finite, checked piece by piece: ``torch.isfinite`` of a whole
+    full-resolution field allocates several copies of it."""
+    flat = values.reshape(-1)
+    return all(bool(torch.isfinite(piece).all()) for piece in flat.split(_FINITE_CHUNK))
+
+
 def write_field(deformation: Deformation, path: PathLike, dtype: str = "float32",
                 compress_level: int = FIELD_COMPRESSION_LEVEL) -> Path:
     """Write a batch-1 deformation atomically; the format comes from the suffix (module docstring).
@@ -239,7 +250,7 @@ def write_field(deformation: Deformation, path: PathLike, dtype: str = "float32"
     if deformation.displacement.shape[0] != 1:
         batch = deformation.displacement.shape[0]
         raise ValueError(f"only a single deformation (batch 1) can be written, got batch {batch}")
-    if not torch.all(torch.isfinite(deformation.displacement)):
+    if not _all_finite(deformation.displacement):
         raise ValueError("the deformation contains non-finite displacements; nothing written")
     target = Path(path)
     name = target.name.lower()
