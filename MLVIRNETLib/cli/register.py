@@ -19,9 +19,9 @@ from .settings import add_output_arguments, add_registration_arguments, check_re
 
 EPILOG = """\
 presets (held-out CTs with 20 / 30 mm synthetic breathing, the shipped model, 2-core CPU; docs/performance.md):
-  fast      affine + network: TRE 0.693-0.753 / 1.157-1.472 mm, 3.1-4.3 s (512x512x126 CT: 9.7 s)
-  standard  + preconditioned refinement, 224 per axis: TRE 0.184-0.241 / 0.222-0.283 mm, 7.6-13.2 s (18.3 s)
-  accurate  + finer refinement (288 per axis): TRE 0.161-0.234 / 0.183-0.260 mm, 12.8-17.9 s (28.6 s)
+  fast      affine + network: TRE 0.693-0.753 / 1.157-1.472 mm, 3.7-4.8 s (512x512x126 CT: 9.3 s)
+  standard  + preconditioned refinement, 224 per axis: TRE 0.184-0.241 / 0.222-0.283 mm, 9.0-14.0 s (18.3 s)
+  accurate  + finer refinement (288 per axis): TRE 0.161-0.234 / 0.183-0.260 mm, 14.7-19.1 s (30.9 s)
 
 prints: 'wrote FIELD' on stdout (one JSON object with --json: outputs, timings, quality, messages);
 notes and the quality warning (lung NCC or Dice below what real pairs reach) on stderr.

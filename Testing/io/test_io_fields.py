@@ -150,3 +150,17 @@ def test_write_field_errors_leave_nothing(tmp_path, field_grid):
     with pytest.raises(FileNotFoundError):
         write_field(d, tmp_path / "no_such_dir" / "field.nii.gz")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("where", [0, -1])
+def test_a_non_finite_value_in_any_piece_of_the_field_is_refused(tmp_path, field_grid, monkeypatch, where) -> None:
+    """The NaN/Inf check runs piece by piece (bounded memory); a bad value in the first or the last
+    piece, with pieces smaller than one component, still stops the write."""
+    from MLVIRNETLib.io import fields
+
+    monkeypatch.setattr(fields, "_FINITE_CHUNK", 7)
+    bad = smooth_deformation(field_grid).displacement.clone()
+    bad.view(-1)[where] = float("inf")
+    with pytest.raises(ValueError, match="non-finite"):
+        write_field(Deformation(field_grid, bad), tmp_path / "field.nii.gz")
+    assert list(tmp_path.iterdir()) == []
