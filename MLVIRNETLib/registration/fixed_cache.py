@@ -3,9 +3,10 @@
 Registering the phases of a 4D-CT to one reference phase (:mod:`MLVIRNETLib.registration.series`)
 repeats, for every phase, stages whose fixed half does not change: the fixed image as a tensor,
 its automatic lung mask, its downsampled copies for the affine pre-alignment, the working grid
-(the crop box) and the fixed image and mask resampled onto it. A :class:`FixedImageCache` passed
-to :func:`~MLVIRNETLib.registration.pipeline.register` keeps each of these after its first use,
-so the next moving image reuses them. The results are the same as without the cache: each value
+(the crop box), the fixed image and mask resampled onto it and onto the model's input grid, and
+the refinement's pyramids of them. A :class:`FixedImageCache` passed to
+:func:`~MLVIRNETLib.registration.pipeline.register` keeps each of these after its first use, so the
+next moving image reuses them. The results are the same as without the cache: each value
 is computed by the same function from the same inputs, and nothing downstream changes a cached
 tensor in place.
 

@@ -335,6 +335,7 @@ def _register(
             r = refine(
                 pp.fixed, pp.moving, pp.grid, initial=phi, options=refine_opts,
                 fixed_mask=pp.fixed_mask, moving_mask=pp.moving_mask, progress=prog, moving_valid=_partial_moving_view(pp),
+                memo=lambda key, compute: fixed_memo(("refinement", repr(pp_opts), str(dev), key), compute),
             )
             phi = r.deformation
             levels.extend(r.levels)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ..core.deformation import Deformation
 from ..core.filters import box_max
 from ..core.geometry import ImageGrid
+from ..core.memo import Memo, no_memo
 from ..core.optimize import lbfgs
 from ..core.progress import CancelFn, Progress, ProgressFn
 from ..core.pyramid import build_pyramid
@@ -146,6 +147,7 @@ def refine(
     cancel: CancelFn | None = None,
     ngf_mask: torch.Tensor | None = None,
     moving_valid: torch.Tensor | None = None,
+    memo: Memo = no_memo,
 ) -> RefineResult:
     """Refine ``initial`` by minimising NGF + alpha * curvature (+ beta * masks) coarse to fine.
 
@@ -169,6 +171,9 @@ def refine(
             moving image has data (``PreprocessedPair.moving_valid``). NGF then ignores every voxel
             whose *current* sample point ``y(x)`` falls within two voxels of the moving field of view's
             edge or outside it, so the artificial edge there pulls nothing.
+        memo: where the pyramids of ``fixed`` (and ``fixed_mask``) are kept for the next moving
+            image (:mod:`MLVIRNETLib.core.memo`; a cache keyed to this ``fixed`` and ``grid``);
+            default: built each time.
 
     Returns:
         :class:`RefineResult` with the deformation on ``grid``.
@@ -192,7 +197,7 @@ def refine(
     use_masks = fixed_mask is not None and moving_mask is not None and opts.beta > 0
     pyramid = _build_levels(
         fixed, moving, grid, opts.level_factors, fixed_mask if use_masks else None,
-        moving_mask if use_masks else None, ngf_mask, moving_valid,
+        moving_mask if use_masks else None, ngf_mask, moving_valid, memo,
     )
     weights = LossWeights(opts.alpha, opts.beta if use_masks else 0.0, opts.ngf_eps)
     finest_spacing = min(grid.spacing) * min(opts.level_factors)
@@ -303,8 +308,10 @@ def _build_levels(
     moving_mask: torch.Tensor | None,
     ngf_mask: torch.Tensor | None,
     moving_valid: torch.Tensor | None,
+    memo: Memo = no_memo,
 ) -> list[_LevelData]:
-    """The data of every level in ``factors`` order from ``(1, 1, D, H, W)`` volumes on ``grid``.
+    """The data of every level in ``factors`` order from ``(1, 1, D, H, W)`` volumes on ``grid``;
+    the fixed image's and mask's pyramids come from ``memo`` (see :func:`refine`).
 
     Raises:
         ValueError: ``grid`` is not divisible by the largest factor, or a level has fewer than 3
@@ -318,8 +325,9 @@ def _build_levels(
     def pyramid(volume: torch.Tensor | None) -> list[tuple[torch.Tensor, ImageGrid]] | None:
         return build_pyramid(volume.float(), grid, n_pyramid) if volume is not None else None
 
-    fixed_pyr, moving_pyr = pyramid(fixed), pyramid(moving)
-    fixed_mask_pyr, moving_mask_pyr = pyramid(fixed_mask), pyramid(moving_mask)
+    key = ("refinement fixed pyramids", n_pyramid, fixed_mask is not None)
+    fixed_pyr, fixed_mask_pyr = memo(key, lambda: (pyramid(fixed), pyramid(fixed_mask)))
+    moving_pyr, moving_mask_pyr = pyramid(moving), pyramid(moving_mask)
     ngf_pyr, valid_pyr = pyramid(ngf_mask), pyramid(moving_valid)
     levels = []
     for factor in factors:

@@ -11,8 +11,9 @@ Done once for the whole series, not per phase:
 * the model is read once (:func:`~MLVIRNETLib.registration.pipeline.load_registration_model`);
 * the reference phase's lung mask (which sets the crop box) is computed once, or taken as given;
 * the reference phase's share of each registration (its affine working copies, the crop box and
-  the working grid, the reference image and mask resampled onto it) is computed for the first
-  phase and kept for the others (:class:`~MLVIRNETLib.registration.fixed_cache.FixedImageCache`).
+  the working grid, the reference image and mask resampled onto it and onto the model's input
+  grid, the refinement's pyramids) is computed for the first phase and kept for the others
+  (:class:`~MLVIRNETLib.registration.fixed_cache.FixedImageCache`).
 
 Every phase's own automatic lung mask is computed too (``phase_masks=True``), for the motion
 summary (:mod:`MLVIRNETLib.evaluation.motion`: lung volume from the mask, lung Dice); the
