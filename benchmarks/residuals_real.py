@@ -15,8 +15,8 @@ the fixed lung mask, split into regions:
 Per region: the inverse-consistency error ``|y_BA(y_AB(x)) - x|`` (mm; a registration that is right
 both ways gives 0), the absolute intensity residual ``|F(x) - M(y_AB(x))|`` (HU) before and after,
 and the share of the lung voxels. The lung Dice of the fixed and warped moving masks, and the
-pair's registration time, are printed too. An overlay (fixed in magenta, warped moving in green, a
-coronal and a sagittal slice, before and after) is written per pair with ``--overlays DIR``.
+pair's registration time, are printed too. With ``--overlays DIR`` each pair's overlay is written
+there (``evaluation.plots.overlay_png``: coronal and sagittal slices, before and after).
 
     python benchmarks/residuals_real.py --preset standard --overlays /tmp/residuals
 """
@@ -67,12 +67,13 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     import SimpleITK as sitk
-    import torch
 
+    from MLVIRNETLib.core.deformation import Deformation
     from MLVIRNETLib.core.geometry import ImageGrid
+    from MLVIRNETLib.evaluation.metrics import dice
+    from MLVIRNETLib.evaluation.plots import overlay_png
     from MLVIRNETLib.preprocessing.lungmask import segment_lungs
-    from MLVIRNETLib.preprocessing.pair import image_to_hu_tensor
-    from MLVIRNETLib.registration import options_for, register
+    from MLVIRNETLib.registration import options_for, register, warp_image
     from MLVIRNETLib.registration.pipeline import load_registration_model
 
     options = options_for(args.preset, refinement={"beta": args.beta, "alpha": args.alpha})
@@ -98,17 +99,16 @@ def main(argv: list[str] | None = None) -> int:
             ab = register(a, b, lungs[reference], model=model, device="cpu", options=options)
             seconds = time.perf_counter() - t0
             ba = register(b, a, lungs[k], model=model, device="cpu", options=options)
-            grid = ImageGrid.from_sitk(a)
             back = ba.deformation.compose(ab.deformation)  # y_BA o y_AB on A's grid: the identity if consistent
             ic = back.displacement[0].norm(dim=0).numpy()
+            # outside the moving field of view the border continues (no artificial air edge)
+            before_image = warp_image(b, Deformation.identity(ImageGrid.from_sitk(a)))
+            warped_image = warp_image(b, ab.deformation)
             f_hu = sitk.GetArrayFromImage(a)
-            m_hu, m_grid = image_to_hu_tensor(b)
-            before_t = ab.deformation.__class__.identity(grid).warp(m_hu, m_grid)[0, 0].numpy()
-            warped = ab.deformation.warp(m_hu, m_grid)[0, 0].numpy()
+            before, warped = sitk.GetArrayFromImage(before_image), sitk.GetArrayFromImage(warped_image)
             fixed_lungs = sitk.GetArrayFromImage(lungs[reference]) > 0
-            moving_lungs_t = torch.as_tensor((sitk.GetArrayFromImage(lungs[k]) > 0).astype(np.float32))[None, None]
-            warped_lungs = ab.deformation.warp_labels(moving_lungs_t, m_grid)[0, 0].numpy() > 0.5
-            dice = 2.0 * (fixed_lungs & warped_lungs).sum() / (fixed_lungs.sum() + warped_lungs.sum())
+            warped_lungs = warp_image(lungs[k], ab.deformation, padding_value=0.0, mode="nearest")
+            lung_dice = dice(fixed_lungs, sitk.GetArrayFromImage(warped_lungs) > 0, labels=[1])[1]
             inside = sitk.SignedMaurerDistanceMap(lungs[reference] > 0, insideIsPositive=True, squaredDistance=False,
                                                   useImageSpacing=True)
             distance = sitk.GetArrayFromImage(inside)
@@ -120,36 +120,12 @@ def main(argv: list[str] | None = None) -> int:
                 share = region.sum() / fixed_lungs.sum()
                 e = ic[region]
                 print(f"| {label} | {name} | {share:.2f} | {e.mean():.2f} ({np.quantile(e, 0.95):.2f}) | "
-                      f"{np.abs(f_hu - before_t)[region].mean():.0f} | {np.abs(f_hu - warped)[region].mean():.0f} | "
-                      f"{dice:.3f} |", flush=True)
+                      f"{np.abs(f_hu - before)[region].mean():.0f} | {np.abs(f_hu - warped)[region].mean():.0f} | "
+                      f"{lung_dice:.3f} |", flush=True)
             if args.overlays is not None:
-                _overlay(f_hu, before_t, warped, fixed_lungs, args.overlays / f"{series.name}_{k}.png", label)
+                args.overlays.mkdir(parents=True, exist_ok=True)
+                overlay_png(a, b, warped_image, args.overlays / f"{series.name}_{k}.png")
     return 0
-
-
-def _overlay(fixed: np.ndarray, before: np.ndarray, after: np.ndarray, lungs: np.ndarray, path: Path, title: str) -> None:
-    """Coronal and sagittal slices through the lung centre: fixed in magenta, moving in green
-    (grey where they agree), before and after registration."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    def rgb(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        na, nb = (np.clip((v + 1000.0) / 1300.0, 0, 1) for v in (a, b))
-        return np.stack([na, nb, na], axis=-1)
-
-    z, y, x = (int(round(c)) for c in np.argwhere(lungs).mean(axis=0))
-    fig = Figure(figsize=(8, 8), dpi=100)
-    FigureCanvasAgg(fig)
-    views = (("coronal", lambda v: v[::-1, y, :]), ("sagittal", lambda v: v[::-1, :, x]))
-    for row, (name, cut) in enumerate(views):
-        for col, (when, moving) in enumerate((("before", before), ("after", after))):
-            ax = fig.add_subplot(2, 2, 2 * row + col + 1)
-            ax.imshow(rgb(cut(fixed), cut(moving)), aspect="auto")
-            ax.set_title(f"{name}, {when}", fontsize=9)
-            ax.axis("off")
-    fig.suptitle(title, fontsize=10)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
 
 
 if __name__ == "__main__":

@@ -74,7 +74,3 @@ class FixedImageCache:
 
     def __len__(self) -> int:
         return len(self._values)
-
-    def clear(self) -> None:
-        """Drop every kept value (the binding stays)."""
-        self._values.clear()
